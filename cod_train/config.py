@@ -1,0 +1,155 @@
+"""Typed configuration: Hydra YAML -> these dataclasses -> each component's ``build``.
+
+Every Hydra app composes YAML from ``configs/`` and then calls :func:`to_typed` with its schema. The merge
+against the dataclass rejects unknown keys and wrong types with a message that names the key, before
+any work starts. Each component validates its own semantics in ``validate()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln")
+ENGINES = ("single", "ddp", "fsdp", "deepspeed")
+PRECISIONS = ("fp32", "bf16-mixed", "bf16-pure")
+
+
+class ConfigError(ValueError):
+    """A configuration problem found before any work started; the message says what to change."""
+
+
+@dataclass
+class ModelConfig:
+    """LlamaConfig keys plus the normalization placement. ``vocab_size: null`` = take it from the tokenizer."""
+
+    name: str = "llama_tiny"
+    hidden_size: int = 128
+    intermediate_size: int = 344
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None
+    vocab_size: int | None = None
+    max_position_embeddings: int = 256
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    initializer_range: float = 0.02
+    embedding_init_std: float | None = None
+    norm_type: str = "pre_ln"
+    mix_ln_ratio: float = 0.25
+    scaled_init: bool = False
+
+
+@dataclass
+class NormConfig:
+    """The ``norm=`` group; ``model.norm_type``/``model.mix_ln_ratio`` interpolate from here."""
+
+    norm_type: str = "pre_ln"
+    mix_ln_ratio: float = 0.25
+
+
+@dataclass
+class DataConfig:
+    source: str = "sample"  # sample | files | c4 | shards
+    paths: list[str] = field(default_factory=list)
+    eval_paths: list[str] = field(default_factory=list)
+    tokenizer: str = "train:8192"
+    seq_len: int = 256
+    packing: bool = True
+    text_field: str = "text"
+    shuffle_buffer: int = 10000
+    num_workers: int = 0
+    hub_dataset: str = "allenai/c4"
+    hub_config: str = "en"
+    train_split: str = "train"
+    eval_split: str = "validation"
+    eval_fraction: float = 0.02  # held-out share of a local corpus when no eval_paths are given
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 200
+    global_batch_size: int = 16
+    micro_batch_size: int = 8
+    optimizer: str = "adamw"  # adamw | adam
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping (the papers' setting)
+    precision: str = "fp32"  # fp32 | bf16-mixed | bf16-pure
+    log_every: int = 10
+    eval_every: int = 100
+    eval_tokens: int = 65536
+    ckpt_every: int = 100
+    keep_last: int = 2
+    diag_every: int = 0  # 0 = off
+    max_nonfinite_in_a_row: int = 5
+    export_hf: bool = True
+    cpu_peak_flops: float = 0.0  # 0 = measure a matmul once at start-up
+
+
+@dataclass
+class DistributedConfig:
+    engine: str = "single"  # single | ddp | fsdp | deepspeed
+    backend: str = "auto"  # auto = nccl on GPU, gloo on CPU
+    zero_stage: int = 2
+    offload_optimizer: bool = False
+    compile: bool = False
+    activation_checkpointing: str = "none"  # none | full | selective
+    reshard_after_forward: bool = True
+    fsdp_param_dtype: str = "auto"
+    timeout_minutes: int = 30
+
+
+@dataclass
+class LoggerConfig:
+    type: str = "none"  # wandb | none
+    project: str = "cod-train"
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str = "auto"  # auto (offline without an API key) | online | offline | disabled
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run_dir: str = "runs/default"
+    seed: int = 1234
+    resume: str = "auto"  # auto | none | PATH
+    device: str = "auto"  # auto | cpu | cuda
+
+
+T = TypeVar("T")
+
+
+def to_typed(cfg: DictConfig | dict[str, Any], schema: type[T]) -> T:
+    """Merge a composed config onto ``schema`` and return the dataclass instance.
+
+    Unknown keys and type mismatches become a :class:`ConfigError` naming the key.
+    """
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        OmegaConf.resolve(merged)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        raise ConfigError(f"invalid configuration{f' at {key!r}' if key else ''}: {err.msg if hasattr(err, 'msg') else err}") from None
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
