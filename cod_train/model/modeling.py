@@ -1,0 +1,311 @@
+"""A LLaMA-style decoder whose normalization placement is a config choice.
+
+x is the residual stream entering layer l (l = 1..L); N1 = `input_layernorm`, N2 = `post_attention_layernorm`.
+
+    pre_ln       h = x + Attn(N1(x))                   y = h + MLP(N2(h))
+    post_ln      h = N1(x + Attn(x))                   y = N2(h + MLP(h))
+    mix_ln       layers l <= floor(mix_ln_ratio * L) are post_ln, the rest pre_ln
+    lns          h = x + Attn(N1(x) / sqrt(l))         y = h + MLP(N2(h) / sqrt(l))
+    deepnorm     h = N1(a*x + Attn(x))                 y = N2(a*h + MLP(h)),  a = (2L)^(1/4)
+    sandwich_ln  h = x + Na(Attn(N1(x)))               y = h + Nm(MLP(N2(h)))
+    peri_ln      sandwich_ln plus a norm on the embedding output
+
+The final norm `model.norm` follows the last layer, unscaled, in every placement. Parameter names are
+those of `transformers.LlamaForCausalLM`; the extra norms are `post_attn_out_norm` (Na),
+`post_mlp_out_norm` (Nm) and `model.embed_norm`. The model knows nothing about parallelism.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from cod_train.model.configuration import CodLlamaConfig
+from cod_train.model.loss import causal_lm_loss
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 statistics whatever the activation dtype (as LlamaRMSNorm, so logits match bit for bit).
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_cos_sin(config: CodLlamaConfig, position_ids: torch.Tensor, dtype: torch.dtype):
+    """cos/sin tables for `position_ids` [B, T]. Recomputed per call: no buffer for `to_empty()` to wipe."""
+    head_dim = config.head_dim
+    theta = config.rope_parameters["rope_theta"]
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos[:, None] + rotate_half(x) * sin[:, None]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE through `F.scaled_dot_product_attention`."""
+
+    def __init__(self, config: CodLlamaConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        d, bias = config.hidden_size, config.attention_bias
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
+
+    def forward(self, x, rope, mask=None, past_key_values: Cache | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        if self.n_kv_heads != self.n_heads:
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, config: CodLlamaConfig):
+        super().__init__()
+        d, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(d, f, bias=bias)
+        self.up_proj = nn.Linear(d, f, bias=bias)
+        self.down_proj = nn.Linear(f, d, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(GradientCheckpointingLayer):
+    def __init__(self, config: CodLlamaConfig, layer_idx: int):
+        super().__init__()
+        L = config.num_hidden_layers
+        self.depth = layer_idx + 1
+        self.placement = config.layer_placement(self.depth)
+        self.self_attn = Attention(config, layer_idx)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if self.placement == "sandwich":
+            self.post_attn_out_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.post_mlp_out_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # Plain Python floats, not buffers: `to_empty()` (meta-device init) would wipe a buffer.
+        self.lns_scale = 1.0 / math.sqrt(self.depth) if self.placement == "lns" else 1.0
+        self.residual_scale = (2.0 * L) ** 0.25 if self.placement == "deepnorm" else 1.0
+        self._set_init_stds(config)
+
+    def _set_init_stds(self, config: CodLlamaConfig) -> None:
+        """Per-projection init std, read by `CodLlamaPreTrainedModel._init_weights`."""
+        L, std = config.num_hidden_layers, config.initializer_range
+        if self.placement == "deepnorm":  # DeepNet (Wang et al. 2022), decoder-only: beta = (8L)^(-1/4)
+            beta = (8.0 * L) ** -0.25
+            for proj in (self.self_attn.v_proj, self.self_attn.o_proj, self.mlp.gate_proj, self.mlp.up_proj,
+                         self.mlp.down_proj):
+                proj.init_std = std * beta
+        if config.scaled_init:
+            for proj in (self.self_attn.o_proj, self.mlp.down_proj):
+                proj.init_std = getattr(proj, "init_std", std) / math.sqrt(2.0 * L)
+
+    def forward(self, x, rope, mask=None, past_key_values=None, **kwargs) -> torch.Tensor:
+        def attn(h):
+            return self.self_attn(h, rope, mask, past_key_values)
+
+        if self.placement in ("post_ln", "deepnorm"):
+            a = self.residual_scale
+            h = self.input_layernorm(a * x + attn(x) if a != 1.0 else x + attn(x))
+            return self.post_attention_layernorm(a * h + self.mlp(h) if a != 1.0 else h + self.mlp(h))
+        if self.placement == "sandwich":
+            h = x + self.post_attn_out_norm(attn(self.input_layernorm(x)))
+            return h + self.post_mlp_out_norm(self.mlp(self.post_attention_layernorm(h)))
+        s = self.lns_scale  # 1.0 under pre_ln
+        h = x + attn(self.input_layernorm(x) * s if s != 1.0 else self.input_layernorm(x))
+        n2 = self.post_attention_layernorm(h)
+        return h + self.mlp(n2 * s if s != 1.0 else n2)
+
+
+class CodLlamaPreTrainedModel(PreTrainedModel):
+    config_class = CodLlamaConfig
+    config: CodLlamaConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        cfg = self.config
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=getattr(module, "init_std", cfg.initializer_range))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            std = cfg.embedding_init_std if cfg.embedding_init_std is not None else cfg.initializer_range
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            init.ones_(module.weight)
+
+    @torch.no_grad()
+    def reset_weights(self) -> None:
+        """Re-initialize every parameter (e.g. after `to_empty()` on a meta-device model)."""
+        for module in self.modules():
+            module._is_hf_initialized = False
+            for p in module.parameters(recurse=False):
+                p._is_hf_initialized = False
+        self.initialize_weights()
+
+
+def build_attention_mask(attention_mask, past_len: int, q_len: int, dtype_device) -> torch.Tensor | None:
+    """Boolean [B, 1, Tq, Tk] mask (True = attend) or None when plain causal attention suffices."""
+    if attention_mask is None or (past_len == 0 and bool(attention_mask.all())):
+        return None if past_len == 0 or q_len == 1 else _causal(None, past_len, q_len, dtype_device)
+    return _causal(attention_mask.bool(), past_len, q_len, dtype_device)
+
+
+def _causal(key_padding, past_len, q_len, device) -> torch.Tensor:
+    k_len = past_len + q_len
+    q_pos = torch.arange(past_len, k_len, device=device)[:, None]
+    k_pos = torch.arange(k_len, device=device)[None, :]
+    mask = (k_pos <= q_pos)[None, None]
+    if key_padding is not None:
+        mask = mask & key_padding[:, None, None, -k_len:]
+        mask = mask | (k_pos == q_pos)[None, None]  # a padded query still sees itself: no all-masked rows
+    return mask
+
+
+class CodLlamaModel(CodLlamaPreTrainedModel):
+    def __init__(self, config: CodLlamaConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        if config.norm_type == "peri_ln":
+            self.embed_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + x.shape[1], device=x.device)[None]
+        rope = rope_cos_sin(self.config, position_ids, x.dtype)
+        mask = build_attention_mask(attention_mask, past_len, x.shape[1], x.device)
+        if hasattr(self, "embed_norm"):
+            x = self.embed_norm(x)
+        hidden_states = [x] if output_hidden_states else None
+        for layer in self.layers:
+            x = layer(x, rope, mask, past_key_values)
+            if hidden_states is not None:
+                hidden_states.append(x)
+        x = self.norm(x)
+        return BaseModelOutputWithPast(
+            last_hidden_state=x,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+        )
+
+
+class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: CodLlamaConfig):
+        super().__init__(config)
+        self.model = CodLlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int = 0,
+        shift_labels: torch.LongTensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Labels follow transformers: `labels` are shifted here; `shift_labels` are already aligned
+        (position t predicts `shift_labels[t]`). The loss is sum / `num_items_in_batch` (default: mean).
+        With `config.fused_loss` and labels given, logits are not materialized and come back as None."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache if use_cache is not None else (past_key_values is not None),
+            output_hidden_states=output_hidden_states,
+        )
+        h = out.last_hidden_state
+        targets = shift_labels
+        if targets is None and labels is not None:
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+        loss, logits = None, None
+        if targets is not None and self.config.fused_loss and self.training:
+            loss = causal_lm_loss(h, self.lm_head.weight, targets, num_items_in_batch,
+                                  chunk_size=self.config.loss_chunk_size)
+        else:
+            logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
+            if targets is not None:
+                loss = causal_lm_loss(None, None, targets, num_items_in_batch, logits=logits)
+        return CausalLMOutputWithPast(
+            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+        )
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.model.embed_tokens.weight.numel() if exclude_embeddings else n
+
+    def num_flops_per_token(self, seq_len: int) -> int:
+        from cod_train.model.flops import flops_per_token
+
+        return flops_per_token(self.config, seq_len)
