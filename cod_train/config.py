@@ -54,10 +54,12 @@ class NormConfig:
 
 @dataclass
 class DataConfig:
+    """The ``data=`` group (see ``configs/data/*.yaml`` and ``cod_train/data``)."""
+
     source: str = "sample"  # sample | files | c4 | shards
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # globs (files, c4 local layout) or one shard dir (shards)
     eval_paths: list[str] = field(default_factory=list)
-    tokenizer: str = "train:8192"
+    tokenizer: str = "train:8192"  # hub name | path (tokenizer.json, .model, HF dir) | train:<vocab> | "" (shards: saved one)
     seq_len: int = 256
     packing: bool = True
     text_field: str = "text"
@@ -68,6 +70,12 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     eval_fraction: float = 0.02  # held-out share of a local corpus when no eval_paths are given
+    text_unit: str = "line"  # plain-text files: line | paragraph | file = one document each
+    cache_dir: str = ""  # "" = $COD_TRAIN_CACHE, else $XDG_CACHE_HOME/cod_train, else ~/.cache/cod_train
+    tokenize_workers: int = 0  # processes for tokenizing a local corpus; 0 = all cores
+    tokenizer_train_bytes: int = 200_000_000  # text read to train a train:<vocab> tokenizer
+    snapshot_every: int = 64  # streaming: full worker state every N batches (resume replays at most N)
+    hub_timeout_s: float = 1.0  # reachability check of the hub before streaming
 
 
 @dataclass
@@ -98,15 +106,18 @@ class TrainConfig:
 
 @dataclass
 class DistributedConfig:
+    """The ``distributed=`` group: how the model is wrapped (``cod_train/engine``)."""
+
     engine: str = "single"  # single | ddp | fsdp | deepspeed
     backend: str = "auto"  # auto = nccl on GPU, gloo on CPU
-    zero_stage: int = 2
-    offload_optimizer: bool = False
-    compile: bool = False
-    activation_checkpointing: str = "none"  # none | full | selective
-    reshard_after_forward: bool = True
-    fsdp_param_dtype: str = "auto"
-    timeout_minutes: int = 30
+    zero_stage: int = 2  # deepspeed: ZeRO stage 1 | 2 | 3
+    offload_optimizer: bool = False  # deepspeed: optimizer states (and step) on CPU
+    compile: bool = False  # torch.compile each decoder block
+    activation_checkpointing: str = "none"  # none | full (every block) | selective (every other block)
+    reshard_after_forward: bool = True  # fsdp: free gathered weights after forward (ZeRO-3 style)
+    fsdp_param_dtype: str = "auto"  # fsdp: auto (bf16 under bf16-mixed) | bf16 | fp32
+    meta_init: bool = False  # fsdp: build on the meta device, each rank initializes only its shards
+    timeout_minutes: int = 30  # collective timeout
 
 
 @dataclass
