@@ -78,7 +78,10 @@ class CodLlamaConfig(LlamaConfig):
     scaled_init: std / sqrt(2L) on `o_proj` and `down_proj` (combinable with any placement).
     embedding_init_std: std of the token embedding init; None = `initializer_range`.
     fused_loss: compute the training loss chunk by chunk straight from hidden states, never holding more
-        than `loss_chunk_size` rows of fp32 logits (logits are then not returned when labels are given).
+        than `loss_chunk_size` rows of fp32 logits (logits are then not returned when labels are given);
+        0 = `cod_train.model.loss.default_chunk_size` (256 rows on CPU, 2048 on GPU).
+    use_kernels: on CUDA, use Liger Kernel's fused RMSNorm / RoPE / SwiGLU / linear+cross-entropy when
+        `liger_kernel` is installed (`cod_train.model.kernels`); ignored on CPU or without the package.
     """
 
     model_type = "cod_llama"
@@ -88,7 +91,8 @@ class CodLlamaConfig(LlamaConfig):
     scaled_init: bool = False
     embedding_init_std: float | None = None
     fused_loss: bool = True
-    loss_chunk_size: int = 4096
+    loss_chunk_size: int = 0
+    use_kernels: bool = False
 
     def validate_architecture(self) -> None:
         problems = config_problems(**self.to_dict())

@@ -14,6 +14,13 @@ import torch.nn.functional as F
 IGNORE_INDEX = -100
 
 
+def default_chunk_size(device: torch.device) -> int:
+    """Rows of logits per chunk when none is set. CPU: 256 rows (a 32k-vocabulary fp32 chunk, 32 MiB, stays in
+    cache; measured fastest in scripts/bench.py). GPU: 2048 rows, so that the `lm_head` gradient GEMM, which
+    reduces over the chunk and updates an fp32 [V, d] accumulator every chunk, stays compute-bound."""
+    return 256 if device.type == "cpu" else 2048
+
+
 def _compute_dtype(h: torch.Tensor) -> torch.dtype:
     device_type = h.device.type
     if torch.is_autocast_enabled(device_type):
@@ -29,36 +36,55 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         dtype = _compute_dtype(h)
         needs_grad = h.requires_grad or weight.requires_grad
         grad_h = torch.empty_like(h) if h.requires_grad else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight.requires_grad else None
+        acc_dtype = torch.promote_types(weight.dtype, torch.float32)
+        grad_w = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if weight.requires_grad else None
         w = weight.to(dtype)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        # Rows with an ignored target need their gradient zeroed; skipping that pass when there are none costs a
+        # host sync, so it is only skipped on CPU.
+        any_ignored = h.device.type != "cpu" or bool((targets == IGNORE_INDEX).any())
         with torch.autocast(h.device.type, enabled=False):
             for start in range(0, h.shape[0], chunk_size):
-                h_c, t_c = h[start : start + chunk_size].to(dtype), targets[start : start + chunk_size]
-                logits = (h_c @ w.t()).float()
+                end = min(start + chunk_size, h.shape[0])
+                h_c, t_c = h[start:end].to(dtype), targets[start:end]
+                # At most two [chunk, V] fp32 buffers live at once (logits, then log-probs turned in place
+                # into the gradient), each elementwise pass reading and writing one of them.
+                logprobs = torch.log_softmax((h_c @ w.t()).float(), dim=-1)
                 valid = t_c != IGNORE_INDEX
                 safe_t = torch.where(valid, t_c, 0)
-                lse = torch.logsumexp(logits, dim=-1)
-                total += ((lse - logits.gather(1, safe_t[:, None]).squeeze(1)) * valid).sum()
+                total += torch.where(valid, logprobs.gather(1, safe_t[:, None]).squeeze(1), 0.0).sum().neg()
                 if not needs_grad:
                     continue
-                grad_logits = torch.exp(logits - lse[:, None])  # softmax, in place of the logits chunk
-                grad_logits[torch.arange(len(t_c), device=h.device), safe_t] -= 1.0
-                grad_logits *= valid[:, None]
+                grad_logits = logprobs.exp_()  # softmax, in place of the log-probs
+                grad_logits[torch.arange(end - start, device=h.device), safe_t] -= 1.0
+                if any_ignored:
+                    grad_logits.masked_fill_(~valid[:, None], 0.0)
                 grad_logits = grad_logits.to(dtype)
                 if grad_h is not None:
-                    grad_h[start : start + chunk_size] = (grad_logits @ w).to(h.dtype)
+                    if grad_logits.dtype == h.dtype == w.dtype:
+                        torch.mm(grad_logits, w, out=grad_h[start:end])
+                    else:
+                        grad_h[start:end] = (grad_logits @ w).to(h.dtype)
                 if grad_w is not None:
-                    grad_w += (grad_logits.t() @ h_c).float()
+                    if grad_logits.dtype == h_c.dtype == acc_dtype:
+                        grad_w.addmm_(grad_logits.t(), h_c)
+                    else:
+                        grad_w += (grad_logits.t() @ h_c).to(acc_dtype)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        # Scaled in place: no second [V, d] buffer at the backward's peak. Hence one backward per forward (a
+        # second one, with retain_graph, would see scaled tensors): refuse it rather than return wrong values.
+        if getattr(ctx, "consumed", False):
+            raise RuntimeError("the fused cross-entropy supports one backward per forward; "
+                               "set config.fused_loss=False to backpropagate through the loss twice")
+        ctx.consumed = True
         grad_h, grad_w = ctx.saved_tensors
-        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
-        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        gh = grad_h.mul_(grad_out.to(grad_h.dtype)) if grad_h is not None else None
+        gw = grad_w.mul_(grad_out).to(ctx.weight_dtype) if grad_w is not None else None
         return gh, gw, None, None
 
 
@@ -68,13 +94,15 @@ def causal_lm_loss(
     targets: torch.Tensor,
     num_items_in_batch: torch.Tensor | int | float | None = None,
     *,
-    chunk_size: int = 4096,
+    chunk_size: int = 0,
     logits: torch.Tensor | None = None,
+    use_kernels: bool = False,
 ) -> torch.Tensor:
     """Sum of token losses over `targets != -100`, divided by `num_items_in_batch` (default: their count).
 
-    Either `logits` [B, T, V] (plain path) or `hidden` [B, T, d] with the `lm_head` weight (fused path).
-    `targets` [B, T] are already aligned with the positions.
+    Either `logits` [B, T, V] (plain path) or `hidden` [B, T, d] with the `lm_head` weight (fused path, at most
+    `chunk_size` rows of logits at a time; 0 = `default_chunk_size`). `targets` [B, T] are already aligned with
+    the positions. `use_kernels`: Liger's fused linear cross-entropy instead (CUDA; `cod_train.model.kernels`).
     """
     flat_targets = targets.reshape(-1)
     if logits is not None:
@@ -82,9 +110,15 @@ def causal_lm_loss(
             logits.float().reshape(-1, logits.shape[-1]), flat_targets.to(logits.device),
             ignore_index=IGNORE_INDEX, reduction="sum",
         )
+    elif use_kernels:
+        from cod_train.model import kernels
+
+        flat_h = hidden.reshape(-1, hidden.shape[-1])
+        total = kernels.linear_cross_entropy_sum(flat_h, weight, flat_targets.to(flat_h.device))
     else:
         flat_h = hidden.reshape(-1, hidden.shape[-1])
-        total = FusedLinearCrossEntropy.apply(flat_h, weight, flat_targets.to(flat_h.device), max(1, chunk_size))
+        chunk_size = chunk_size if chunk_size > 0 else default_chunk_size(flat_h.device)
+        total = FusedLinearCrossEntropy.apply(flat_h, weight, flat_targets.to(flat_h.device), chunk_size)
     if num_items_in_batch is None:
         num_items_in_batch = (flat_targets != IGNORE_INDEX).sum().clamp(min=1)
     if isinstance(num_items_in_batch, torch.Tensor):

@@ -28,21 +28,31 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from cod_train.model import kernels
 from cod_train.model.configuration import CodLlamaConfig
 from cod_train.model.loss import causal_lm_loss
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, use_kernels: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.use_kernels = use_kernels  # resolved `kernels.wanted(config)`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 statistics whatever the activation dtype (as LlamaRMSNorm, so logits match bit for bit).
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        if kernels.active(self.use_kernels, x):
+            return kernels.rms_norm(x, self.weight, self.eps)
+        # weight * (x / rms(x)) with fp32 statistics whatever the activation dtype, rounded to x's dtype before
+        # the weight multiply, as LlamaRMSNorm (logits match it). `F.rms_norm` is one fused kernel where torch
+        # has one, and saves fewer tensors for the backward than the five-op composite.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def rms_norm(config: CodLlamaConfig) -> RMSNorm:
+    return RMSNorm(config.hidden_size, config.rms_norm_eps, kernels.wanted(config))
 
 
 def rope_cos_sin(config: CodLlamaConfig, position_ids: torch.Tensor, dtype: torch.dtype):
@@ -77,19 +87,22 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
+        self.use_kernels = kernels.wanted(config)
 
     def forward(self, x, rope, mask=None, past_key_values: Cache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kernels.active(self.use_kernels, q):
+            q, k = kernels.rope(q, k, *rope)
+        else:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
-        if self.n_kv_heads != self.n_heads:
-            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1)
+        # Grouped KV heads are broadcast inside SDPA (`enable_gqa`) instead of being copied n_heads/n_kv times.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1,
+                                             enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -102,8 +115,11 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(d, f, bias=bias)
         self.up_proj = nn.Linear(d, f, bias=bias)
         self.down_proj = nn.Linear(f, d, bias=bias)
+        self.use_kernels = kernels.wanted(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if kernels.active(self.use_kernels, x):
+            return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -115,11 +131,11 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.placement = config.layer_placement(self.depth)
         self.self_attn = Attention(config, layer_idx)
         self.mlp = MLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = rms_norm(config)
+        self.post_attention_layernorm = rms_norm(config)
         if self.placement == "sandwich":
-            self.post_attn_out_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-            self.post_mlp_out_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.post_attn_out_norm = rms_norm(config)
+            self.post_mlp_out_norm = rms_norm(config)
         # Plain Python floats, not buffers: `to_empty()` (meta-device init) would wipe a buffer.
         self.lns_scale = 1.0 / math.sqrt(self.depth) if self.placement == "lns" else 1.0
         self.residual_scale = (2.0 * L) ** 0.25 if self.placement == "deepnorm" else 1.0
@@ -208,9 +224,9 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         if config.norm_type == "peri_ln":
-            self.embed_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.embed_norm = rms_norm(config)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = rms_norm(config)
         self.post_init()
 
     def forward(
@@ -292,7 +308,8 @@ class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
         loss, logits = None, None
         if targets is not None and self.config.fused_loss and self.training:
             loss = causal_lm_loss(h, self.lm_head.weight, targets, num_items_in_batch,
-                                  chunk_size=self.config.loss_chunk_size)
+                                  chunk_size=self.config.loss_chunk_size,
+                                  use_kernels=kernels.active(kernels.wanted(self.config), h))
         else:
             logits = self.lm_head(h[:, -logits_to_keep:] if logits_to_keep else h)
             if targets is not None:

@@ -1,0 +1,144 @@
+"""Shared plumbing of the Hydra entry points (cod-pretrain, cod-sft, cod-eval, cod-analyze, cod-export ...).
+
+    from cod_train.cli._hydra import hydra_app
+
+    @hydra_app("pretrain", PretrainConfig)
+    def main(cfg: PretrainConfig) -> int | None:   # typed config in, exit code out
+        ...
+
+- the config directory is the repository's ``configs/`` (next to the package), or ``$COD_TRAIN_CONFIG_DIR``;
+- the composed YAML is converted with :func:`cod_train.config.to_typed` (unknown keys / wrong types fail);
+- a :class:`ConfigError` anywhere in the command prints ``error: <message>`` (no traceback) and exits 2;
+- in a ``-m`` sweep, a ``run_dir`` that was not set on the command line becomes the job's sweep directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+from cod_train.config import ConfigError, to_typed
+
+T = TypeVar("T")
+EXIT_CONFIG_ERROR = 2
+log = logging.getLogger("cod_train")
+
+
+def config_dir() -> str:
+    """``$COD_TRAIN_CONFIG_DIR`` or the repository's ``configs/`` directory."""
+    env = os.environ.get("COD_TRAIN_CONFIG_DIR")
+    return str(Path(env).expanduser().resolve()) if env else str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0"
+
+
+def setup_logging() -> None:
+    """INFO on rank 0, WARNING on the other ranks; quiet third-party loggers."""
+    level = logging.INFO if is_main_process() else logging.WARNING
+    logging.getLogger().setLevel(level)
+    logging.getLogger("cod_train").setLevel(level)
+    for name in ("DeepSpeed", "torch.distributed", "httpx", "urllib3", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _sweep_run_dir(raw: DictConfig) -> None:
+    """In multirun mode, default each job's run_dir to its own sweep sub-directory."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return
+    if hc.mode != RunMode.MULTIRUN or "run_dir" not in raw:
+        return
+    if any(o.split("=", 1)[0].lstrip("+~") == "run_dir" for o in hc.overrides.task):
+        return
+    raw.run_dir = hc.runtime.output_dir
+
+
+def to_typed_config(raw: DictConfig | dict[str, Any], schema: type[T]) -> T:
+    """The typed config of ``raw`` (raises ConfigError naming the bad key)."""
+    return to_typed(raw, schema)
+
+
+def write_config(cfg: Any, run_dir: str | Path, name: str = "config.yaml") -> Path | None:
+    """Write the resolved config to ``run_dir/name`` (rank 0 only)."""
+    if not is_main_process():
+        return None
+    path = Path(run_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    node = OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg
+    path.write_text(OmegaConf.to_yaml(node, resolve=True))
+    return path
+
+
+def report_config_error(err: ConfigError) -> int:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    return EXIT_CONFIG_ERROR
+
+
+def run_typed(fn: Callable[[T], int | None], raw: DictConfig, schema: type[T]) -> int:
+    """Convert ``raw`` and call ``fn``; a ConfigError becomes a one-line message and exit code 2."""
+    try:
+        _sweep_run_dir(raw)
+        return int(fn(to_typed_config(raw, schema)) or 0)
+    except ConfigError as err:
+        return report_config_error(err)
+
+
+# Applied unless given on the command line: log to the console only and write nothing outside run_dir.
+HYDRA_DEFAULTS = ("hydra/job_logging=stdout", "hydra.output_subdir=null", "hydra.run.dir=.", "hydra.job.chdir=false")
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """Drop the ``--local_rank=N`` the deepspeed launcher appends (exported as LOCAL_RANK instead) and add
+    :data:`HYDRA_DEFAULTS` the user did not set."""
+    args: list[str] = []
+    skip_next = False
+    for i, arg in enumerate(argv[1:], start=1):
+        if skip_next:
+            skip_next = False
+            continue
+        if arg.startswith(("--local_rank", "--local-rank")):
+            value = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) else "0")
+            skip_next = "=" not in arg
+            os.environ.setdefault("LOCAL_RANK", value)
+            continue
+        args.append(arg)
+    given = {a.split("=", 1)[0].lstrip("+~") for a in args}
+    extra = [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
+    # next to the user's overrides (argparse wants all of them in one run, e.g. after `-m`)
+    at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
+    return [argv[0], *args[:at], *extra, *args[at:]]
+
+
+def hydra_app(config_name: str, schema: type[T]) -> Callable[[Callable[[T], int | None]], Callable[[], None]]:
+    """Decorator turning ``fn(typed_cfg) -> exit code`` into a console-script ``main()``."""
+    import hydra
+
+    def decorate(fn: Callable[[T], int | None]) -> Callable[[], None]:
+        @hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")
+        def _hydra_main(raw: DictConfig) -> None:
+            setup_logging()
+            code = run_typed(fn, raw, schema)
+            if code:
+                sys.exit(code)
+
+        @functools.wraps(fn)
+        def main() -> None:
+            sys.argv = prepare_argv(sys.argv)
+            _hydra_main()
+
+        return main
+
+    return decorate

@@ -1,0 +1,238 @@
+"""Checkpoint directories: atomic writes, ``keep_last`` pruning, ``latest`` discovery, full training state.
+
+Layout of ``run_dir/checkpoints/step_NNNNNNN/``::
+
+    meta.json              step, tokens, engine, format, world size, counters (written last)
+    model.safetensors      weights (torch format; also the consolidated copy in DeepSpeed checkpoints)
+    optimizer.pt           optimizer state (torch format)        | dcp/ (FSDP2) | deepspeed/ (DeepSpeed)
+    config.json            the model's HF config
+    tokenizer/             tokenizer files (so an export needs nothing else)
+    rng/rank_NNNNN.pt      RNG states per rank
+    data/rank_NNNNN.pt     the train iterator's state per rank
+
+Every rank writes into ``.tmp_step_NNNNNNN``; rank 0 then renames it. A crash mid-save leaves only a
+``.tmp_*`` directory, which is never picked as ``latest`` and is removed by the next save. Non-tensor
+state is saved with ``torch.save`` and always read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cod_train.config import ConfigError
+from cod_train.engine.distributed import DistEnv, barrier
+
+STEP_RE = re.compile(r"^step_(\d+)$")
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+
+
+def step_dirname(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def is_checkpoint(path: Path) -> bool:
+    return path.is_dir() and (path / META_FILE).is_file()
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_RE.match(p.name)) and is_checkpoint(p)]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
+    """``auto`` = the latest complete checkpoint (or none), ``none`` = start fresh, else a path that must exist.
+
+    A path may be a checkpoint or a run directory / checkpoints directory (its latest is taken).
+    """
+    if resume in ("none", "", None):
+        return None
+    if resume == "auto":
+        return latest_checkpoint(ckpt_root)
+    path = Path(resume).expanduser()
+    if is_checkpoint(path):
+        return path
+    for root in (path, path / "checkpoints"):
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            return latest
+    if not path.exists():
+        raise ConfigError(f"resume={resume!r}: no such file or directory")
+    raise ConfigError(f"resume={resume!r} is not a checkpoint (no {META_FILE}) and holds no complete checkpoint")
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / META_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is not a readable checkpoint: {err}") from None
+
+
+# --- RNG ------------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank_file(path: Path, kind: str, rank: int) -> Path:
+    return path / kind / f"rank_{rank:05d}.pt"
+
+
+def _save_rank_state(path: Path, kind: str, rank: int, obj: Any) -> None:
+    target = _rank_file(path, kind, rank)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, target)
+
+
+def _load_rank_state(path: Path, kind: str, env: DistEnv, saved_world: int) -> Any:
+    """This rank's state; rank 0's when the world size changed (states are world-size invariant then)."""
+    rank = env.rank if saved_world == env.world_size else 0
+    target = _rank_file(path, kind, rank)
+    if not target.exists():
+        return None
+    return torch.load(target, map_location="cpu", weights_only=True)
+
+
+# --- save / load ----------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Counters the loop carries across restarts (saved in ``meta.json``)."""
+
+    step: int = 0
+    tokens: int = 0
+    nonfinite_total: int = 0
+    nonfinite_in_a_row: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished temporary directory into place (replacing an older one of the same step)."""
+    if final.exists():
+        trash = final.with_name(f".old_{final.name}_{time.time_ns()}")
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints (0 = keep all) and stale temp dirs."""
+    for stale in root.glob(".tmp_step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in root.glob(".old_step_*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if keep_last > 0:
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(engine, root: Path, state: TrainState, *, data_state: Any = None, tokenizer=None,
+                    keep_last: int = 0) -> Path:
+    """Write the full training state of ``engine`` atomically to ``root/step_NNNNNNN``; collective."""
+    env: DistEnv = engine.env
+    final = root / step_dirname(state.step)
+    tmp = root / f".tmp_{final.name}"
+    if env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(env)
+    engine.save(tmp)
+    _save_rank_state(tmp, "rng", env.rank, rng_state())
+    if data_state is not None:
+        _save_rank_state(tmp, "data", env.rank, data_state)
+    barrier(env)
+    if env.is_main:
+        config = getattr(engine.module, "config", None)
+        if config is not None:
+            config.to_json_file(str(tmp / "config.json"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        meta = {
+            "format_version": FORMAT_VERSION, "engine": engine.name, "format": engine.format,
+            "world_size": env.world_size, "zero_stage": getattr(engine.dist_cfg, "zero_stage", None),
+            "precision": engine.precision, "step": state.step, "tokens": state.tokens,
+            "nonfinite_total": state.nonfinite_total, "nonfinite_in_a_row": state.nonfinite_in_a_row,
+            "extra": state.extra, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        _write_json(tmp / META_FILE, meta)  # written last: marks the directory complete
+        _fsync_dir(tmp)
+        _publish(tmp, final)
+        prune(root, keep_last)
+    barrier(env)
+    return final
+
+
+def load_checkpoint(engine, path: Path) -> tuple[TrainState, Any]:
+    """Restore ``engine`` (model + optimizer), this rank's RNG; return the counters and the data state."""
+    meta = read_meta(path)
+    env: DistEnv = engine.env
+    engine.load(path, meta)
+    saved_world = int(meta.get("world_size", 1))
+    rng = _load_rank_state(path, "rng", env, saved_world)
+    if rng is not None:
+        set_rng_state(rng)
+    data_state = _load_rank_state(path, "data", env, saved_world)
+    state = TrainState(step=int(meta["step"]), tokens=int(meta.get("tokens", 0)),
+                       nonfinite_total=int(meta.get("nonfinite_total", 0)),
+                       nonfinite_in_a_row=int(meta.get("nonfinite_in_a_row", 0)), extra=meta.get("extra", {}))
+    return state, data_state

@@ -1,0 +1,148 @@
+"""Process-group set-up for every launcher: torchrun, the deepspeed launcher, SLURM ``srun`` or none.
+
+torchrun and the deepspeed launcher export ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``.
+Under ``srun`` (one task per GPU) only ``SLURM_*`` variables exist; they are translated here, with the
+first host of the job as the rendezvous address. GPU runs use NCCL, CPU runs gloo.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from cod_train.config import ConfigError, DistributedConfig
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits: its rank, the world, and the device it computes on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    backend: str = "gloo"
+    initialized: bool = False  # a process group exists
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _slurm_env() -> dict[str, str]:
+    """Translate ``srun`` variables into the torchrun ones (``{}`` outside an ``srun`` step)."""
+    if "SLURM_PROCID" not in os.environ or "SLURM_NTASKS" not in os.environ:
+        return {}
+    out = {
+        "RANK": os.environ["SLURM_PROCID"],
+        "WORLD_SIZE": os.environ["SLURM_NTASKS"],
+        "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+    }
+    if "MASTER_ADDR" not in os.environ:
+        out["MASTER_ADDR"] = _first_slurm_host()
+    if "MASTER_PORT" not in os.environ:
+        out["MASTER_PORT"] = str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)
+    return out
+
+
+def _first_slurm_host() -> str:
+    nodelist = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "")
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True,
+                               capture_output=True, text=True).stdout.split()
+        return hosts[0]
+    except (OSError, subprocess.CalledProcessError, IndexError):
+        return nodelist.split(",")[0].split("[")[0] or "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launcher_env() -> dict[str, str]:
+    """The torchrun-style variables of this process, from whichever launcher started it."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return {}
+    return _slurm_env()
+
+
+def _pick_device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", torch.cuda.current_device())
+    if device != "cpu":
+        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
+    return torch.device("cpu")
+
+
+def init_distributed(dist_cfg: DistributedConfig, device: str = "auto") -> DistEnv:
+    """Join (or skip) the process group described by the launcher's environment and pick the device.
+
+    ``single`` refuses to run under a multi-process launcher; the other engines create a process group
+    even with one process (a free localhost port is chosen when no launcher set one).
+    """
+    os.environ.update(_launcher_env())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if dist_cfg.engine == "single" and world > 1:
+        raise ConfigError(f"distributed=single cannot run with {world} processes; "
+                          "use distributed=ddp, fsdp or deepspeed")
+    dev = _pick_device(device, local_rank)
+    backend = dist_cfg.backend if dist_cfg.backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
+    if dist_cfg.engine == "single":
+        return DistEnv(device=dev, backend=backend)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
+    if not dist.is_initialized():
+        timeout = timedelta(minutes=dist_cfg.timeout_minutes)
+        if dist_cfg.engine == "deepspeed":
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
+        else:
+            kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+            dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
+    return DistEnv(rank, world, local_rank, local_world, dev, backend, initialized=True)
+
+
+def destroy_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.initialized and env.world_size > 1:
+        dist.barrier()
+
+
+def all_reduce(tensor: torch.Tensor, env: DistEnv, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """In-place all-reduce that is a no-op for a single process."""
+    if env.initialized and env.world_size > 1:
+        dist.all_reduce(tensor, op=op)
+    return tensor
+
+
+def broadcast_object(obj, env: DistEnv, src: int = 0):
+    """Rank ``src``'s Python object on every rank."""
+    if not (env.initialized and env.world_size > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,367 @@
+"""The engines behind one interface: ``single``, ``ddp``, ``fsdp`` (FSDP2 ``fully_shard``), ``deepspeed`` (ZeRO 1-3).
+
+Per optimizer step the loop does::
+
+    for i, micro in enumerate(micro_batches):
+        with engine.accumulate(last=i == n - 1), engine.autocast():
+            loss = engine.model(**micro).loss
+        engine.backward(loss)
+    norm = engine.clip_grad_norm()          # None where the engine clips inside its step (DeepSpeed)
+    norm = engine.optimizer_step(lr) or norm   # or engine.skip_step() after a non-finite loss
+
+Checkpoint formats (``engine.format``): ``torch`` (single/DDP: ``model.safetensors`` + ``optimizer.pt``),
+``dcp`` (FSDP2: ``dcp/``, torch.distributed.checkpoint, reshardable), ``deepspeed`` (``deepspeed/``,
+DeepSpeed native, plus a consolidated ``model.safetensors`` for export).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from cod_train.config import ConfigError, DistributedConfig
+from cod_train.engine.distributed import DistEnv
+
+log = logging.getLogger(__name__)
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+MODEL_FILE = "model.safetensors"
+OPTIM_FILE = "optimizer.pt"
+
+
+def _param_dtype(precision: str, override: str = "auto") -> torch.dtype | None:
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+    if override != "auto":
+        if override not in names:
+            raise ConfigError(f"distributed.fsdp_param_dtype must be auto, bf16 or fp32, got {override!r}")
+        return names[override]
+    return torch.bfloat16 if precision == "bf16-mixed" else None
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+class Engine:
+    """A model wrapped for training plus its optimizer; subclasses fill in the engine-specific parts."""
+
+    name = "base"
+    format = "torch"
+    uses_autocast = True  # bf16-mixed through torch.autocast (FSDP2 and DeepSpeed cast parameters instead)
+
+    def __init__(self, model: nn.Module, dist_cfg: DistributedConfig, env: DistEnv, *,
+                 optimizer_fn: OptimizerFactory, precision: str, micro_batch_size: int,
+                 grad_accum_steps: int, grad_clip: float):
+        self.module = model  # the plain model (what diagnostics and exports see)
+        self.env = env
+        self.dist_cfg = dist_cfg
+        self.precision = precision
+        self.grad_clip = grad_clip
+        self.micro_batch_size = micro_batch_size
+        self.grad_accum_steps = grad_accum_steps
+        self.model: nn.Module = model  # what the loop calls
+        self.optimizer: torch.optim.Optimizer
+        self.setup(optimizer_fn)
+
+    # --- set-up -----------------------------------------------------------------------------------
+    def setup(self, optimizer_fn: OptimizerFactory) -> None:
+        self.module.to(self.env.device)
+        if self.precision == "bf16-pure":
+            self.module.to(torch.bfloat16)
+        self.model = self.wrap(self.module)
+        self.optimizer = optimizer_fn(self.module)
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+    # --- one optimizer step -----------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16-mixed" and self.uses_autocast:
+            return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def accumulate(self, last: bool) -> contextlib.AbstractContextManager:
+        """Context for one micro-batch's forward+backward; ``last`` = the one that completes the step."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self.module.parameters() if p.grad is not None]
+
+    def clip_grad_norm(self) -> float | None:
+        """Global gradient norm before clipping; clips to ``grad_clip`` when it is > 0."""
+        grads = self.grads()
+        if not grads:
+            return 0.0
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+            norm = norm.full_tensor()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(
+                [p for p in self.module.parameters() if p.grad is not None], self.grad_clip, norm, foreach=True)
+        return float(norm)
+
+    def optimizer_step(self, lr: float) -> float | None:
+        set_lr(self.optimizer, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return None
+
+    def skip_step(self) -> None:
+        """Drop this step's gradients without touching parameters or optimizer state."""
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    # --- state ------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Write model + optimizer state under ``path`` (collective: every rank calls it)."""
+        if self.env.is_main:
+            save_model(self.module, str(path / MODEL_FILE))
+            torch.save(self.optimizer.state_dict(), path / OPTIM_FILE)
+
+    def load(self, path: Path, meta: dict[str, Any]) -> None:
+        _expect_format(path, meta, self.format)
+        missing, unexpected = load_model(self.module, str(path / MODEL_FILE), strict=False,
+                                         device=str(self.env.device))
+        if missing or unexpected:
+            raise ConfigError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
+        state = torch.load(path / OPTIM_FILE, map_location=self.env.device, weights_only=True)
+        self.optimizer.load_state_dict(state)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on CPU on rank 0 (``None`` elsewhere); collective."""
+        return cpu_state_dict(self.module) if self.env.is_main else None
+
+
+def _expect_format(path: Path, meta: dict[str, Any], fmt: str) -> None:
+    saved = meta.get("format")
+    if saved != fmt:
+        raise ConfigError(f"checkpoint {path} was written in the {saved!r} format (engine {meta.get('engine')!r}); "
+                          f"this engine reads {fmt!r}. Resume with the same engine family, or export it with "
+                          "cod-export and start a new run from the HF directory")
+
+
+class SingleEngine(Engine):
+    name = "single"
+
+
+class DDPEngine(Engine):
+    name = "ddp"
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids)
+
+    def accumulate(self, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if last else self.model.no_sync()
+
+
+class FSDPEngine(Engine):
+    """FSDP2: each decoder block and then the root are ``fully_shard``-ed over a 1-D data-parallel mesh."""
+
+    name = "fsdp"
+    format = "dcp"
+    uses_autocast = False
+
+    def setup(self, optimizer_fn: OptimizerFactory) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        from cod_train.engine.parallelize import decoder_layers, materialize
+
+        if self.precision == "bf16-pure":
+            self.module.to(torch.bfloat16)
+        on_meta = any(p.is_meta for p in self.module.parameters())
+        if not on_meta:
+            self.module.to(self.env.device)
+        mesh = init_device_mesh(self.env.device.type, (self.env.world_size,))
+        param_dtype = _param_dtype(self.precision, self.dist_cfg.fsdp_param_dtype)
+        policy = MixedPrecisionPolicy(param_dtype=param_dtype,
+                                      reduce_dtype=torch.float32 if param_dtype is not None else None)
+        reshard = self.dist_cfg.reshard_after_forward
+        for layer in decoder_layers(self.module):
+            fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+        fully_shard(self.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+        if on_meta:
+            materialize(self.module, self.env.device)
+        self.model = self.module
+        self.optimizer = optimizer_fn(self.module)
+
+    def _state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
+        return {"model": model_sd, "optim": optim_sd}
+
+    def save(self, path: Path) -> None:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._state(), checkpoint_id=str(path / "dcp"))
+
+    def load(self, path: Path, meta: dict[str, Any]) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        _expect_format(path, meta, self.format)
+        state = self._state()
+        dcp.load(state, checkpoint_id=str(path / "dcp"))
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.module, options=opts)
+        return state if self.env.is_main else None
+
+
+def deepspeed_config(dist_cfg: DistributedConfig, env: DistEnv, *, precision: str, micro_batch_size: int,
+                     grad_accum_steps: int, grad_clip: float) -> dict[str, Any]:
+    """The DeepSpeed JSON config for our settings (a torch optimizer is passed in, so no ``optimizer`` key)."""
+    if dist_cfg.zero_stage not in (1, 2, 3):
+        raise ConfigError(f"distributed.zero_stage must be 1, 2 or 3, got {dist_cfg.zero_stage}")
+    zero: dict[str, Any] = {"stage": dist_cfg.zero_stage}
+    if dist_cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": env.device.type == "cuda"}
+    return {
+        "train_batch_size": micro_batch_size * grad_accum_steps * env.world_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "gradient_clipping": grad_clip,
+        "zero_optimization": zero,
+        # bf16-mixed and bf16-pure both run DeepSpeed's bf16 mode (bf16 weights, fp32 master copy).
+        "bf16": {"enabled": precision != "fp32", "check_grad_overflow": True},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed ZeRO 1/2/3 around a torch optimizer; the accumulation boundary is set explicitly."""
+
+    name = "deepspeed"
+    format = "deepspeed"
+    uses_autocast = False
+
+    def setup(self, optimizer_fn: OptimizerFactory) -> None:
+        import deepspeed
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        self.module.to(self.env.device)
+        config = deepspeed_config(self.dist_cfg, self.env, precision=self.precision,
+                                  micro_batch_size=self.micro_batch_size,
+                                  grad_accum_steps=self.grad_accum_steps, grad_clip=self.grad_clip)
+        optimizer = optimizer_fn(self.module)
+        self.ds, self.optimizer, _, _ = deepspeed.initialize(
+            model=self.module, optimizer=optimizer, config=config, dist_init_required=False)
+        self.model = self.ds
+
+    def accumulate(self, last: bool) -> contextlib.AbstractContextManager:
+        self.ds.set_gradient_accumulation_boundary(last)
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss, scale_wrt_gas=False)  # the loop's loss is already the global-batch mean
+
+    def clip_grad_norm(self) -> float | None:
+        return None  # DeepSpeed clips inside step() (``gradient_clipping``)
+
+    def optimizer_step(self, lr: float) -> float | None:
+        set_lr(self.optimizer, lr)
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def skip_step(self) -> None:
+        # Gradients after a non-finite loss are non-finite, so DeepSpeed's overflow check drops the update;
+        # lr=0 makes sure the parameters stay put either way.
+        self.optimizer_step(0.0)
+
+    def save(self, path: Path) -> None:
+        self.ds.save_checkpoint(str(path / "deepspeed"), tag="state", save_latest=False)
+        state = self.full_state_dict()
+        if state is not None:
+            from safetensors.torch import save_file
+
+            save_file(_unshare(state), str(path / MODEL_FILE))
+
+    def load(self, path: Path, meta: dict[str, Any]) -> None:
+        _expect_format(path, meta, self.format)
+        saved_world = int(meta.get("world_size", self.env.world_size))
+        if saved_world != self.env.world_size:
+            path = _universal_checkpoint(path, self.env)
+            self.ds._config.load_universal_checkpoint = True
+        load_path, _ = self.ds.load_checkpoint(str(path / "deepspeed"), tag="state",
+                                               load_optimizer_states=True, load_lr_scheduler_states=False)
+        self.ds._config.load_universal_checkpoint = False
+        if load_path is None:
+            raise ConfigError(f"DeepSpeed could not load the checkpoint in {path}")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        if self.dist_cfg.zero_stage < 3:
+            return cpu_state_dict(self.module) if self.env.is_main else None
+        import deepspeed
+
+        params = list(self.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return cpu_state_dict(self.module) if self.env.is_main else None
+
+
+def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): give each key its own copy."""
+    seen: set[int] = set()
+    out = {}
+    for key, tensor in state.items():
+        ptr = tensor.untyped_storage().data_ptr()
+        out[key] = tensor.clone().contiguous() if ptr in seen else tensor.contiguous()
+        seen.add(ptr)
+    return out
+
+
+def _universal_checkpoint(path: Path, env: DistEnv) -> Path:
+    """Convert a DeepSpeed checkpoint to DeepSpeed's universal format (to resume on another world size).
+
+    Rank 0 converts once into ``path/universal/deepspeed/state`` (written to a temp dir, then renamed);
+    returns the directory to pass to :meth:`DeepSpeedEngine.load` instead of ``path``.
+    """
+    import argparse
+    import shutil
+
+    from cod_train.engine.distributed import barrier
+
+    out = path / "universal"
+    if env.is_main and not out.is_dir():
+        from deepspeed.checkpoint import ds_to_universal
+
+        tmp = path / ".tmp_universal"
+        shutil.rmtree(tmp, ignore_errors=True)
+        args = argparse.Namespace(
+            input_folder=str(path / "deepspeed" / "state"), output_folder=str(tmp / "deepspeed" / "state"),
+            num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
+            inject_missing_state=True)
+        log.info("converting %s to a universal checkpoint for a different world size", path)
+        ds_to_universal.main(args)
+        tmp.rename(out)
+    barrier(env)
+    return out

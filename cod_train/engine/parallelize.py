@@ -1,0 +1,109 @@
+"""Wrap a plain model for training, in one fixed order: activation checkpointing -> torch.compile -> engine.
+
+The model knows nothing about parallelism. ``parallelize`` returns an :class:`~cod_train.engine.engines.Engine`
+that the training loop drives through one small interface whatever the engine (single, DDP, FSDP2,
+DeepSpeed ZeRO).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from cod_train.config import ConfigError, DistributedConfig
+from cod_train.engine.distributed import DistEnv
+from cod_train.engine.engines import (
+    DDPEngine,
+    DeepSpeedEngine,
+    Engine,
+    FSDPEngine,
+    OptimizerFactory,
+    SingleEngine,
+)
+
+AC_MODES = ("none", "full", "selective")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks (``model.model.layers`` for LLaMA-style causal LMs)."""
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"{type(model).__name__} has no `model.layers` ModuleList to wrap")
+    return layers
+
+
+def _checkpointed_forward(forward: Callable, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
+    """Recompute decoder blocks in the backward pass: ``full`` = every block, ``selective`` = every other one.
+
+    The block's ``forward`` is replaced on the instance, so parameter names do not change.
+    """
+    if mode not in AC_MODES:
+        raise ConfigError(f"distributed.activation_checkpointing must be one of {AC_MODES}, got {mode!r}")
+    if mode == "none":
+        return
+    for idx, layer in enumerate(decoder_layers(model)):
+        if mode == "full" or idx % 2 == 0:
+            layer.forward = functools.partial(_checkpointed_forward, layer.forward)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each decoder block in place (repeated blocks share one compiled graph; names unchanged)."""
+    for layer in decoder_layers(model):
+        layer.compile(fullgraph=False)
+
+
+def materialize(model: nn.Module, device: torch.device) -> None:
+    """Allocate a model built under ``torch.device("meta")`` and initialize it (``reset_weights``)."""
+    if not any(p.is_meta for p in model.parameters()):
+        return
+    model.to_empty(device=device)
+    reset = getattr(model, "reset_weights", None)
+    if reset is None:
+        raise ConfigError(f"{type(model).__name__} was built on the meta device but has no reset_weights()")
+    reset()
+
+
+ENGINES: dict[str, type[Engine]] = {
+    "single": SingleEngine,
+    "ddp": DDPEngine,
+    "fsdp": FSDPEngine,
+    "deepspeed": DeepSpeedEngine,
+}
+
+
+def parallelize(
+    model: nn.Module,
+    dist_cfg: DistributedConfig,
+    env: DistEnv,
+    *,
+    optimizer_fn: OptimizerFactory,
+    precision: str = "fp32",
+    micro_batch_size: int = 1,
+    grad_accum_steps: int = 1,
+    grad_clip: float = 0.0,
+) -> Engine:
+    """Apply activation checkpointing, then ``torch.compile`` (option), then the engine's wrapper.
+
+    ``optimizer_fn(module)`` builds the torch optimizer once the parameters are final (FSDP2 builds it on the
+    sharded DTensors; DeepSpeed receives it — never DeepSpeed's own FusedAdam, which compiles for minutes).
+    """
+    if dist_cfg.engine not in ENGINES:
+        raise ConfigError(f"distributed.engine must be one of {tuple(ENGINES)}, got {dist_cfg.engine!r}")
+    if dist_cfg.engine != "fsdp":
+        materialize(model, env.device)
+    apply_activation_checkpointing(model, dist_cfg.activation_checkpointing)
+    if dist_cfg.compile:
+        apply_compile(model)
+    return ENGINES[dist_cfg.engine](
+        model, dist_cfg, env, optimizer_fn=optimizer_fn, precision=precision,
+        micro_batch_size=micro_batch_size, grad_accum_steps=grad_accum_steps, grad_clip=grad_clip,
+    )

@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, downstream accuracy (lm-eval-harness) and depth diagnostics."""

@@ -1,0 +1,284 @@
+"""Depth diagnostics: how much does each layer contribute? (the "Curse of Depth" analyses)
+
+All functions take a LLaMA-layout causal LM (ours, or HF Llama / Mistral / Qwen2) and batches
+``{"input_ids": [B, T], "labels": [B, T]}`` (labels already shifted, -100 ignored; an optional
+``attention_mask``). Hidden state h_0 is the embedding output, h_l the output of layer l (l = 1..L),
+taken before the final norm.
+
+- :func:`layer_variance` — variance / std of the residual stream after each layer (LNS paper figure):
+  the variance of all elements of h_l over the real (non-pad) tokens of every batch.
+- :func:`angular_distances` — d(l, l+n) = arccos(cos(h_l, h_{l+n})) / pi on each row's last real
+  token, averaged over rows (ShortGPT / Gromov et al.): the block of layers l+1..l+n changes the
+  residual stream that much. 0 = the block is an identity on that token.
+- :func:`layer_pruning` — remove each layer in turn and measure the perplexity (and optionally any metric
+  given as a callable, e.g. a downstream accuracy) without it.
+- :func:`layer_grad_norms` — L2 norm of the gradient of each layer's parameters for the mean token loss
+  over the batches (Mix-LN paper figure).
+- :func:`training_diagnostics` / :class:`TrainingDiagnostics` — the cheap in-training version
+  (see :mod:`cod_train.eval.depth_train`).
+
+Everything returns plain Python lists / floats, ready for JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from cod_train.eval.depth_hooks import (
+    Batch,
+    decoder_layers,
+    last_token_index,
+    model_device,
+    pruned_layers,
+    residual_stream_hooks,
+    run_backbone,
+    to_device,
+    token_losses_sum,
+    unwrap_model,
+    valid_token_mask,
+)
+from cod_train.eval.depth_train import (
+    DIAG_PREFIX,
+    LAYER_GRAD_NORM_KEY,
+    LAYER_VAR_KEY,
+    TrainingDiagnostics,
+    per_layer_grad_norms,
+    scalarize_diagnostics,
+    training_diagnostics,
+)
+
+__all__ = [
+    "DIAG_PREFIX",
+    "LAYER_GRAD_NORM_KEY",
+    "LAYER_VAR_KEY",
+    "TrainingDiagnostics",
+    "angular_distances",
+    "evaluate_loss",
+    "layer_grad_norms",
+    "layer_pruning",
+    "layer_variance",
+    "per_layer_grad_norms",
+    "run_diagnostics",
+    "scalarize_diagnostics",
+    "training_diagnostics",
+]
+
+DIAGNOSTICS = ("variance", "angular", "pruning", "grad_norms")
+MetricFn = Callable[[nn.Module], float]
+
+
+def _prepared(model: nn.Module, batches: Iterable[Batch]) -> list[Batch]:
+    device = model_device(model)
+    out = [to_device(b, device) for b in batches]
+    if not out:
+        raise ValueError("no batches given: the diagnostics need at least one batch of held-out tokens")
+    return out
+
+
+@torch.no_grad()
+def layer_variance(model: nn.Module, batches: Iterable[Batch]) -> dict:
+    """Variance and std of h_0..h_L over all elements of the real tokens.
+
+    Returns ``{"embed_var", "layer_var": [L], "layer_std": [L], "layer_mean_abs": [L]}``; ``layer_var[l-1]``
+    is the variance of layer l's output.
+    """
+    batches = _prepared(model, batches)
+    n_states = len(decoder_layers(model)) + 1
+    sums = torch.zeros(n_states, dtype=torch.float64)
+    sq = torch.zeros(n_states, dtype=torch.float64)
+    absum = torch.zeros(n_states, dtype=torch.float64)
+    count = torch.zeros(n_states, dtype=torch.float64)
+    model.eval()
+    for batch in batches:
+        mask = valid_token_mask(batch)
+
+        def record(idx: int, hidden: torch.Tensor, mask: torch.Tensor = mask) -> None:
+            vals = hidden[mask.to(hidden.device)].double()
+            sums[idx] += vals.sum().cpu()
+            sq[idx] += vals.square().sum().cpu()
+            absum[idx] += vals.abs().sum().cpu()
+            count[idx] += vals.numel()
+
+        with residual_stream_hooks(model, record):
+            run_backbone(model, batch)
+    mean = sums / count
+    var = (sq / count - mean.square()).clamp(min=0)
+    return {
+        "embed_var": float(var[0]),
+        "layer_var": var[1:].tolist(),
+        "layer_std": var[1:].sqrt().tolist(),
+        "layer_mean_abs": (absum / count)[1:].tolist(),
+    }
+
+
+@torch.no_grad()
+def last_token_states(model: nn.Module, batches: Iterable[Batch]) -> torch.Tensor:
+    """``[N, L+1, D]`` float64: h_0..h_L at each row's last real token, rows of all batches stacked."""
+    batches = _prepared(model, batches)
+    n_states = len(decoder_layers(model)) + 1
+    rows = []
+    model.eval()
+    for batch in batches:
+        last = last_token_index(batch)
+        states: list[torch.Tensor | None] = [None] * n_states
+
+        def record(idx: int, hidden: torch.Tensor, last: torch.Tensor = last, states: list = states) -> None:
+            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+            states[idx] = picked.double().cpu()
+
+        with residual_stream_hooks(model, record):
+            run_backbone(model, batch)
+        rows.append(torch.stack(states, dim=1))
+    return torch.cat(rows, dim=0)
+
+
+def angular_distance_matrix(states: torch.Tensor) -> torch.Tensor:
+    """From ``[N, L+1, D]`` states: ``[L, L]`` with ``[l, n-1]`` = mean_rows arccos(cos(h_l, h_{l+n}))/pi
+    for l = 0..L-1, n = 1..L-l, NaN where l + n > L."""
+    unit = nn.functional.normalize(states, dim=-1)
+    cos = torch.einsum("nid,njd->nij", unit, unit).clamp(-1.0, 1.0)
+    dist = (torch.arccos(cos) / math.pi).mean(dim=0)  # [L+1, L+1]
+    n_layers = states.shape[1] - 1
+    out = torch.full((n_layers, n_layers), float("nan"), dtype=torch.float64)
+    for start in range(n_layers):
+        for span in range(1, n_layers - start + 1):
+            out[start, span - 1] = dist[start, start + span]
+    return out
+
+
+def _nan_to_none(rows: torch.Tensor) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else v for v in row] for row in rows.tolist()]
+
+
+def angular_distances(model: nn.Module, batches: Iterable[Batch]) -> dict:
+    """ShortGPT-style angular distances on the last real token.
+
+    Returns ``{"distance", "adjacent", "num_samples"}``: ``distance[l][n-1]`` = d(h_l, h_{l+n}) for start
+    l = 0..L-1 (0 = embedding output) and block size n = 1..L-l (None where l + n > L);
+    ``adjacent[l-1]`` = d(h_{l-1}, h_l), layer l's own change; ``num_samples`` rows averaged.
+    """
+    states = last_token_states(model, batches)
+    matrix = angular_distance_matrix(states)
+    return {
+        "distance": _nan_to_none(matrix),
+        "adjacent": matrix[:, 0].tolist(),
+        "num_samples": states.shape[0],
+    }
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, batches: Sequence[Batch]) -> float:
+    """Mean next-token loss over all valid tokens of ``batches`` (token-weighted)."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss_sum, n = token_losses_sum(model, batch)
+        total += float(loss_sum)
+        count += n
+    if count == 0:
+        raise ValueError("the held-out batches contain no valid (label != -100) tokens")
+    return total / count
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else float("inf")
+
+
+def layer_pruning(model: nn.Module, batches: Iterable[Batch], metric_fn: MetricFn | None = None) -> dict:
+    """Drop each layer in turn (see :func:`~cod_train.eval.depth_hooks.pruned_layers`) and re-measure.
+
+    Returns ``{"base_loss", "base_ppl", "loss": [L], "ppl": [L], "delta_ppl": [L]}`` plus, when
+    ``metric_fn(model) -> float`` is given (e.g. a downstream accuracy), ``"base_metric", "metric": [L],
+    "delta_metric": [L]``. Entry l-1 is the model without layer l.
+    """
+    batches = _prepared(model, batches)
+    base = evaluate_loss(model, batches)
+    result: dict = {"base_loss": base, "base_ppl": _ppl(base), "loss": [], "ppl": []}
+    metrics = []
+    base_metric = float(metric_fn(model)) if metric_fn is not None else None
+    for idx in range(len(decoder_layers(model))):
+        with pruned_layers(model, [idx]):
+            loss = evaluate_loss(model, batches)
+            if metric_fn is not None:
+                metrics.append(float(metric_fn(model)))
+        result["loss"].append(loss)
+        result["ppl"].append(_ppl(loss))
+    result["delta_ppl"] = [p - result["base_ppl"] for p in result["ppl"]]
+    if metric_fn is not None:
+        result.update(
+            base_metric=base_metric, metric=metrics, delta_metric=[m - base_metric for m in metrics]
+        )
+    return result
+
+
+def layer_grad_norms(model: nn.Module, batches: Iterable[Batch]) -> dict:
+    """Per-layer gradient L2 norms of the mean token loss over ``batches`` (one backward per batch).
+
+    Leaves ``.grad`` cleared (set to None) and restores ``requires_grad``. Returns
+    ``{"loss", "layer_grad_norm": [L], "embed_grad_norm", "head_grad_norm"}``.
+    """
+    batches = _prepared(model, batches)
+    inner = unwrap_model(model)
+    params = list(inner.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+        p.grad = None
+    total_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+    if total_tokens == 0:
+        raise ValueError("the batches contain no valid (label != -100) tokens")
+    model.eval()
+    loss_total = 0.0
+    try:
+        for batch in batches:
+            loss_sum, _ = token_losses_sum(model, batch)
+            (loss_sum / total_tokens).backward()
+            loss_total += float(loss_sum.detach())
+        result = {
+            "loss": loss_total / total_tokens,
+            "layer_grad_norm": per_layer_grad_norms(model),
+            "embed_grad_norm": _grad_norm(inner.model.embed_tokens.parameters()),
+            "head_grad_norm": _grad_norm(inner.lm_head.parameters()),
+        }
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.grad = None
+            p.requires_grad_(flag)
+    return result
+
+
+def _grad_norm(params: Iterable[nn.Parameter]) -> float:
+    sq = sum(float(p.grad.double().square().sum()) for p in params if p.grad is not None)
+    return math.sqrt(sq)
+
+
+def run_diagnostics(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    *,
+    which: Sequence[str] = DIAGNOSTICS,
+    grad_batches: int = 1,
+    metric_fn: MetricFn | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict]:
+    """Run the selected diagnostics (names in ``DIAGNOSTICS``); returns ``{name: result}``."""
+    unknown = sorted(set(which) - set(DIAGNOSTICS))
+    if unknown:
+        raise ValueError(f"unknown diagnostics {unknown}; valid: {', '.join(DIAGNOSTICS)}")
+    runners: dict[str, Callable[[], dict]] = {
+        "variance": lambda: layer_variance(model, batches),
+        "angular": lambda: angular_distances(model, batches),
+        "pruning": lambda: layer_pruning(model, batches, metric_fn),
+        "grad_norms": lambda: layer_grad_norms(model, batches[: max(1, grad_batches)]),
+    }
+    out = {}
+    for name in DIAGNOSTICS:
+        if name in which:
+            if log:
+                log(f"  {name} ...")
+            out[name] = runners[name]()
+    return out

@@ -1,0 +1,62 @@
+"""Optional fused GPU kernels (Liger Kernel's Triton ops) behind `CodLlamaConfig.use_kernels`.
+
+With `use_kernels=True`, on CUDA tensors and when `liger_kernel` is importable, the model routes RMSNorm, RoPE,
+the SwiGLU product and the fused linear + cross-entropy loss through Liger's kernels; in every other case
+(flag off, CPU, package missing) it runs the plain PyTorch code, so CPU runs and the tests never touch this
+module's fast path. The equations are the same: RMSNorm in "llama" casting mode (fp32 statistics, rounded to
+the input dtype before the weight multiply), rotate-half RoPE, silu(gate) * up, sum of token cross-entropies
+with fp32 logits.
+
+`torch.compile` per block (applied by the engines) and these kernels are alternatives: Triton kernels inside a
+compiled block are traced as user-defined kernels where torch supports it; prefer one or the other and measure
+with `scripts/bench.py --device cuda`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+
+@functools.cache
+def liger_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None and torch.cuda.is_available()
+
+
+def wanted(config) -> bool:
+    """True when the config asks for the kernels and they can run on this machine."""
+    return bool(getattr(config, "use_kernels", False)) and liger_available()
+
+
+def active(flag: bool, x: torch.Tensor) -> bool:
+    """Use the fused kernel for this call (`flag` = `wanted(config)`, resolved once at construction)."""
+    return flag and x.is_cuda
+
+
+@functools.cache
+def _functional():
+    from liger_kernel.transformers import functional
+
+    return functional
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # in_place=False: the incoming gradient may be shared with the residual branch (sandwich/peri norms).
+    return _functional().liger_rms_norm(x, weight, eps, offset=0.0, casting_mode="llama", in_place=False)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """q [B, H, T, hd], k [B, Hkv, T, hd], cos/sin [B, T, hd] (rotate-half layout)."""
+    return _functional().liger_rope(q, k, cos, sin)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _functional().liger_swiglu(gate, up)
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over `targets != -100` of CE(hidden @ weight^T, target), logits never materialized in full."""
+    return _functional().liger_fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-100,
+                                                          reduction="sum")

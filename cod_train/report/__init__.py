@@ -1,0 +1,6 @@
+"""Collect run directories into a Markdown comparison report with figures (``cod-report``)."""
+
+from cod_train.report.render import write_report
+from cod_train.report.runs import RunData, discover_runs, load_run, load_runs
+
+__all__ = ["RunData", "discover_runs", "load_run", "load_runs", "write_report"]

@@ -1,0 +1,110 @@
+"""Typed configuration of ``cod-sft`` (``configs/sft.yaml``), composed from the shared dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cod_train.config import ConfigError, DistributedConfig, LoggerConfig, TrainConfig
+
+FORMATS = ("auto", "alpaca", "messages")
+TEMPLATES = ("auto", "chat", "alpaca")
+
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n"
+)
+ALPACA_FOLLOWUP = "\n\n### Instruction:\n{instruction}\n\n### Response:\n"  # later turns of a chat
+
+
+@dataclass
+class SFTDataConfig:
+    """The ``sft.*`` keys: instruction data, prompt template, sequence layout."""
+
+    paths: list[str] = field(default_factory=list)  # local JSON/JSONL globs; [] and no hub_dataset = bundled sample
+    hub_dataset: str | None = None  # e.g. yahma/alpaca-cleaned
+    hub_config: str | None = None
+    hub_split: str = "train"
+    format: str = "auto"  # auto | alpaca (instruction/input/output) | messages (chat JSONL)
+    instruction_field: str = "instruction"
+    input_field: str = "input"
+    output_field: str = "output"
+    messages_field: str = "messages"
+    template: str = "auto"  # auto = tokenizer's chat template when it has one, else alpaca | chat | alpaca
+    prompt: str = ALPACA_PROMPT  # alpaca template: a Python format string with {instruction} and {input}
+    prompt_no_input: str = ALPACA_PROMPT_NO_INPUT
+    prompt_followup: str = ALPACA_FOLLOWUP
+    max_length: int = 512  # tokens per row (input_ids length); longer examples are truncated
+    packing: bool = False  # pack several examples per row (no example is split) instead of one per row
+    eval_fraction: float = 0.02  # held-out share of the examples for eval_loss
+    max_examples: int | None = None  # use only the first N records (quick runs)
+
+    def validate(self) -> None:
+        if self.format not in FORMATS:
+            raise ConfigError(f"sft.format must be one of {FORMATS}, got {self.format!r}")
+        if self.template not in TEMPLATES:
+            raise ConfigError(f"sft.template must be one of {TEMPLATES}, got {self.template!r}")
+        if self.max_length < 8:
+            raise ConfigError(f"sft.max_length must be >= 8, got {self.max_length}")
+        if not 0.0 <= self.eval_fraction < 0.5:
+            raise ConfigError(f"sft.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
+        for key in ("prompt", "prompt_no_input", "prompt_followup"):
+            template = getattr(self, key)
+            try:
+                template.format(instruction="", input="", output="")
+            except (KeyError, IndexError, ValueError) as err:
+                raise ConfigError(f"sft.{key} is not a valid format string ({err!r}); use {{instruction}} and "
+                                  "{input}, and double other braces") from None
+            if "{instruction}" not in template:
+                raise ConfigError(f"sft.{key} must contain '{{instruction}}'")
+
+
+@dataclass
+class SFTTrainConfig(TrainConfig):
+    """``train.*`` with fine-tuning defaults (smaller lr, fewer steps)."""
+
+    max_steps: int = 100
+    lr: float = 3e-4
+    warmup_steps: int = 10
+    eval_every: int = 50
+    eval_tokens: int = 32768
+    ckpt_every: int = 50
+    diag_every: int = 0
+
+
+@dataclass
+class SFTConfig:
+    """``cod-sft``: ``checkpoint`` = a cod-pretrain run dir or checkpoint, an HF directory or a hub name."""
+
+    checkpoint: str = "runs/llama_tiny-pre_ln"
+    tokenizer: str | None = None  # default: the checkpoint's own tokenizer
+    sft: SFTDataConfig = field(default_factory=SFTDataConfig)
+    train: SFTTrainConfig = field(default_factory=SFTTrainConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run_dir: str | None = None  # None = default_run_dir(checkpoint)
+    seed: int = 1234
+    resume: str = "auto"  # auto | none | PATH
+    device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        self.sft.validate()
+        if not self.checkpoint:
+            raise ConfigError("checkpoint= is required: a cod-pretrain run/checkpoint, an HF directory or a hub name")
+
+
+def default_run_dir(checkpoint: str, run_dir: Path | None) -> str:
+    """``<run_dir>-sft`` for our runs, else ``runs/<name>-sft`` (``name`` from the HF dir or hub name)."""
+    if run_dir is not None:
+        return f"{str(run_dir).rstrip('/')}-sft"
+    path = Path(checkpoint.rstrip("/"))
+    name = path.parent.name if path.name == "hf" and path.parent.name else path.name
+    if not path.exists():  # hub name org/model
+        name = checkpoint.strip("/").replace("/", "_")
+    return f"runs/{name}-sft"

@@ -1,0 +1,392 @@
+"""The one training loop, shared by pre-training and SFT.
+
+``train(cfg, model, train_data, env=...)`` takes a plain model (it is wrapped here by ``parallelize``), this
+rank's iterator over its share of each global batch (with ``state_dict``/``load_state_dict``), a factory of
+held-out batches, the tokenizer (saved into checkpoints and the final HF export) and a run config with the
+fields ``train``, ``distributed``, ``logger``, ``run_dir``, ``resume`` and ``seed`` (``PretrainConfig``
+and the SFT config both have them).
+
+Loss normalization: each micro-batch's loss is ``sum(token losses) / (valid tokens in the global batch /
+world size)``, so the gradients that DDP/FSDP/DeepSpeed average across ranks are exactly those of the mean
+over the global batch, whatever the micro-batch size and the number of processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from cod_train.config import PRECISIONS, ConfigError, DistributedConfig, LoggerConfig, TrainConfig
+from cod_train.engine.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
+from cod_train.engine.distributed import DistEnv, all_reduce, barrier
+from cod_train.engine.engines import Engine
+from cod_train.engine.export import save_hf
+from cod_train.engine.parallelize import parallelize
+from cod_train.eval.perplexity import evaluate_perplexity
+from cod_train.train.metrics import (
+    MetricsLogger,
+    mfu,
+    model_flops_per_token,
+    peak_flops,
+    peak_memory_gb,
+)
+from cod_train.train.optim import build_optimizer, lr_at
+
+log = logging.getLogger(__name__)
+Batch = dict[str, torch.Tensor]
+IGNORE_INDEX = -100
+
+
+class BatchIterator(Protocol):
+    def __iter__(self) -> Iterator[Batch]: ...
+    def __next__(self) -> Batch: ...
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class RunConfig(Protocol):
+    train: TrainConfig
+    distributed: DistributedConfig
+    logger: LoggerConfig
+    run_dir: str
+    resume: str
+    seed: int
+
+
+# diagnostics_fn(model=<plain model>, step=<1-based step>, batch=<first micro-batch>) -> metrics dict.
+# Called on every rank after backward and before the optimizer step, every ``train.diag_every`` steps.
+DiagnosticsFn = Callable[..., dict[str, Any]]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    tokens: int
+    stopped: str  # max_steps | sigterm | nonfinite
+    checkpoint: Path | None
+    last_eval: dict[str, float] | None
+    nonfinite_total: int
+    hf_dir: Path | None = None
+
+
+# --- validation (before any work) -----------------------------------------------------------------
+def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-batches per rank per step; raises ConfigError unless the batch sizes fit together."""
+    gbs, mbs = cfg.global_batch_size, cfg.micro_batch_size
+    if gbs <= 0 or mbs <= 0:
+        raise ConfigError(f"train.global_batch_size ({gbs}) and train.micro_batch_size ({mbs}) must be positive")
+    if gbs % (mbs * world_size):
+        raise ConfigError(
+            f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size={mbs} x "
+            f"{world_size} data-parallel process(es) = {mbs * world_size}; change one of them")
+    return gbs // (mbs * world_size)
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    problems = []
+    if cfg.precision not in PRECISIONS:
+        problems.append(f"train.precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.max_steps <= 0:
+        problems.append(f"train.max_steps must be positive, got {cfg.max_steps}")
+    if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
+        problems.append("train.lr must be > 0 and train.min_lr_ratio in [0, 1]")
+    if cfg.warmup_steps < 0 or cfg.grad_clip < 0 or cfg.log_every <= 0:
+        problems.append("train.warmup_steps and train.grad_clip must be >= 0, train.log_every > 0")
+    if min(cfg.eval_every, cfg.ckpt_every, cfg.keep_last, cfg.diag_every) < 0:
+        problems.append("train.eval_every, ckpt_every, keep_last and diag_every must be >= 0 (0 = off)")
+    if cfg.max_nonfinite_in_a_row <= 0:
+        problems.append("train.max_nonfinite_in_a_row must be positive")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """Create ``run_dir`` and prove it is writable, or raise ConfigError."""
+    path = Path(run_dir).expanduser()
+    probe = path / f".write_test_{os.getpid()}_{time.time_ns()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"run_dir={str(run_dir)!r} is not writable: {err.strerror or err}") from None
+    return path
+
+
+# --- SIGTERM ----------------------------------------------------------------------------------------
+class StopSignal:
+    """Turns SIGTERM (preemption) into a flag checked at step boundaries."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        self.received = True
+
+    def __enter__(self) -> StopSignal:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# --- the loop -------------------------------------------------------------------------------------
+def split_micro_batches(batch: Batch, micro_batch_size: int) -> list[Batch]:
+    rows = batch["input_ids"].shape[0]
+    return [{k: v[i:i + micro_batch_size] for k, v in batch.items()} for i in range(0, rows, micro_batch_size)]
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    if is_dataclass(cfg):
+        return asdict(cfg)
+    return dict(cfg) if isinstance(cfg, dict) else {}
+
+
+class Trainer:
+    """Holds the loop's state; :func:`train` is the entry point."""
+
+    def __init__(self, cfg: RunConfig, model: nn.Module, train_data: BatchIterator, *, env: DistEnv,
+                 eval_data: Callable[[], Iterable[Batch]] | None = None, tokenizer: Any = None,
+                 diagnostics_fn: DiagnosticsFn | None = None):
+        self.cfg, self.tcfg, self.env = cfg, cfg.train, env
+        validate_train_config(self.tcfg)
+        self.accum = grad_accum_steps(self.tcfg, env.world_size)
+        self.run_dir = check_run_dir(cfg.run_dir)
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.resume_from = resolve_resume(cfg.resume, self.ckpt_root)
+        self.train_data, self.eval_data = train_data, eval_data
+        self.tokenizer, self.diagnostics_fn = tokenizer, diagnostics_fn
+        self.engine: Engine = parallelize(
+            model, cfg.distributed, env, optimizer_fn=lambda m: build_optimizer(m, self.tcfg),
+            precision=self.tcfg.precision, micro_batch_size=self.tcfg.micro_batch_size,
+            grad_accum_steps=self.accum, grad_clip=self.tcfg.grad_clip)
+        self.state = TrainState()
+        self.last_diag: dict[str, Any] = {}
+        self.last_saved_step = -1
+        self.last_eval: dict[str, float] | None = None
+        self.logger = MetricsLogger(self.run_dir, cfg.logger, config_dict(cfg), enabled=env.is_main)
+        self._peak: float | None = None
+        self._flops_per_token = 0.0
+
+    # -- state --
+    def restore(self) -> None:
+        if self.resume_from is None:
+            return
+        self.state, data_state = load_checkpoint(self.engine, self.resume_from)
+        self.last_saved_step = self.state.step
+        self.logger.truncate_after(self.state.step)
+        if data_state is not None and hasattr(self.train_data, "load_state_dict"):
+            self.train_data.load_state_dict(data_state)
+        self.info(f"resumed from {self.resume_from} at step {self.state.step}")
+
+    def save(self) -> Path:
+        data_state = self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None
+        path = save_checkpoint(self.engine, self.ckpt_root, self.state, data_state=data_state,
+                               tokenizer=self.tokenizer, keep_last=self.tcfg.keep_last)
+        self.last_saved_step = self.state.step
+        self.info(f"saved checkpoint {path}")
+        return path
+
+    def info(self, msg: str) -> None:
+        if self.env.is_main:
+            log.info(msg)
+
+    # -- one step --
+    def stop_requested(self, stop: StopSignal) -> bool:
+        flag = torch.tensor([1.0 if stop.received else 0.0], device=self.env.device)
+        return bool(all_reduce(flag, self.env).item() > 0)
+
+    def forward_backward(self, batch: Batch) -> tuple[float, int, Batch]:
+        micro = split_micro_batches(batch, self.tcfg.micro_batch_size)
+        local_valid = sum(int((m["labels"] != IGNORE_INDEX).sum()) for m in micro)
+        valid = int(all_reduce(torch.tensor([float(local_valid)], device=self.env.device), self.env).item())
+        items = torch.tensor(max(valid, 1) / self.env.world_size, device=self.env.device)
+        loss_sum = torch.zeros((), device=self.env.device)
+        for i, mb in enumerate(micro):
+            mb = {k: v.to(self.env.device, non_blocking=True) for k, v in mb.items()}
+            with self.engine.accumulate(last=i == len(micro) - 1), self.engine.autocast():
+                # labels + shift_labels: transformers' models only compute a loss when labels are given,
+                # and shift_labels tells them (and ours) that the labels are already aligned.
+                out = self.engine.model(input_ids=mb["input_ids"], labels=mb["labels"],
+                                        shift_labels=mb["labels"], num_items_in_batch=items)
+            self.engine.backward(out.loss)
+            loss_sum += out.loss.detach().float()
+        loss = all_reduce(loss_sum, self.env).item() / self.env.world_size
+        return loss, valid, micro[0]
+
+    def step(self, batch: Batch) -> dict[str, Any]:
+        lr = lr_at(self.state.step, self.tcfg)
+        self.last_diag = {}
+        loss, valid, first_micro = self.forward_backward(batch)
+        row: dict[str, Any] = {"loss": loss, "lr": lr}
+        if not math.isfinite(loss):
+            self.engine.skip_step()
+            self.state.nonfinite_total += 1
+            self.state.nonfinite_in_a_row += 1
+            row.update(skipped=True, grad_norm=None)
+            log.warning("step %d: non-finite loss %s; step skipped (%d in a row)", self.state.step + 1, loss,
+                        self.state.nonfinite_in_a_row)
+        else:
+            self.state.nonfinite_in_a_row = 0
+            # Before clipping, so per-layer grad norms are the raw ones under every engine
+            # (DeepSpeed clips inside its own step).
+            self.last_diag = self.diagnostics(first_micro)
+            row.update(self.last_diag)
+            grad_norm = self.engine.clip_grad_norm()
+            grad_norm = self.engine.optimizer_step(lr) or grad_norm
+            row["grad_norm"] = grad_norm
+        self.state.step += 1
+        self.state.tokens += int(batch["input_ids"].numel()) * self.env.world_size
+        row.update(step=self.state.step, tokens=self.state.tokens, valid_tokens=valid,
+                   nonfinite_skipped=self.state.nonfinite_total)
+        return row
+
+    def diagnostics(self, batch: Batch) -> dict[str, Any]:
+        every = self.tcfg.diag_every
+        if self.diagnostics_fn is None or not every or (self.state.step + 1) % every:
+            return {}
+        return self.diagnostics_fn(model=self.engine.module, step=self.state.step + 1, batch=batch) or {}
+
+    def evaluate(self) -> dict[str, float] | None:
+        if self.eval_data is None:
+            return None
+        with self.engine.autocast():
+            result = evaluate_perplexity(self.engine.model, self.eval_data(), device=self.env.device,
+                                         max_tokens=self.tcfg.eval_tokens or None)
+        self.engine.train(True)
+        self.last_eval = result
+        self.logger.log({"step": self.state.step, **result})
+        self.info(f"step {self.state.step}: eval loss {result['eval_loss']:.4f}, ppl {result['eval_ppl']:.2f}")
+        return result
+
+    def export_hf(self) -> Path | None:
+        if not self.tcfg.export_hf:
+            return None
+        state = self.engine.full_state_dict()
+        out = self.run_dir / "hf"
+        if self.env.is_main:
+            model = _fresh_copy(self.engine.module, state)
+            save_hf(model, out, self.tokenizer)
+            self.info(f"exported the final model to {out}")
+        barrier(self.env)
+        return out
+
+    # -- the loop --
+    def throughput(self, row: dict[str, Any], steps: int, seconds: float, seq_len: int) -> None:
+        tokens_per_s = steps * self.tcfg.global_batch_size * seq_len / max(seconds, 1e-9)
+        if self._peak is None:
+            self._peak = peak_flops(self.env.device, self.tcfg.precision, self.tcfg.cpu_peak_flops) or 0.0
+            self._flops_per_token = model_flops_per_token(self.engine.module, seq_len)
+        row.update(tokens_per_s=tokens_per_s, step_time_s=seconds / max(steps, 1),
+                   mfu=mfu(self._flops_per_token, tokens_per_s, self.env.world_size, self._peak),
+                   peak_mem_gb=peak_memory_gb(self.env.device))
+
+    def fit(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        self.restore()
+        tcfg, stopped = self.tcfg, "max_steps"
+        self.engine.train(True)
+        interactive = sys.stderr.isatty()
+        bar = tqdm(total=tcfg.max_steps, initial=self.state.step, disable=not self.env.is_main,
+                   desc="train", unit="step", dynamic_ncols=True, mininterval=1.0 if interactive else 30.0)
+        window_start, window_steps = time.perf_counter(), 0
+        try:
+            with StopSignal() as stop:
+                while self.state.step < tcfg.max_steps:
+                    if self.stop_requested(stop):
+                        stopped = "sigterm"
+                        break
+                    batch = next(self.train_data)
+                    row = self.step(batch)
+                    window_steps += 1
+                    bar.update(1)
+                    step = self.state.step
+                    if self.state.nonfinite_in_a_row >= tcfg.max_nonfinite_in_a_row:
+                        self.logger.log(row)
+                        stopped = "nonfinite"
+                        break
+                    if step % tcfg.log_every == 0 or step == tcfg.max_steps or step == 1:
+                        now = time.perf_counter()
+                        self.throughput(row, window_steps, now - window_start, batch["input_ids"].shape[1])
+                        window_start, window_steps = now, 0
+                        self.logger.log(row)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                                        tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
+                    elif self.last_diag:  # a diagnostics step between log steps: its own row
+                        self.logger.log({"step": step, **self.last_diag})
+                    if tcfg.eval_every and step % tcfg.eval_every == 0:
+                        self.evaluate()
+                    if tcfg.ckpt_every and step % tcfg.ckpt_every == 0:
+                        self.save()
+                    if tcfg.eval_every and step % tcfg.eval_every == 0 or tcfg.ckpt_every and step % tcfg.ckpt_every == 0:
+                        window_start = time.perf_counter()  # keep eval/save time out of tokens/s
+            bar.close()
+            return self.finish(stopped)
+        finally:
+            bar.close()
+            self.logger.close()
+
+    def finish(self, stopped: str) -> TrainResult:
+        ckpt, hf_dir = None, None
+        if stopped == "nonfinite":
+            log.error("stopping: %d non-finite losses in a row; the last good checkpoint is kept",
+                      self.state.nonfinite_in_a_row)
+        elif self.last_saved_step != self.state.step:
+            ckpt = self.save()
+        if stopped == "max_steps":
+            if self.last_eval is None or self.tcfg.eval_every == 0 or self.state.step % self.tcfg.eval_every:
+                self.evaluate()
+            hf_dir = self.export_hf()
+        if ckpt is None and self.last_saved_step >= 0:
+            ckpt = self.ckpt_root / f"step_{self.last_saved_step:07d}"
+        return TrainResult(step=self.state.step, tokens=self.state.tokens, stopped=stopped, checkpoint=ckpt,
+                           last_eval=self.last_eval, nonfinite_total=self.state.nonfinite_total, hf_dir=hf_dir)
+
+
+def _fresh_copy(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain CPU copy of ``module`` (same class and config) holding ``state``."""
+    cls = type(module)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+
+        if isinstance(module, FSDPModule):  # fully_shard swapped in a subclass: build the plain class
+            cls = next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    except ImportError:  # pragma: no cover - old torch
+        pass
+    with torch.device("meta"):
+        copy = cls(module.config)
+    copy.load_state_dict(state, assign=True, strict=False)
+    if getattr(module.config, "tie_word_embeddings", False):
+        copy.tie_weights()
+    return copy.eval()
+
+
+def train(cfg: RunConfig, model: nn.Module, train_data: BatchIterator, *, env: DistEnv,
+          eval_data: Callable[[], Iterable[Batch]] | None = None, tokenizer: Any = None,
+          diagnostics_fn: DiagnosticsFn | None = None) -> TrainResult:
+    """Train ``model`` on ``train_data`` as ``cfg`` says; resumes, checkpoints, evaluates and exports.
+
+    Raises ConfigError (before any step) for inconsistent batch sizes, an unwritable run_dir or a missing
+    resume path. Returns how it stopped: ``max_steps``, ``sigterm`` (checkpoint saved) or ``nonfinite``.
+    """
+    trainer = Trainer(cfg, model, train_data, env=env, eval_data=eval_data, tokenizer=tokenizer,
+                      diagnostics_fn=diagnostics_fn)
+    return trainer.fit()

@@ -1,0 +1,149 @@
+"""cod-analyze end to end on tiny HF directories (in-process) and its bad-input handling (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from cod_train.cli.analyze import AnalyzeConfig, AnalyzeOptions, analyze_command, run
+from cod_train.config import ConfigError
+
+WORDS = "the curse of depth in large language models deep layers contribute little under pre norm".split()
+
+
+def tiny_tokenizer(tmp: Path) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", eos_token="</s>", pad_token="</s>"
+    )
+
+
+def write_hf_run(root: Path, name: str, *, norm_type: str | None = None, layers: int = 3) -> Path:
+    """A run directory with an hf/ export of a tiny model (ours when norm_type is given, else HF Llama)."""
+    torch.manual_seed(0)
+    shape = dict(
+        vocab_size=32,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+    )
+    if norm_type is None:
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+    else:
+        from cod_train.model import CodLlamaConfig, CodLlamaForCausalLM
+
+        model = CodLlamaForCausalLM(CodLlamaConfig(**shape, norm_type=norm_type))
+    run_dir = root / name
+    model.save_pretrained(run_dir / "hf")
+    tiny_tokenizer(root).save_pretrained(run_dir / "hf")
+    (run_dir / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+    return run_dir
+
+
+def text_file(root: Path) -> Path:
+    gen = torch.Generator().manual_seed(0)
+    words = [WORDS[i] for i in torch.randint(0, len(WORDS), (900,), generator=gen).tolist()]
+    path = root / "heldout.txt"
+    path.write_text(" ".join(words))
+    return path
+
+
+def test_analyze_two_models_writes_json_and_png(tmp_path: Path) -> None:
+    runs = [write_hf_run(tmp_path, "pre"), write_hf_run(tmp_path, "lns", norm_type="lns", layers=4)]
+    out = tmp_path / "compare"
+    cfg = AnalyzeConfig(
+        checkpoint=[str(runs[0]), str(runs[1] / "hf")],
+        run_dir=str(out),
+        analyze=AnalyzeOptions(text_path=[str(text_file(tmp_path))], eval_tokens=256, seq_len=32),
+    )
+    written = run(cfg)
+    names = sorted(p.name for p in written)
+    stems = ["angular_distance", "grad_norms", "layer_pruning", "layer_variance"]
+    assert names == sorted([f"{s}.json" for s in stems] + [f"{s}.png" for s in stems])
+    variance = json.loads((out / "analysis" / "layer_variance.json").read_text())
+    assert [m["label"] for m in variance["models"]] == ["pre", "lns"]
+    assert [len(m["layer_var"]) for m in variance["models"]] == [3, 4]
+    assert variance["models"][1]["norm_type"] == "lns"
+    assert variance["models"][0]["eval_tokens"] == 256
+    pruning = json.loads((out / "analysis" / "layer_pruning.json").read_text())
+    assert len(pruning["models"][1]["delta_ppl"]) == 4
+
+
+def test_single_run_writes_into_its_run_dir(tmp_path: Path) -> None:
+    run_dir = write_hf_run(tmp_path, "pre")
+    cfg = AnalyzeConfig(
+        checkpoint=[str(run_dir / "hf")],
+        analyze=AnalyzeOptions(
+            diagnostics=["variance"], text_path=[str(text_file(tmp_path))], eval_tokens=64, seq_len=16
+        ),
+    )
+    run(cfg)
+    assert sorted(p.name for p in (run_dir / "analysis").iterdir()) == [
+        "layer_variance.json",
+        "layer_variance.png",
+    ]
+
+
+def test_bad_options_fail_before_work(tmp_path: Path) -> None:
+    run_dir = write_hf_run(tmp_path, "pre")
+    with pytest.raises(ConfigError, match="unknown"):
+        run(AnalyzeConfig(checkpoint=[str(run_dir)], analyze=AnalyzeOptions(diagnostics=["nope"])))
+    with pytest.raises(ConfigError, match="labels"):
+        run(AnalyzeConfig(checkpoint=[str(run_dir)], labels=["a", "b"]))
+    opts = AnalyzeOptions()
+    opts.downstream.tasks = ["no_such_task"]
+    with pytest.raises(ConfigError, match="unknown downstream task"):
+        run(AnalyzeConfig(checkpoint=[str(run_dir)], analyze=opts))
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    code = "from cod_train.cli.analyze import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_not_a_checkpoint_exits_2_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    res = _cli(f"checkpoint=[{tmp_path / 'junk'},{tmp_path / 'missing'}]", cwd=tmp_path)
+    assert res.returncode == 2
+    assert "is a directory but not a model" in res.stderr and res.stderr.startswith("error:")
+    assert "Traceback" not in res.stderr + res.stdout
+    assert not (tmp_path / "runs").exists()  # nothing was written
+
+
+def test_hydra_config_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from cod_train.cli._hydra import config_dir, run_typed
+
+    run_dir = write_hf_run(tmp_path, "pre")
+    overrides = [
+        f"checkpoint={run_dir}",
+        f"analyze.text_path=[{text_file(tmp_path)}]",
+        "analyze.eval_tokens=128",
+        "analyze.seq_len=16",
+        "analyze.diagnostics=[angular,grad_norms]",
+    ]
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        assert run_typed(analyze_command, compose("analyze", overrides=overrides), AnalyzeConfig) == 0
+        assert (run_dir / "analysis" / "angular_distance.png").is_file()
+        assert (run_dir / "analysis" / "grad_norms.json").is_file()
+        bad = compose("analyze", overrides=[f"checkpoint={tmp_path / 'heldout.txt'}"])
+        assert run_typed(analyze_command, bad, AnalyzeConfig) == 2
+    assert "is a file, not a checkpoint directory" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""Checkpoint directory rules: only complete checkpoints count, temp dirs are cleaned, resume paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cod_train.config import ConfigError
+from cod_train.engine.checkpoint import (
+    latest_checkpoint,
+    prune,
+    resolve_resume,
+    rng_state,
+    set_rng_state,
+    step_dirname,
+)
+
+
+def _fake(root, step, complete=True):
+    path = root / step_dirname(step)
+    path.mkdir(parents=True)
+    if complete:
+        (path / "meta.json").write_text(json.dumps({"step": step}))
+    return path
+
+
+def test_latest_ignores_incomplete_and_temp_dirs(tmp_path):
+    _fake(tmp_path, 10)
+    _fake(tmp_path, 30, complete=False)  # crashed before meta.json
+    (tmp_path / ".tmp_step_0000040").mkdir()  # crashed mid-save
+    assert latest_checkpoint(tmp_path).name == "step_0000010"
+    assert resolve_resume("auto", tmp_path).name == "step_0000010"
+    assert resolve_resume("none", tmp_path) is None
+
+
+def test_prune_keeps_last_and_removes_temp(tmp_path):
+    for step in (10, 20, 30):
+        _fake(tmp_path, step)
+    (tmp_path / ".tmp_step_0000040").mkdir()
+    prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_0000020", "step_0000030"]
+
+
+def test_resume_path_rules(tmp_path):
+    ckpt = _fake(tmp_path / "run" / "checkpoints", 5)
+    assert resolve_resume(str(ckpt), tmp_path) == ckpt
+    assert resolve_resume(str(tmp_path / "run"), tmp_path) == ckpt  # a run directory: its latest
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_resume(str(tmp_path / "nope"), tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not a checkpoint"):
+        resolve_resume(str(tmp_path / "empty"), tmp_path)
+
+
+def test_rng_state_roundtrip_through_weights_only_load(tmp_path):
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = torch.rand(3)
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.rand(3), expected)

@@ -1,0 +1,58 @@
+"""Launcher environments -> DistEnv (no process group is created here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cod_train.config import ConfigError, DistributedConfig
+from cod_train.engine import distributed
+from cod_train.engine.distributed import DistEnv, init_distributed
+
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST",
+                 "SLURM_JOB_ID")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in LAUNCHER_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_single_without_launcher(clean_env):
+    env = init_distributed(DistributedConfig(engine="single"), device="cpu")
+    assert env == DistEnv() and env.is_main and not env.initialized
+
+
+def test_single_under_a_multi_process_launcher_is_refused(clean_env):
+    clean_env.setenv("RANK", "0")
+    clean_env.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="distributed=ddp, fsdp or deepspeed"):
+        init_distributed(DistributedConfig(engine="single"), device="cpu")
+
+
+def test_srun_variables_are_translated(clean_env):
+    clean_env.setenv("SLURM_PROCID", "5")
+    clean_env.setenv("SLURM_NTASKS", "8")
+    clean_env.setenv("SLURM_LOCALID", "1")
+    clean_env.setenv("SLURM_NTASKS_PER_NODE", "4(x2)")
+    clean_env.setenv("SLURM_JOB_NODELIST", "gpu-a")
+    clean_env.setenv("SLURM_JOB_ID", "1234")
+    clean_env.setattr(distributed, "_first_slurm_host", lambda: "gpu-a")
+    env = distributed._launcher_env()
+    assert env == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
+                   "MASTER_ADDR": "gpu-a", "MASTER_PORT": str(20000 + 1234)}
+
+
+def test_torchrun_variables_win_over_slurm(clean_env):
+    clean_env.setenv("RANK", "0")
+    clean_env.setenv("WORLD_SIZE", "1")
+    clean_env.setenv("SLURM_PROCID", "3")
+    clean_env.setenv("SLURM_NTASKS", "4")
+    assert distributed._launcher_env() == {}
+
+
+def test_bad_device(clean_env):
+    with pytest.raises(ConfigError, match="device"):
+        init_distributed(DistributedConfig(engine="single"), device="tpu")
