@@ -9,9 +9,9 @@ the same batch, precision and `torch.optim.AdamW`, and trained with the training
 
 After warm-up (which includes compilation), `--pairs` repetitions alternate the order (AB, BA, AB, ...);
 each repetition times `--steps` steps per model. Reported: median tokens/s of each side, the median of the
-per-pair ratios ours/HF (with min and max), MFU (`cod_train.model.flops_per_token`; the GPU peak from the
-datasheet table in `cod_train.train.metrics`, on CPU the measured rate of a large matmul, so CPU MFU is
-"fraction of achievable matmul speed"). `compile` compiles every decoder block, as the engines do
+per-pair ratios ours/HF (with min and max), and MFU from `cod_train.model.flops_per_token`: on GPU over the
+datasheet peak (`cod_train.train.metrics`); on CPU FLOPs per CPU-second over a 1024x1024 matmul's FLOPs per
+CPU-second ("fraction of achievable matmul speed"). `compile` compiles every decoder block, as the engines do
 (`cod_train.engine.parallelize.apply_compile`), on both models.
 
 Peak memory is measured in a fresh subprocess per (size, mode, model) so that the models do not see each
@@ -22,12 +22,18 @@ and its rise above the resident size just before them (gradients + activations +
 told to return large blocks to the OS at once (`MALLOC_MMAP_THRESHOLD_`) so that RSS follows live tensors.
 
 Engines (`--engines`): `cod-pretrain` runs with `distributed=single|ddp|fsdp|deepspeed` (2 processes under
-torchrun on CPU), `tokens_per_s` read from `run_dir/metrics.jsonl` (median of the rows after warm-up).
+torchrun on CPU, all cores shared out through OMP_NUM_THREADS, the same global batch), `tokens_per_s` read from
+`run_dir/metrics.jsonl` (median of the rows after warm-up); `--engine-reps` rounds in alternating order, ratios to
+`single` computed round by round.
+
+On a machine shared with other work, pass `--threads 1`: with several threads a descheduled OpenMP thread stalls
+the others and the timings scatter; the tokens-per-CPU-second ratio (printed and in the JSON) is the figure that
+does not depend on what else runs.
 
     python scripts/bench.py                          # CPU defaults: tiny, 60m, 130m; eager + compile
     python scripts/bench.py --sizes 60m --pairs 9 --out bench.json
     python scripts/bench.py --device cuda --precision bf16-mixed     # every preset on a GPU
-    python scripts/bench.py --engines --out engines.json
+    python scripts/bench.py --engines --out engines.json           # needs cod-pretrain
 """
 
 from __future__ import annotations
@@ -273,47 +279,84 @@ def bench_memory(size: str, mode: str, name: str, args, shape) -> dict:
 
 # --------------------------------------------------------------------------------------------- engines
 
-def bench_engines(args) -> list[dict]:
-    """`cod-pretrain` with each engine (2 processes on CPU), tokens/s from metrics.jsonl."""
-    exe = Path(sys.executable).with_name("cod-pretrain")
-    if not exe.exists():
+def engine_run(engine: str, args) -> dict:
+    """One `cod-pretrain` run with `distributed=<engine>`; tokens/s = median of the metrics rows after warm-up."""
+    nproc = 1 if engine == "single" else args.nproc
+    # Every run gets all cores: one process with cores threads, or nproc processes with cores // nproc each.
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+    with tempfile.TemporaryDirectory() as run_dir:
+        overrides = [f"distributed={engine}", f"run_dir={run_dir}", f"train.max_steps={args.engine_steps}",
+                     "train.log_every=1", "train.eval_every=0", "train.ckpt_every=0", "train.diag_every=0",
+                     "train.export_hf=false", "resume=none", "logger=none", f"model={args.engine_model}",
+                     # same global batch everywhere, one micro-batch per rank and step
+                     f"train.global_batch_size={args.engine_batch}",
+                     f"train.micro_batch_size={args.engine_batch // nproc}", *args.engine_overrides]
+        if nproc > 1:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "cod_train.cli.pretrain", *overrides]
+        else:
+            cmd = [str(Path(sys.executable).with_name("cod-pretrain")), *overrides]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout, env=env)
+        wall = time.perf_counter() - t0
+        row = {"engine": engine, "nproc": nproc, "wall_s": wall, "rc": proc.returncode}
+        metrics = Path(run_dir) / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
+    train = [r for r in rows if "tokens_per_s" in r]
+    steady = train[args.engine_warmup:] or train
+    if steady:
+        row["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in steady)
+        row["steps_measured"] = len(steady)
+        mfus = [r["mfu"] for r in steady if r.get("mfu") is not None]
+        if mfus:
+            row["mfu"] = statistics.median(mfus)
+        if any("peak_mem_gb" in r for r in steady):
+            row["peak_mem_gb"] = max(r["peak_mem_gb"] for r in steady if "peak_mem_gb" in r)
+    if proc.returncode != 0:
+        lines = (proc.stderr + proc.stdout).splitlines()
+        row["error"] = next((ln.strip() for ln in lines if "error" in ln.lower() and "=" not in ln[:3]),
+                            lines[-1] if lines else "?")[:300]
+    return row
+
+
+def bench_engines(args) -> dict:
+    """`--engine-reps` rounds over the engines (order reversed every other round); per engine the median
+    tokens/s over rounds and the median of its per-round ratio to `single` in the same round."""
+    if not Path(sys.executable).with_name("cod-pretrain").exists():
         print("cod-pretrain is not installed; skipping the engine benchmark", file=sys.stderr)
-        return []
-    results = []
-    for engine in args.engine_list.split(","):
-        nproc = 1 if engine == "single" else args.nproc
-        with tempfile.TemporaryDirectory() as run_dir:
-            overrides = [f"distributed={engine}", f"run_dir={run_dir}", f"train.max_steps={args.engine_steps}",
-                         "train.log_every=1", "train.eval_every=0", "train.ckpt_every=0", "train.diag_every=0",
-                         "train.export_hf=false", "resume=none", "logger=none", f"model={args.engine_model}",
-                         *args.engine_overrides]
-            if nproc > 1:
-                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                       "-m", "cod_train.cli.pretrain", *overrides]
-            else:
-                cmd = [str(exe), *overrides]
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout)
-            wall = time.perf_counter() - t0
-            row = {"engine": engine, "nproc": nproc, "wall_s": wall, "rc": proc.returncode}
-            metrics = Path(run_dir) / "metrics.jsonl"
-            rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
-            train = [r for r in rows if "tokens_per_s" in r]
-            steady = train[args.engine_warmup:] or train
-            if steady:
-                row["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in steady)
-                row["steps_measured"] = len(steady)
-                if steady[-1].get("mfu") is not None:
-                    row["mfu"] = statistics.median(r["mfu"] for r in steady if r.get("mfu") is not None)
-                for key in ("peak_mem_gb", "mem_gb", "max_rss_gb"):
-                    if key in steady[-1]:
-                        row[key] = max(r[key] for r in steady if key in r)
-            if proc.returncode != 0:
-                row["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            results.append(row)
-            print(f"  {engine:<10} nproc={nproc} tokens/s={row.get('tokens_per_s', float('nan')):,.0f} "
-                  f"wall={wall:.0f}s rc={proc.returncode}", flush=True)
-    return results
+        return {}
+    engines = args.engine_list.split(",")
+    runs: dict[str, list[dict]] = {e: [] for e in engines}
+    for rep in range(args.engine_reps):
+        for engine in engines if rep % 2 == 0 else engines[::-1]:
+            row = engine_run(engine, args)
+            runs[engine].append(row)
+            print(f"  round {rep + 1}: {engine:<10} nproc={row['nproc']} "
+                  f"tokens/s={row.get('tokens_per_s', float('nan')):,.0f} wall={row['wall_s']:.0f}s rc={row['rc']}"
+                  + (f" error: {row['error']}" if "error" in row else ""), flush=True)
+    summary = []
+    for engine, rows in runs.items():
+        tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+        item = {"engine": engine, "nproc": rows[0]["nproc"], "runs": rows,
+                "tokens_per_s": statistics.median(tps) if tps else None}
+        if "single" in runs and tps:
+            ratios = [r["tokens_per_s"] / s["tokens_per_s"] for r, s in zip(rows, runs["single"], strict=True)
+                      if "tokens_per_s" in r and "tokens_per_s" in s]
+            if ratios:
+                item.update(vs_single=statistics.median(ratios), vs_single_min=min(ratios),
+                            vs_single_max=max(ratios))
+        mems = [r["peak_mem_gb"] for r in rows if "peak_mem_gb" in r]
+        item["peak_mem_gb"] = statistics.median(mems) if mems else None
+        summary.append(item)
+    print("\n| engine | processes | tokens/s (median) | vs single (min-max) | peak RSS GiB per rank |")
+    print("|---|---|---|---|---|")
+    for it in summary:
+        vs = (f"{it['vs_single']:.2f} ({it['vs_single_min']:.2f}-{it['vs_single_max']:.2f})"
+              if "vs_single" in it else "-")
+        tps = f"{it['tokens_per_s']:,.0f}" if it["tokens_per_s"] else "failed"
+        mem = f"{it['peak_mem_gb']:.2f}" if it["peak_mem_gb"] else "-"
+        print(f"| {it['engine']} | {it['nproc']} | {tps} | {vs} | {mem} |")
+    return {"summary": summary}
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -418,6 +461,8 @@ def parse_args(argv=None):
     p.add_argument("--engine-steps", type=int, default=30)
     p.add_argument("--engine-warmup", type=int, default=5, help="metrics rows skipped as warm-up")
     p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--engine-batch", type=int, default=16, help="global batch (sequences) of every engine run")
+    p.add_argument("--engine-reps", type=int, default=3, help="rounds over the engines")
     p.add_argument("--engine-overrides", nargs="*", default=[], help="extra cod-pretrain key=value overrides")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -9,7 +9,9 @@
 - the config directory is the repository's ``configs/`` (next to the package), or ``$COD_TRAIN_CONFIG_DIR``;
 - the composed YAML is converted with :func:`cod_train.config.to_typed` (unknown keys / wrong types fail);
 - a :class:`ConfigError` anywhere in the command prints ``error: <message>`` (no traceback) and exits 2;
-- in a ``-m`` sweep, a ``run_dir`` that was not set on the command line becomes the job's sweep directory.
+- in a ``-m`` sweep, a ``run_dir`` that was not set on the command line becomes the job's sweep directory
+  (``<sweep dir>/<job number>_<overrides, cut to 100 characters>``)
+  and every job shares one wandb group (the sweep directory's name) unless ``logger.group`` is set.
 """
 
 from __future__ import annotations
@@ -50,8 +52,18 @@ def setup_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _short_dirname(text: str, limit: int = 100) -> str:
+    """A file-system-safe directory name (sweep sub-directories list every override)."""
+    return text.replace("/", "_")[:limit].rstrip("_,") or "job"
+
+
+if not OmegaConf.has_resolver("cod_short"):
+    OmegaConf.register_new_resolver("cod_short", _short_dirname)
+
+
 def _sweep_run_dir(raw: DictConfig) -> None:
-    """In multirun mode, default each job's run_dir to its own sweep sub-directory."""
+    """In multirun mode, default each job's run_dir to its own sweep sub-directory and, unless
+    ``logger.group`` is set, put every job of the sweep in one wandb group named after the sweep directory."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -59,9 +71,11 @@ def _sweep_run_dir(raw: DictConfig) -> None:
         hc = HydraConfig.get()
     except (ImportError, ValueError):
         return
-    if hc.mode != RunMode.MULTIRUN or "run_dir" not in raw:
+    if hc.mode != RunMode.MULTIRUN:
         return
-    if any(o.split("=", 1)[0].lstrip("+~") == "run_dir" for o in hc.overrides.task):
+    if "logger" in raw and raw.logger.get("group") is None:
+        raw.logger.group = Path(hc.sweep.dir).name
+    if "run_dir" not in raw or any(o.split("=", 1)[0].lstrip("+~") == "run_dir" for o in hc.overrides.task):
         return
     raw.run_dir = hc.runtime.output_dir
 

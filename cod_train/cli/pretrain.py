@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,16 +104,22 @@ def summarize(result: TrainResult, env: DistEnv) -> None:
     print("\n".join(lines), flush=True)
 
 
-@hydra_app("pretrain", PretrainConfig)
-def main(cfg: PretrainConfig) -> int:
-    preflight(cfg)
+def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
+    """Initialize torch.distributed, ``run(cfg, env)``, summarize, tear down; the exit code of the command
+    (shared by cod-pretrain and cod-sft)."""
     env = init_distributed(cfg.distributed, cfg.device)
     try:
-        result = run_pretrain(cfg, env)
+        result = run(cfg, env)
         summarize(result, env)
     finally:
         destroy_distributed()
     return EXIT_NONFINITE if result.stopped == "nonfinite" else 0
+
+
+@hydra_app("pretrain", PretrainConfig)
+def main(cfg: PretrainConfig) -> int:
+    preflight(cfg)
+    return run_training(cfg, run_pretrain)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cod_train.cli._hydra import hydra_app, write_config
-from cod_train.cli.pretrain import EXIT_NONFINITE, seed_everything, summarize
+from cod_train.cli.pretrain import run_training, seed_everything
 from cod_train.config import ConfigError
 from cod_train.sft.config import SFTConfig, default_run_dir
 
@@ -108,16 +108,8 @@ def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
 
 @hydra_app("sft", SFTConfig)
 def main(cfg: SFTConfig) -> int:
-    from cod_train.engine.distributed import destroy_distributed, init_distributed
-
     source, examples = preflight(cfg)
-    env = init_distributed(cfg.distributed, cfg.device)
-    try:
-        result = run_sft(cfg, env, source, examples)
-        summarize(result, env)
-    finally:
-        destroy_distributed()
-    return EXIT_NONFINITE if result.stopped == "nonfinite" else 0
+    return run_training(cfg, lambda cfg, env: run_sft(cfg, env, source, examples))
 
 
 if __name__ == "__main__":
