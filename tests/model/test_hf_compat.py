@@ -102,3 +102,12 @@ def test_auto_config_for_model_and_no_remote_code(tmp_path):
 
 def test_transformers_version_is_v5():
     assert int(transformers.__version__.split(".")[0]) >= 5
+
+
+def test_pre_ln_export_directory_loads_as_llama(tiny_model, tmp_path):
+    """Someone without cod_train's model code can still read a pre_ln export with LlamaForCausalLM."""
+    model = tiny_model(norm_type="pre_ln").eval()
+    model.save_pretrained(tmp_path)
+    ref = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, 96, (2, 11))
+    torch.testing.assert_close(ref(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-6, atol=1e-6)
