@@ -215,13 +215,13 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
     data_cfg = data_config_for(cfg, source)
     tokenizer = _tokenizer_for(source, data_cfg)
     model = load_model(source, DTYPES[cfg.analyze.dtype]).to(device)
+    info = model_info(model, source, label)  # checks the layout before any data work
     if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
         raise ConfigError(
             f"checkpoint={source.spec!r}: tokenizer has {len(tokenizer)} tokens, the model only "
             f"{model.config.vocab_size}; analyze with the tokenizer the model was trained with"
         )
     batches = held_out_batches(cfg, tokenizer, data_cfg)
-    info = model_info(model, source, label)
     info["eval_tokens"] = sum(int((b["labels"] != -100).sum()) for b in batches)
     results = run_diagnostics(
         model,

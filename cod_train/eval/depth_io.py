@@ -199,6 +199,13 @@ def write_json(path: Path, obj: Any) -> Path:
 
 
 def model_info(model: nn.Module, source: ModelSource, label: str) -> dict[str, Any]:
+    """Summary of a loaded model; ConfigError when it lacks the LLaMA layout the diagnostics need."""
+    from cod_train.eval.depth_hooks import num_layers
+
+    try:
+        layers = num_layers(model)
+    except TypeError as err:
+        raise ConfigError(f"checkpoint={source.spec!r}: {err}") from None
     cfg = getattr(model, "config", None)
     return {
         "label": label,
@@ -207,6 +214,6 @@ def model_info(model: nn.Module, source: ModelSource, label: str) -> dict[str, A
         "norm_type": getattr(
             cfg, "norm_type", "pre_ln" if getattr(cfg, "model_type", "") != "cod_llama" else None
         ),
-        "num_layers": len(model.model.layers),
+        "num_layers": layers,
         "params": sum(p.numel() for p in model.parameters()),
     }
