@@ -42,6 +42,9 @@ class ModelConfig:
     norm_type: str = "pre_ln"
     mix_ln_ratio: float = 0.25
     scaled_init: bool = False
+    fused_loss: bool = True  # chunked linear + cross-entropy: never all fp32 logits at once
+    loss_chunk_size: int = 0  # rows of logits per chunk; 0 = automatic (256 on CPU, 2048 on GPU)
+    use_kernels: bool = False  # Liger fused kernels on CUDA when liger_kernel is installed
 
 
 @dataclass

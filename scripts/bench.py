@@ -282,8 +282,10 @@ def bench_memory(size: str, mode: str, name: str, args, shape) -> dict:
 def engine_run(engine: str, args) -> dict:
     """One `cod-pretrain` run with `distributed=<engine>`; tokens/s = median of the metrics rows after warm-up."""
     nproc = 1 if engine == "single" else args.nproc
-    # Every run gets all cores: one process with cores threads, or nproc processes with cores // nproc each.
-    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 1) // nproc)))
+    # Default: every run gets all cores (one process with cores threads, or nproc processes with cores // nproc
+    # each); --engine-threads N gives every process N threads instead.
+    threads = args.engine_threads or max(1, (os.cpu_count() or 1) // nproc)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     with tempfile.TemporaryDirectory() as run_dir:
         overrides = [f"distributed={engine}", f"run_dir={run_dir}", f"train.max_steps={args.engine_steps}",
                      "train.log_every=1", "train.eval_every=0", "train.ckpt_every=0", "train.diag_every=0",
@@ -299,7 +301,7 @@ def engine_run(engine: str, args) -> dict:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.child_timeout, env=env)
         wall = time.perf_counter() - t0
-        row = {"engine": engine, "nproc": nproc, "wall_s": wall, "rc": proc.returncode}
+        row = {"engine": engine, "nproc": nproc, "threads_per_proc": threads, "wall_s": wall, "rc": proc.returncode}
         metrics = Path(run_dir) / "metrics.jsonl"
         rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.exists() else []
     train = [r for r in rows if "tokens_per_s" in r]
@@ -463,6 +465,7 @@ def parse_args(argv=None):
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--engine-batch", type=int, default=16, help="global batch (sequences) of every engine run")
     p.add_argument("--engine-reps", type=int, default=3, help="rounds over the engines")
+    p.add_argument("--engine-threads", type=int, default=0, help="OMP threads per process (0 = cores / processes)")
     p.add_argument("--engine-overrides", nargs="*", default=[], help="extra cod-pretrain key=value overrides")
     p.add_argument("--_memory-child", dest="memory_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

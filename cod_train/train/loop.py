@@ -225,7 +225,8 @@ class Trainer:
                 # labels + shift_labels: transformers' models only compute a loss when labels are given,
                 # and shift_labels tells them (and ours) that the labels are already aligned.
                 out = self.engine.model(input_ids=mb["input_ids"], labels=mb["labels"],
-                                        shift_labels=mb["labels"], num_items_in_batch=items)
+                                        shift_labels=mb["labels"], num_items_in_batch=items,
+                                        use_cache=False)
             self.engine.backward(out.loss)
             loss_sum += out.loss.detach().float()
         loss = all_reduce(loss_sum, self.env).item() / self.env.world_size
