@@ -48,3 +48,13 @@ def test_mix_ln_ratio_is_the_papers_quarter():
 def test_model_keys_override_the_norm_group():
     cfg = _compose("norm=mix_ln", "model.norm_type=lns")
     assert cfg.model.norm_type == "lns"
+
+
+def test_slurm_launcher_composes_for_cluster_sweeps():
+    """`-m hydra/launcher=slurm` submits each run of a sweep as its own (multi-node) SLURM job via submitit."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose("pretrain", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=2"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.nodes == 2 and launcher.tasks_per_node == launcher.gpus_per_node == 8
