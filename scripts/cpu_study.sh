@@ -30,5 +30,5 @@ for norm in $NORMS; do
 done
 
 joined=$(IFS=,; echo "${runs[*]}")
-"$BIN/cod-report" runs="[$joined]" out="$REPORT" title="cod-train CPU study: llama_tiny_deep, $STEPS steps"
+"$BIN/cod-report" runs="[$joined]" out="$REPORT" "title='cod-train CPU study: llama_tiny_deep, $STEPS steps per variant'"
 echo "report: $REPORT/report.md"

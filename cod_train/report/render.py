@@ -76,7 +76,8 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {ppl} | {_num(avg * 100 if avg is not None else None)} | {_num(r['tokens_per_s'], ',.0f')} "
             f"| {r['status']} |"
         )
-    lines += ["", "‡ no eval.json: last in-training eval from metrics.jsonl."]
+    if any(r["eval_ppl_source"] == "metrics.jsonl" for r in rows):
+        lines += ["", "‡ no eval.json: last in-training eval from metrics.jsonl."]
     return lines
 
 
