@@ -62,7 +62,7 @@ def _run_dir(cfg: EvalConfig, source: Any) -> str:
 
 def preflight(cfg: EvalConfig) -> tuple[Any, Any]:
     """Checkpoint path, task names, offline task data and run_dir, before any model is loaded."""
-    from cod_train.cli.sft import resolve_source
+    from cod_train.eval.depth_io import resolve_checkpoint
     from cod_train.eval.downstream import prepare_tasks
     from cod_train.train.loop import check_run_dir
 
@@ -70,7 +70,7 @@ def preflight(cfg: EvalConfig) -> tuple[Any, Any]:
         raise ConfigError(f"dtype must be float32 or bfloat16, got {cfg.dtype!r}")
     if cfg.downstream.tasks:
         cfg.downstream.validate()
-    source = resolve_source(cfg.checkpoint)
+    source = resolve_checkpoint(cfg.checkpoint)
     task_manager = prepare_tasks(cfg.downstream) if cfg.downstream.tasks else None
     cfg.run_dir = _run_dir(cfg, source)
     check_run_dir(cfg.run_dir)

@@ -47,18 +47,6 @@ def tokenizer_for(source: Any, override: str | None, spec: str) -> Any:
     return tok
 
 
-def resolve_source(spec: str) -> Any:
-    """:func:`resolve_checkpoint`, plus: a missing local path such as ``runs/x`` is not taken for a hub name."""
-    from cod_train.eval.depth_io import resolve_checkpoint
-
-    source = resolve_checkpoint(spec)
-    path = Path(spec)
-    if source.kind == "hub" and (path.parts[0] in ("runs", "outputs", "multirun") or path.parent.is_dir()):
-        raise ConfigError(f"checkpoint={spec!r}: no such directory (run cod-pretrain / cod-sft first, or pass "
-                          "checkpoint= a run directory, checkpoint, HF directory or hub name)")
-    return source
-
-
 def _check_vocab(model: Any, tokenizer: Any, spec: str) -> None:
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
@@ -69,12 +57,13 @@ def _check_vocab(model: Any, tokenizer: Any, spec: str) -> None:
 def preflight(cfg: SFTConfig) -> tuple[Any, list]:
     """Config, checkpoint path, run_dir, resume and data fields: all checked before any model is loaded."""
     from cod_train.engine.checkpoint import resolve_resume
+    from cod_train.eval.depth_io import resolve_checkpoint
     from cod_train.sft.records import load_examples
     from cod_train.train.loop import check_run_dir, validate_train_config
 
     cfg.validate()
     validate_train_config(cfg.train)
-    source = resolve_source(cfg.checkpoint)
+    source = resolve_checkpoint(cfg.checkpoint)
     cfg.run_dir = cfg.run_dir or default_run_dir(cfg.checkpoint, source.run_dir)
     check_run_dir(cfg.run_dir)
     resolve_resume(cfg.resume, Path(cfg.run_dir) / "checkpoints")

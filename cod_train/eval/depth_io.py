@@ -94,8 +94,12 @@ def resolve_checkpoint(spec: str) -> ModelSource:
         )
     if path.exists():
         raise ConfigError(f"checkpoint={spec!r} is a file, not a checkpoint directory")
-    local_parent = path.parent != Path(".") and path.parent.is_dir()  # runs/x with runs/ here: a local path
-    if HUB_NAME.match(str(spec)) and not str(spec).startswith((".", "/", "~")) and not local_parent:
+    # runs/x (or anything whose parent exists here) is a local path that is missing, not a hub name
+    local = path.parts[0] in ("runs", "outputs", "multirun") or (path.parent != Path(".") and path.parent.is_dir())
+    if local:
+        raise ConfigError(f"checkpoint={spec!r}: no such directory (run cod-pretrain / cod-sft first, or pass "
+                          "checkpoint= a run directory, checkpoint, HF directory or hub name)")
+    if HUB_NAME.match(str(spec)) and not str(spec).startswith((".", "/", "~")):
         return ModelSource(str(spec), "hub", str(spec), None)
     raise ConfigError(f"checkpoint={spec!r}: no such directory (and not a hub name like 'org/model')")
 
