@@ -111,8 +111,10 @@ def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
     try:
         result = run(cfg, env)
         summarize(result, env)
-    finally:
-        destroy_distributed()
+    except BaseException:
+        destroy_distributed(wait_for_others=False)
+        raise
+    destroy_distributed()
     return EXIT_NONFINITE if result.stopped == "nonfinite" else 0
 
 

@@ -122,8 +122,13 @@ def init_distributed(dist_cfg: DistributedConfig, device: str = "auto") -> DistE
     return DistEnv(rank, world, local_rank, local_world, dev, backend, initialized=True)
 
 
-def destroy_distributed() -> None:
+def destroy_distributed(wait_for_others: bool = True) -> None:
+    """Tear the process group down. After a normal finish every rank waits for the others first: a rank that
+    destroys the group while another still has collectives in flight can abort (gloo's threads go under it).
+    After an error, don't wait (the others may never arrive): exit and let the launcher stop the rest."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_others and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
