@@ -2,6 +2,7 @@
 
 from cod_train.engine.checkpoint import (
     TrainState,
+    find_checkpoint,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -10,7 +11,7 @@ from cod_train.engine.checkpoint import (
 )
 from cod_train.engine.distributed import DistEnv, all_reduce, barrier, destroy_distributed, init_distributed
 from cod_train.engine.engines import Engine
-from cod_train.engine.export import export_checkpoint, find_checkpoint, save_hf
+from cod_train.engine.export import export_checkpoint, save_hf
 from cod_train.engine.parallelize import parallelize
 
 __all__ = [

@@ -59,6 +59,21 @@ def latest_checkpoint(root: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def find_checkpoint(path: str | Path, key: str = "checkpoint") -> Path:
+    """A checkpoint directory from a checkpoint, a run directory or a ``checkpoints/`` directory (its latest);
+    ConfigError naming the ``key`` the path was given as otherwise."""
+    spec, path = str(path), Path(path).expanduser()
+    if is_checkpoint(path):
+        return path
+    for root in (path / "checkpoints", path):
+        latest = latest_checkpoint(root)
+        if latest is not None:
+            return latest
+    if not path.exists():
+        raise ConfigError(f"{key}={spec!r}: no such file or directory")
+    raise ConfigError(f"{key}={spec!r} is not a checkpoint (no {META_FILE}) and holds no complete checkpoint")
+
+
 def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
     """``auto`` = the latest complete checkpoint (or none), ``none`` = start fresh, else a path that must exist.
 
@@ -68,16 +83,7 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
         return None
     if resume == "auto":
         return latest_checkpoint(ckpt_root)
-    path = Path(resume).expanduser()
-    if is_checkpoint(path):
-        return path
-    for root in (path, path / "checkpoints"):
-        latest = latest_checkpoint(root)
-        if latest is not None:
-            return latest
-    if not path.exists():
-        raise ConfigError(f"resume={resume!r}: no such file or directory")
-    raise ConfigError(f"resume={resume!r} is not a checkpoint (no {META_FILE}) and holds no complete checkpoint")
+    return find_checkpoint(resume, key="resume")
 
 
 def read_meta(path: Path) -> dict[str, Any]:

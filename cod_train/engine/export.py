@@ -15,24 +15,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cod_train.config import ConfigError
-from cod_train.engine.checkpoint import is_checkpoint, latest_checkpoint, read_meta
+from cod_train.engine.checkpoint import find_checkpoint, read_meta
 from cod_train.engine.engines import MODEL_FILE
 
 log = logging.getLogger(__name__)
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from a checkpoint, a run directory or a ``checkpoints/`` directory."""
-    path = Path(path).expanduser()
-    if is_checkpoint(path):
-        return path
-    for root in (path / "checkpoints", path):
-        latest = latest_checkpoint(root)
-        if latest is not None:
-            return latest
-    if not path.exists():
-        raise ConfigError(f"checkpoint={str(path)!r}: no such file or directory")
-    raise ConfigError(f"checkpoint={str(path)!r} holds no complete training checkpoint")
 
 
 def _load_dcp_into(model: nn.Module, dcp_dir: Path) -> None:
