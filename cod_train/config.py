@@ -13,13 +13,11 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cod_train.core.errors import ConfigError  # noqa: F401  (re-exported: cod_train.config.ConfigError)
+
 NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln")
 ENGINES = ("single", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-pure")
-
-
-class ConfigError(ValueError):
-    """A configuration problem found before any work started; the message says what to change."""
 
 
 @dataclass
@@ -57,7 +55,7 @@ class NormConfig:
 
 @dataclass
 class DataConfig:
-    """The ``data=`` group (see ``configs/data/*.yaml`` and ``cod_train/data``)."""
+    """The ``data=`` group (see ``cod_train/configs/data/*.yaml`` and ``cod_train/data``)."""
 
     source: str = "sample"  # sample | files | c4 | shards
     paths: list[str] = field(default_factory=list)  # globs (files, c4 local layout) or one shard dir (shards)

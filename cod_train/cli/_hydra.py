@@ -6,7 +6,8 @@
     def main(cfg: PretrainConfig) -> int | None:   # typed config in, exit code out
         ...
 
-- the config directory is the repository's ``configs/`` (next to the package), or ``$COD_TRAIN_CONFIG_DIR``;
+- the config directory is the package's ``cod_train/configs/`` (shipped in the wheel), or ``$COD_TRAIN_CONFIG_DIR``;
+  Hydra's ``--config-dir DIR`` adds a directory searched first (your own presets next to ours);
 - the composed YAML is converted with :func:`cod_train.config.to_typed` (unknown keys / wrong types fail);
 - a :class:`ConfigError` anywhere in the command prints ``error: <message>`` (no traceback) and exits 2;
 - in a ``-m`` sweep, a ``run_dir`` that was not set on the command line becomes the job's sweep directory
@@ -33,10 +34,13 @@ EXIT_CONFIG_ERROR = 2
 log = logging.getLogger("cod_train")
 
 
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
 def config_dir() -> str:
-    """``$COD_TRAIN_CONFIG_DIR`` or the repository's ``configs/`` directory."""
+    """``$COD_TRAIN_CONFIG_DIR`` or the configs shipped inside the package."""
     env = os.environ.get("COD_TRAIN_CONFIG_DIR")
-    return str(Path(env).expanduser().resolve()) if env else str(Path(__file__).resolve().parents[2] / "configs")
+    return str(Path(env).expanduser().resolve()) if env else str(PACKAGE_CONFIGS)
 
 
 def is_main_process() -> bool:

@@ -1,11 +1,12 @@
 """``cod-data``: prepare data. Subcommand first, then Hydra-style ``key=value`` overrides::
 
     cod-data sample [force=true]                      # build (or show) the bundled sample
+    cod-data evalsets [data_dir=PATH]                 # fetch (or show) the offline downstream eval sets
     cod-data train-tokenizer data=files data.paths=[/data/*.jsonl] vocab=32000 [out=DIR]
     cod-data tokenize data=files data.paths=[/data/c4/c4-train.*.json.gz] out=DIR [workers=16]
     cod-data tokenize data=c4 data.tokenizer=t5-base out=DIR max_files=8   # hub C4 (needs network)
 
-``data=<option>`` picks ``configs/data/<option>.yaml`` (default ``sample``); ``data.<key>=<value>``
+``data=<option>`` picks ``cod_train/configs/data/<option>.yaml`` (default ``sample``); ``data.<key>=<value>``
 overrides a DataConfig key (lists as ``[a,b]``). ``tokenize`` writes ``DIR/train`` and ``DIR/eval`` token
 shards plus ``DIR/tokenizer``; train from them with ``cod-pretrain data=shards data.paths=[DIR]``.
 Not a Hydra app only because Hydra has no subcommands; the override syntax is the same.
@@ -26,9 +27,10 @@ from cod_train.cli._hydra import config_dir, report_config_error
 from cod_train.config import ConfigError, DataConfig, to_typed
 
 log = logging.getLogger("cod_train")
-COMMANDS = ("sample", "train-tokenizer", "tokenize")
-OPTIONS = {"sample": {"force", "cache_dir"}, "train-tokenizer": {"vocab", "out"},
+COMMANDS = ("sample", "evalsets", "train-tokenizer", "tokenize")
+OPTIONS = {"sample": {"force", "cache_dir"}, "evalsets": {"data_dir"}, "train-tokenizer": {"vocab", "out"},
            "tokenize": {"out", "workers", "max_files"}}
+ALIASES = {"run_dir": "out"}  # every command takes run_dir= for where it writes
 
 
 def parse(argv: list[str]) -> tuple[str, DataConfig, dict[str, str]]:
@@ -42,7 +44,7 @@ def parse(argv: list[str]) -> tuple[str, DataConfig, dict[str, str]]:
         raise ConfigError(f"data={option}: no {yaml}; options: "
                           f"{sorted(p.stem for p in yaml.parent.glob('*.yaml'))}")
     dotlist = [a.removeprefix("data.") for a in rest if a.startswith("data.")]
-    opts = dict(a.split("=", 1) for a in rest if "=" in a and not a.startswith("data"))
+    opts = {ALIASES.get(k, k): v for k, v in (a.split("=", 1) for a in rest if "=" in a and not a.startswith("data"))}
     unknown = set(opts) - OPTIONS[command] | {a for a in rest if "=" not in a}
     if unknown:
         raise ConfigError(f"cod-data {command}: unknown argument(s) {sorted(unknown)}; "
@@ -57,6 +59,13 @@ def cmd_sample(cfg: DataConfig, opts: dict[str, str]) -> None:
     out = ensure_sample(opts.get("cache_dir", cfg.cache_dir), force=opts.get("force", "false").lower() == "true")
     prov = json.loads((out / "PROVENANCE.json").read_text())
     print(f"sample: {out}\n  documents: {prov['documents']}\n  alpaca: {out / 'alpaca_en_demo.json'}")
+
+
+def cmd_evalsets(cfg: DataConfig, opts: dict[str, str]) -> None:
+    from cod_train.eval.downstream import TASKS, offline_data_root
+
+    root = offline_data_root(opts.get("data_dir"))
+    print(f"evalsets: {root}\n  tasks: {', '.join(TASKS)}")
 
 
 def cmd_train_tokenizer(cfg: DataConfig, opts: dict[str, str]) -> None:
@@ -113,7 +122,7 @@ def cmd_tokenize(cfg: DataConfig, opts: dict[str, str]) -> None:
 def run(argv: list[str]) -> int:
     try:
         command, cfg, opts = parse(argv)
-        {"sample": cmd_sample, "train-tokenizer": cmd_train_tokenizer, "tokenize": cmd_tokenize}[command](cfg, opts)
+        {"sample": cmd_sample, "evalsets": cmd_evalsets, "train-tokenizer": cmd_train_tokenizer, "tokenize": cmd_tokenize}[command](cfg, opts)
     except ConfigError as err:
         return report_config_error(err)
     return 0

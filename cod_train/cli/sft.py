@@ -32,10 +32,13 @@ def tokenizer_for(source: Any, override: str | None, spec: str) -> Any:
     if override:
         from transformers import AutoTokenizer
 
-        try:
+        from cod_train.core import hub
+
+        if Path(override).expanduser().exists():
             tok = AutoTokenizer.from_pretrained(override)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"tokenizer={override!r} could not be loaded: {err}") from None
+        else:
+            tok = hub.cached_or_hub(AutoTokenizer.from_pretrained, override, f"tokenizer={override!r}",
+                                    "pass tokenizer= a local tokenizer directory, or omit it to use the model's own")
     else:
         tok = load_tokenizer(source)
     if tok is None:

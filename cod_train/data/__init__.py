@@ -17,7 +17,6 @@ streams (:mod:`.stream`). ``sample_path("alpaca")`` is the bundled instruction d
 from cod_train.data.build import build_eval_data, build_train_data, local_corpus
 from cod_train.data.common import DataStats, cache_root
 from cod_train.data.sample import ensure_sample, sample_path
-from cod_train.data.sources import hub_offline_reason
 from cod_train.data.tokenizer import build_tokenizer, check_vocab
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "cache_root",
     "check_vocab",
     "ensure_sample",
-    "hub_offline_reason",
     "local_corpus",
     "sample_path",
 ]

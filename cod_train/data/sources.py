@@ -1,14 +1,9 @@
-"""Source selection (``data.source``), config validation and the Hugging Face hub reachability check."""
+"""Source selection (``data.source``), config validation and the hub check with the data's offline hint."""
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
-from urllib.parse import urlparse
-
 from cod_train.config import ConfigError, DataConfig
+from cod_train.core import hub
 from cod_train.data.readers import resolve_paths
 
 SOURCES = ("sample", "files", "c4", "shards")
@@ -45,39 +40,8 @@ def local_paths(cfg: DataConfig) -> tuple[list[str], list[str]]:
     return train, evals
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def hub_offline_reason(timeout_s: float = 1.0) -> str | None:
-    """Why the hub cannot be used (offline env var or no TCP connection within ``timeout_s``), else None."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if _env_true(var):
-            return f"{var} is set"
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    result: list[str | None] = []
-
-    def probe() -> None:  # getaddrinfo ignores socket timeouts, so the whole probe runs in a thread
-        try:
-            socket.create_connection((host, port), timeout=timeout_s).close()
-            result.append(None)
-        except OSError as err:
-            result.append(f"cannot connect to {host}:{port} ({err})")
-
-    t0 = time.monotonic()
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout_s + 0.2)
-    if not result:
-        return f"no answer from {host}:{port} within {time.monotonic() - t0:.1f}s"
-    return result[0]
-
-
 def require_hub(what: str, timeout_s: float = 1.0, hint: str = OFFLINE_HINT) -> None:
-    reason = hub_offline_reason(timeout_s)
-    if reason:
-        raise ConfigError(f"the Hugging Face hub is unreachable ({reason}), so {what} cannot be loaded; {hint}")
+    hub.require_hub(what, hint, timeout_s)
 
 
 def hub_data_files(cfg: DataConfig, split: str) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from cod_train.config import ConfigError, DataConfig
+from cod_train.core import hub
 from cod_train.data.common import atomic_dir, cache_root, file_fingerprint, fingerprint, locked, log
 from cod_train.data.readers import iter_records
 from cod_train.data.sources import OFFLINE_HINT, local_paths, require_hub, uses_hub, validate
@@ -95,18 +96,9 @@ def _from_sentencepiece(path: Path) -> PreTrainedTokenizerFast:
 
 
 def _from_hub(name: str, hub_timeout_s: float) -> PreTrainedTokenizerFast:
-    try:  # the local HF cache may already hold it
-        return AutoTokenizer.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError):
-        pass
-    require_hub(f"tokenizer {name!r}", hub_timeout_s,
-                hint="use data.tokenizer=train:8192 (trained on the corpus) or a local tokenizer.json / .model / "
-                     f"HF directory; for the data, {OFFLINE_HINT}")
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"data.tokenizer={name!r}: cannot load it from the hub ({err}); use a local path or "
-                          "train:<vocab>") from None
+    return hub.cached_or_hub(AutoTokenizer.from_pretrained, name, f"data.tokenizer={name!r}",
+                             hint="use data.tokenizer=train:8192 (trained on the corpus) or a local tokenizer.json / "
+                                  f".model / HF directory; for the data, {OFFLINE_HINT}", timeout_s=hub_timeout_s)
 
 
 def ensure_special_tokens(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:

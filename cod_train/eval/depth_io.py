@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cod_train.config import ConfigError
+from cod_train.core import hub
 
 HF_WEIGHTS = (
     "model.safetensors",
@@ -29,6 +30,8 @@ HF_WEIGHTS = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
 )
+HUB_MODEL_HINT = ("pass checkpoint= a local run directory, training checkpoint or HF directory (e.g. one saved "
+                  "with save_pretrained), or download the model where the hub is reachable")
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DIAG_FILES = {
     "variance": "layer_variance",
@@ -115,6 +118,9 @@ def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> nn.Mo
         return model.to(dtype).eval()
     from transformers import AutoModelForCausalLM
 
+    if source.kind == "hub":
+        return hub.cached_or_hub(AutoModelForCausalLM.from_pretrained, source.path, f"checkpoint={source.spec!r}",
+                                 HUB_MODEL_HINT, dtype=dtype).eval()
     try:
         model = AutoModelForCausalLM.from_pretrained(source.path, dtype=dtype)
     except (OSError, ValueError) as err:
@@ -135,10 +141,8 @@ def load_tokenizer(source: ModelSource) -> Any | None:
         if (cand / "tokenizer.json").is_file() or (cand / "tokenizer_config.json").is_file():
             return AutoTokenizer.from_pretrained(str(cand))
     if source.kind == "hub":
-        try:
-            return AutoTokenizer.from_pretrained(source.path)
-        except (OSError, ValueError):
-            return None
+        return hub.cached_or_hub(AutoTokenizer.from_pretrained, source.path, f"the tokenizer of {source.spec!r}",
+                                 HUB_MODEL_HINT)
     return None
 
 

@@ -261,7 +261,7 @@ def write_offline_tasks(tasks: list[str], data_root: Path, out: Path | None = No
 
 @dataclass
 class DownstreamConfig:
-    """The ``downstream.*`` keys of ``configs/eval.yaml``."""
+    """The ``downstream.*`` keys of ``cod_train/configs/eval.yaml``."""
 
     tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     offline: bool = True
@@ -286,6 +286,10 @@ def prepare_tasks(cfg: DownstreamConfig) -> Any:
 
     cfg.validate()
     if not cfg.offline:
+        from cod_train.core import hub
+
+        hub.require_hub("lm-eval's downstream datasets (downstream.offline=false)",
+                        "downstream.offline=true runs the same tasks on local copies (cod-data evalsets)")
         return TaskManager()
     yaml_dir = write_offline_tasks(cfg.tasks, offline_data_root(cfg.data_dir))
     # only our YAMLs (they include lm-eval's own by absolute path): indexing all of lm-eval's takes ~17 s

@@ -32,6 +32,21 @@ from cod_train.model import kernels
 from cod_train.model.configuration import CodLlamaConfig
 from cod_train.model.loss import causal_lm_loss
 
+# transformers >= 5.24 calls the KV cache `cache` (forward kwarg and output field); earlier v5 releases call it
+# `past_key_values`. Both are accepted and the output uses the installed release's name (no deprecation warning).
+CACHE_FIELD = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def resolve_cache(cache: Cache | None, past_key_values: Cache | None, extra: dict) -> Cache | None:
+    """The one KV cache among the two accepted names; a Cache under any other name is an error, not ignored
+    (a cache silently dropped makes `generate()` decode wrong tokens without any error)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
+    stray = [k for k, v in extra.items() if isinstance(v, Cache)]
+    if stray:
+        raise TypeError(f"unexpected KV cache argument {stray[0]!r}: pass it as `cache` (or `past_key_values`)")
+    return cache if cache is not None else past_key_values
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, use_kernels: bool = False):
@@ -176,7 +191,7 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["DecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_sdpa = True
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -238,10 +253,12 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        past_key_values = resolve_cache(cache, past_key_values, kwargs)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
@@ -260,8 +277,8 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         x = self.norm(x)
         return BaseModelOutputWithPast(
             last_hidden_state=x,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
         )
 
 
@@ -287,11 +304,14 @@ class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Labels follow transformers: `labels` are shifted here; `shift_labels` are already aligned
         (position t predicts `shift_labels[t]`). The loss is sum / `num_items_in_batch` (default: mean).
-        With `config.fused_loss` and labels given, logits are not materialized and come back as None."""
+        With `config.fused_loss` and labels given, logits are not materialized and come back as None.
+        The KV cache may be passed as `cache` (transformers >= 5.24) or `past_key_values`."""
+        past_key_values = resolve_cache(cache, past_key_values, kwargs)
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -315,7 +335,7 @@ class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
             if targets is not None:
                 loss = causal_lm_loss(None, None, targets, num_items_in_batch, logits=logits)
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss, logits=logits, hidden_states=out.hidden_states, **{CACHE_FIELD: getattr(out, CACHE_FIELD)}
         )
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

@@ -148,7 +148,7 @@ def _figure(
 def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str) -> str:
     fig_dir = out_dir / "figures"
     rows = summary_rows(runs)
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# {title}", "", f"Generated {now} from {len(runs)} run(s).", "", "## Summary", ""]
     lines += _table(rows) + [""] + _downstream_table(rows) + _missing_section(rows)
     lines += ["## Training and eval loss", ""]

@@ -1,6 +1,6 @@
 """Collect run directories into :class:`RunData`, tolerating missing and partial files.
 
-A run directory (DESIGN.md section 2) may hold ``config.yaml``, ``metrics.jsonl``, ``eval.json``,
+A run directory (docs/design.md section 2.7) may hold ``config.yaml``, ``metrics.jsonl``, ``eval.json``,
 ``analysis/*.json``, ``hf/`` and ``checkpoints/``. A crashed run may lack any of them or end with a
 truncated ``metrics.jsonl`` line: every problem is recorded in ``RunData.missing`` / ``RunData.notes``
 and the report still renders.

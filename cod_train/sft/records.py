@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cod_train.config import ConfigError
+from cod_train.core import hub
 from cod_train.sft.config import SFTDataConfig
 
 log = logging.getLogger("cod_train.sft")
@@ -151,27 +152,18 @@ def to_examples(records: Iterable[tuple[str, Any]], cfg: SFTDataConfig) -> list[
 # ----------------------------------------------------------------------------- sources
 
 
-def _hub_unreachable() -> str | None:
-    """Why the hub cannot be reached (None when it can, or when offline mode is on: a cached copy may serve)."""
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
-        return None
-    from cod_train.data import hub_offline_reason
-
-    return hub_offline_reason(2.0)
-
-
 def _hub_records(cfg: SFTDataConfig) -> Iterator[tuple[str, Any]]:
     import datasets
 
     name = cfg.hub_dataset
-    reason = _hub_unreachable()
+    offline = hub.sync_offline_mode()  # offline: a cached copy may serve, and nothing is retried
+    reason = None if offline else hub.offline_reason(2.0)
     if reason:
         raise SFTDataError(f"cannot load hub dataset {name!r}: the hub is unreachable ({reason}). Use a local file "
                            "(sft.paths=[data.json]) or, for a cached copy, set HF_DATASETS_OFFLINE=1")
     try:
         ds = datasets.load_dataset(name, cfg.hub_config, split=cfg.hub_split)
     except Exception as err:  # noqa: BLE001 - any loading failure gets the same actionable message
-        offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = "offline mode is on and no cached copy exists" if offline else "no such dataset or split"
         first = str(err).splitlines()[0][:200] if str(err) else ""
         raise SFTDataError(f"cannot load hub dataset {name!r} (split {cfg.hub_split!r}): {hint} "

@@ -1,13 +1,13 @@
-"""The paper presets reproduce the papers' settings (DESIGN.md section 3)."""
+"""The paper presets reproduce the papers' settings (docs/design.md section 3.2)."""
 
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "cod_train" / "configs")
 
-# experiment: (model preset, hidden, ffn, heads, layers, lr, steps, warmup) -- DESIGN.md section 3
+# experiment: (model preset, hidden, ffn, heads, layers, lr, steps, warmup) -- docs/design.md section 3.2
 PAPER = {
     "paper_71m": ("llama_71m", 512, 1368, 8, 12, 1e-3, 10_000, 1_000),
     "paper_130m": ("llama_130m", 768, 2048, 12, 12, 1e-3, 20_000, 2_000),

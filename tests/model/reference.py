@@ -1,4 +1,4 @@
-"""A plain, independent formulation of the decoder equations (DESIGN.md section 2), for the tests.
+"""A plain, independent formulation of the decoder equations (docs/design.md section 2.3), for the tests.
 
 Written from the equations, not from cod_train's code: explicit softmax attention with a -inf causal mask,
 RoPE as a rotation of the (j, j + d/2) pairs, GQA by indexing the kv head of each query head.

@@ -41,30 +41,81 @@ def test_loss_conventions_match_llama(tiny_model):
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("norm_type", ["pre_ln", "lns", "mix_ln", "sandwich_ln"])
-def test_generate_with_cache_equals_without(tiny_model, norm_type):
+ALL_NORMS = ["pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln"]
+
+
+def _left_padded_prompt(batch: int = 3, length: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    prompt = torch.randint(1, 96, (batch, length))
+    mask = torch.ones_like(prompt)
+    mask[1, :3] = 0
+    mask[2, :5] = 0
+    return prompt.masked_fill(mask == 0, 0), mask
+
+
+def _manual_greedy(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy decoding by hand: the argmax of a full forward (no cache) over the whole sequence at each step;
+    a row that emitted EOS continues with the pad token (0), as generate() does."""
+    eos = model.config.eos_token_id
+    seq, mask, done = prompt, mask, torch.zeros(len(prompt), dtype=torch.bool)
+    for _ in range(steps):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=seq, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        nxt = logits[:, -1].argmax(-1).masked_fill(done, 0)
+        done |= nxt == eos
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return seq
+
+
+@pytest.mark.parametrize("norm_type", ALL_NORMS)
+def test_generate_with_cache_equals_without_and_manual_loop(tiny_model, norm_type):
+    """Batched, left-padded greedy decoding: generate() with the KV cache == without == a hand-written loop,
+    whatever name (`cache` / `past_key_values`) the installed transformers hands the cache over with."""
     model = tiny_model(norm_type=norm_type).eval()
-    prompt = torch.randint(0, 96, (2, 6))
-    kw = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    prompt, mask = _left_padded_prompt()
+    kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
     cached = model.generate(prompt, **kw)
     uncached = model.generate(prompt, use_cache=False, **kw)
     assert torch.equal(cached, uncached)
-    # Greedy decoding by hand: argmax of the full forward at each step.
-    seq = prompt
-    for _ in range(12):
-        seq = torch.cat([seq, model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(cached, seq)
+    assert torch.equal(cached, _manual_greedy(model, prompt, mask, 10))
 
 
-def test_sampling_with_cache_equals_without(tiny_model):
-    model = tiny_model().eval()
-    prompt = torch.randint(0, 96, (2, 5))
+@pytest.mark.parametrize("norm_type", ALL_NORMS)
+def test_sampling_with_cache_equals_without(tiny_model, norm_type):
+    model = tiny_model(norm_type=norm_type).eval()
+    prompt, mask = _left_padded_prompt()
     outs = []
     for use_cache in (True, False):
         torch.manual_seed(7)
-        outs.append(model.generate(prompt, do_sample=True, top_k=20, max_new_tokens=10, use_cache=use_cache,
-                                   pad_token_id=0))
+        outs.append(model.generate(prompt, attention_mask=mask, do_sample=True, top_k=20, max_new_tokens=10,
+                                   use_cache=use_cache, pad_token_id=0))
     assert torch.equal(*outs)
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_forward_reads_the_kv_cache_under_either_name(tiny_model, name):
+    """Prefill + one cached step equals the last position of a full forward, for both names of the cache."""
+    from transformers.cache_utils import DynamicCache
+
+    model = tiny_model(norm_type="lns").eval()
+    ids = torch.randint(0, 96, (2, 9))
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids[:, :-1], use_cache=True, **{name: cache})
+    assert cache.get_seq_length() == 8
+    step = model(input_ids=ids[:, -1:], use_cache=True, **{name: cache}).logits[:, -1]
+    torch.testing.assert_close(step, model(input_ids=ids).logits[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_a_cache_under_an_unknown_name_is_an_error_not_ignored(tiny_model):
+    from transformers.cache_utils import DynamicCache
+
+    model = tiny_model().eval()
+    ids = torch.randint(0, 96, (1, 4))
+    cache = DynamicCache(config=model.config)
+    with pytest.raises(TypeError, match="kv_cache"):
+        model(input_ids=ids, kv_cache=cache)
+    with pytest.raises(ValueError, match="not both"):
+        model(input_ids=ids, cache=cache, past_key_values=DynamicCache(config=model.config))
 
 
 def test_left_padded_batch_generates_like_llama(tiny_model):

@@ -128,10 +128,16 @@ def test_report_command_and_hydra_config(tmp_path: Path, capsys: pytest.CaptureF
 
     run = make_run(tmp_path / "runs", "a", "pre_ln")
     with initialize_config_dir(config_dir=config_dir(), version_base=None):
-        cfg = compose("report", overrides=[f"runs=[{run}]", f"out={tmp_path / 'rep'}", "title=Tiny"])
+        cfg = compose("report", overrides=[f"runs=[{run}]", f"run_dir={tmp_path / 'rep'}", "title=Tiny"])
         assert run_typed(report_command, cfg, ReportConfig) == 0
+        alias = compose("report", overrides=[f"runs=[{run}]", f"out={tmp_path / 'rep_out'}"])
+        assert run_typed(report_command, alias, ReportConfig) == 0
+        both = compose("report", overrides=[f"runs=[{run}]", f"out={tmp_path / 'x'}", f"run_dir={tmp_path / 'y'}"])
+        assert run_typed(report_command, both, ReportConfig) == 2
         bad = compose("report", overrides=[f"runs=[{tmp_path / 'missing'}]", f"out={tmp_path / 'rep2'}"])
         assert run_typed(report_command, bad, ReportConfig) == 2
     assert (tmp_path / "rep" / "report.md").read_text().startswith("# Tiny")
-    assert not (tmp_path / "rep2").exists()
-    assert "does not exist" in capsys.readouterr().err
+    assert (tmp_path / "rep_out" / "report.md").is_file()
+    assert not (tmp_path / "rep2").exists() and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "disagree" in err
