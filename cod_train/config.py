@@ -15,9 +15,73 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cod_train.core.errors import ConfigError  # noqa: F401  (re-exported: cod_train.config.ConfigError)
 
-NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln")
-ENGINES = ("single", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-pure")
+OPTIMIZERS = ("adamw", "adam")
+ENGINES = ("single", "ddp", "fsdp", "deepspeed")
+BACKENDS = ("auto", "nccl", "gloo")
+AC_MODES = ("none", "full", "selective")
+FSDP_PARAM_DTYPES = ("auto", "bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+SOURCES = ("sample", "files", "c4", "shards")
+TEXT_UNITS = ("line", "paragraph", "file")
+
+NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln")
+
+
+def config_problems(
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    num_key_value_heads: int | None,
+    vocab_size: int | None,
+    max_position_embeddings: int,
+    norm_type: str,
+    mix_ln_ratio: float,
+    initializer_range: float = 0.02,
+    embedding_init_std: float | None = None,
+    **_: object,
+) -> list[str]:
+    """Every problem with a model shape, as sentences that say what to change. Empty when valid."""
+    problems = []
+    sizes = {
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers,
+        "num_attention_heads": num_attention_heads,
+        "max_position_embeddings": max_position_embeddings,
+    }
+    if vocab_size is not None:
+        sizes["vocab_size"] = vocab_size
+    if num_key_value_heads is not None:
+        sizes["num_key_value_heads"] = num_key_value_heads
+    for key, value in sizes.items():
+        if not isinstance(value, int) or value <= 0:
+            problems.append(f"{key} must be a positive integer, got {value!r}")
+    if norm_type not in NORM_TYPES:
+        problems.append(f"unknown norm_type {norm_type!r}; valid: {', '.join(NORM_TYPES)}")
+    if not (isinstance(mix_ln_ratio, (int, float)) and 0.0 <= mix_ln_ratio <= 1.0):
+        problems.append(f"mix_ln_ratio must be in [0, 1], got {mix_ln_ratio!r}")
+    if initializer_range is not None and initializer_range < 0:
+        problems.append(f"initializer_range must be >= 0, got {initializer_range}")
+    if embedding_init_std is not None and embedding_init_std < 0:
+        problems.append(f"embedding_init_std must be >= 0, got {embedding_init_std}")
+    if problems:  # the divisibility checks below need positive sizes
+        return problems
+    if hidden_size % num_attention_heads:
+        problems.append(
+            f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})"
+        )
+    kv_heads = num_key_value_heads or num_attention_heads
+    if num_attention_heads % kv_heads:
+        problems.append(
+            f"num_attention_heads ({num_attention_heads}) must be divisible by num_key_value_heads ({kv_heads})"
+        )
+    elif (hidden_size // num_attention_heads) % 2:
+        problems.append(f"head dim {hidden_size // num_attention_heads} must be even for RoPE")
+    return problems
+
 
 
 @dataclass
@@ -44,13 +108,10 @@ class ModelConfig:
     loss_chunk_size: int = 0  # rows of logits per chunk; 0 = automatic (256 on CPU, 2048 on GPU)
     use_kernels: bool = False  # Liger fused kernels on CUDA when liger_kernel is installed
 
-
-@dataclass
-class NormConfig:
-    """The ``norm=`` group; ``model.norm_type``/``model.mix_ln_ratio`` interpolate from here."""
-
-    norm_type: str = "pre_ln"
-    mix_ln_ratio: float = 0.25
+    def validate(self) -> None:
+        problems = config_problems(**{k: v for k, v in vars(self).items() if k != "name"})
+        if problems:
+            raise ConfigError("invalid model config: " + "; ".join(f"model.{p}" for p in problems))
 
 
 @dataclass
@@ -78,16 +139,30 @@ class DataConfig:
     snapshot_every: int = 64  # streaming: full worker state every N batches (resume replays at most N)
     hub_timeout_s: float = 1.0  # reachability check of the hub before streaming
 
+    def validate(self) -> None:
+        if self.source not in SOURCES:
+            raise ConfigError(f"unknown data source {self.source!r}: use data=sample, data=files, data=c4 or data=shards")
+        if self.seq_len < 1:
+            raise ConfigError(f"data.seq_len must be >= 1, got {self.seq_len}")
+        if self.text_unit not in TEXT_UNITS:
+            raise ConfigError(f"data.text_unit must be one of {TEXT_UNITS}, got {self.text_unit!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.source == "shards" and len(self.paths) != 1:
+            raise ConfigError("data=shards needs exactly one directory: data.paths=[DIR] (written by cod-data tokenize)")
+
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 200
+    """Optimisation and cadence; the defaults are the embedded CPU run's (``cod-pretrain`` with no arguments)."""
+
+    max_steps: int = 600
     global_batch_size: int = 16
-    micro_batch_size: int = 8
+    micro_batch_size: int = 16
     optimizer: str = "adamw"  # adamw | adam
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
+    warmup_steps: int = 60
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.95
@@ -95,14 +170,38 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping (the papers' setting)
     precision: str = "fp32"  # fp32 | bf16-mixed | bf16-pure
     log_every: int = 10
-    eval_every: int = 100
-    eval_tokens: int = 65536
-    ckpt_every: int = 100
+    eval_every: int = 200
+    eval_tokens: int = 16384
+    ckpt_every: int = 200
     keep_last: int = 2
-    diag_every: int = 0  # 0 = off
+    diag_every: int = 100  # 0 = off
     max_nonfinite_in_a_row: int = 5
     export_hf: bool = True
     cpu_peak_flops: float = 0.0  # 0 = measure a matmul once at start-up
+
+    def validate(self) -> None:
+        problems = []
+        if self.precision not in PRECISIONS:
+            problems.append(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.optimizer.lower() not in OPTIMIZERS:
+            problems.append(f"train.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.global_batch_size <= 0 or self.micro_batch_size <= 0:
+            problems.append("train.global_batch_size and train.micro_batch_size must be positive")
+        elif self.global_batch_size % self.micro_batch_size:
+            problems.append(f"train.global_batch_size={self.global_batch_size} must be a multiple of "
+                            f"train.micro_batch_size={self.micro_batch_size}")
+        if self.max_steps <= 0:
+            problems.append(f"train.max_steps must be positive, got {self.max_steps}")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            problems.append("train.lr must be > 0 and train.min_lr_ratio in [0, 1]")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.log_every <= 0:
+            problems.append("train.warmup_steps and train.grad_clip must be >= 0, train.log_every > 0")
+        if min(self.eval_every, self.ckpt_every, self.keep_last, self.diag_every) < 0:
+            problems.append("train.eval_every, ckpt_every, keep_last and diag_every must be >= 0 (0 = off)")
+        if self.max_nonfinite_in_a_row <= 0:
+            problems.append("train.max_nonfinite_in_a_row must be positive")
+        if problems:
+            raise ConfigError("; ".join(problems))
 
 
 @dataclass
@@ -120,6 +219,18 @@ class DistributedConfig:
     meta_init: bool = False  # fsdp: build on the meta device, each rank initializes only its shards
     timeout_minutes: int = 30  # collective timeout
 
+    def validate(self) -> None:
+        choices = {"engine": ENGINES, "backend": BACKENDS, "activation_checkpointing": AC_MODES,
+                   "fsdp_param_dtype": FSDP_PARAM_DTYPES}
+        problems = [f"distributed.{key} must be one of {valid}, got {getattr(self, key)!r}"
+                    for key, valid in choices.items() if getattr(self, key) not in valid]
+        if self.zero_stage not in (1, 2, 3):
+            problems.append(f"distributed.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
+        if self.timeout_minutes <= 0:
+            problems.append(f"distributed.timeout_minutes must be positive, got {self.timeout_minutes}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
 
 @dataclass
 class LoggerConfig:
@@ -135,7 +246,6 @@ class LoggerConfig:
 @dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    norm: NormConfig = field(default_factory=NormConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
@@ -144,6 +254,13 @@ class PretrainConfig:
     seed: int = 1234
     resume: str = "auto"  # auto | none | PATH
     device: str = "auto"  # auto | cpu | cuda
+
+    def validate(self) -> None:
+        """Every check that needs no process group, data, tokenizer or model: the whole config, in one pass."""
+        for part in (self.model, self.data, self.train, self.distributed):
+            part.validate()
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
 
 
 T = TypeVar("T")

@@ -11,44 +11,16 @@ render; what is missing is listed. A path that does not exist or holds no run ex
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from cod_train.cli._hydra import hydra_app
-from cod_train.config import ConfigError
-
-DEFAULT_OUT = "reports/latest"
+from cod_train.runs.app import hydra_app
+from cod_train.runs.report import ReportConfig
 
 
-@dataclass
-class ReportConfig:
-    runs: list[str] = field(default_factory=list)
-    run_dir: str | None = None  # where the report is written (default reports/latest)
-    out: str | None = None  # alias of run_dir
-    title: str = "cod-train report"
+@hydra_app("report", ReportConfig)
+def main(cfg: ReportConfig) -> int:
+    from cod_train.runs.report import report_command
 
-    def output_dir(self) -> Path:
-        if self.run_dir and self.out and Path(self.run_dir) != Path(self.out):
-            raise ConfigError(f"run_dir={self.run_dir!r} and out={self.out!r} disagree; out is an alias of run_dir")
-        return Path(self.run_dir or self.out or DEFAULT_OUT)
+    return report_command(cfg)
 
-
-def report_command(cfg: ReportConfig) -> int:
-    """Load the runs (ConfigError before any file is written when a path is bad) and write the report."""
-    from cod_train.report import load_runs, write_report
-
-    out = cfg.output_dir()
-    runs = load_runs([str(p) for p in cfg.runs])
-    path = write_report(runs, out, title=cfg.title)
-    incomplete = [r.label for r in runs if r.missing or r.notes]
-    print(
-        f"cod-report: {len(runs)} run(s) -> {path}"
-        + (f" (partial: {', '.join(incomplete)})" if incomplete else "")
-    )
-    return 0
-
-
-main = hydra_app("report", ReportConfig)(report_command)
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,7 @@ from cod_train.data.common import atomic_dir, cache_root, file_fingerprint, fing
 from cod_train.data.loader import ShardEvalData, ShardLoader
 from cod_train.data.readers import resolve_paths
 from cod_train.data.shards import TokenShards, log_shards, tokenize_corpus
-from cod_train.data.sources import hub_data_files, local_paths, uses_hub, validate
+from cod_train.data.sources import hub_data_files, local_paths, uses_hub
 
 TOKENS_VERSION = 1
 
@@ -62,7 +62,7 @@ def _open_shards(path: Path, tokenizer: PreTrainedTokenizerFast) -> TokenShards:
 def build_train_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, *, global_batch_size: int, dp_rank: int,
                      dp_world: int, seed: int):
     """Stateful iterator of this rank's ``global_batch_size // dp_world`` rows of each global batch."""
-    validate(cfg)
+    cfg.validate()
     if global_batch_size % dp_world:
         raise ConfigError(f"train.global_batch_size={global_batch_size} must be divisible by the data-parallel "
                           f"world size {dp_world}")
@@ -86,7 +86,7 @@ def build_eval_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, *, micr
     """Fresh, deterministic iterable of held-out batches (each rank a disjoint part, ``max_tokens`` in all).
 
     Returns ``None`` when the source has nothing held out (``eval_fraction: 0`` and no ``eval_paths``)."""
-    validate(cfg)
+    cfg.validate()
     if cfg.source == "c4":
         from cod_train.data.stream import StreamEvalData
 

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from cod_train.config import ConfigError
+from cod_train.core.constants import IGNORE_INDEX
 from cod_train.data.common import DataStats
 from cod_train.data.shards import TokenShards
 
-IGNORE = -100
 IDS_AHEAD = 256  # steps of sample ids computed per permute call
 _MASK64 = (1 << 64) - 1
 
@@ -58,7 +58,7 @@ def rows_to_batch(rows: list[np.ndarray], seq_len: int, pad_id: int) -> dict[str
     """Rows of up to ``seq_len + 1`` tokens -> shifted ``input_ids``/``labels``; short rows are padded and
     their padding is ``-100`` in ``labels``."""
     ids = np.full((len(rows), seq_len), pad_id, dtype=np.int64)
-    labels = np.full((len(rows), seq_len), IGNORE, dtype=np.int64)
+    labels = np.full((len(rows), seq_len), IGNORE_INDEX, dtype=np.int64)
     for i, row in enumerate(rows):
         n = len(row) - 1
         if n > 0:

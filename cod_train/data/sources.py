@@ -6,23 +6,8 @@ from cod_train.config import ConfigError, DataConfig
 from cod_train.core import hub
 from cod_train.data.readers import resolve_paths
 
-SOURCES = ("sample", "files", "c4", "shards")
-TEXT_UNITS = ("line", "paragraph", "file")
 OFFLINE_HINT = ("offline alternatives: data=files data.paths=[/path/to/c4-train.*.json.gz] (local json/jsonl/"
                 "json.gz/parquet/txt), or data=sample (the bundled sample, built from the package index)")
-
-
-def validate(cfg: DataConfig) -> None:
-    if cfg.source not in SOURCES:
-        raise ConfigError(f"unknown data source {cfg.source!r}: use data=sample, data=files, data=c4 or data=shards")
-    if cfg.seq_len < 1:
-        raise ConfigError(f"data.seq_len must be >= 1, got {cfg.seq_len}")
-    if cfg.text_unit not in TEXT_UNITS:
-        raise ConfigError(f"data.text_unit must be one of {TEXT_UNITS}, got {cfg.text_unit!r}")
-    if not 0.0 <= cfg.eval_fraction < 1.0:
-        raise ConfigError(f"data.eval_fraction must be in [0, 1), got {cfg.eval_fraction}")
-    if cfg.source == "shards" and len(cfg.paths) != 1:
-        raise ConfigError("data=shards needs exactly one directory: data.paths=[DIR] (written by cod-data tokenize)")
 
 
 def uses_hub(cfg: DataConfig) -> bool:

@@ -287,6 +287,8 @@ class StreamLoader:
     def close(self) -> None:
         """Stop the worker processes (they also stop when the loader is garbage collected)."""
         it, self._it = self._it, None
+        # Private API: a DataLoader iterator has no public way to stop its worker processes now (they stop
+        # only when the iterator is garbage collected, which a reference cycle can delay past the next start).
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
 

@@ -14,7 +14,7 @@ from cod_train.config import ConfigError, DataConfig
 from cod_train.core import hub
 from cod_train.data.common import atomic_dir, cache_root, file_fingerprint, fingerprint, locked, log
 from cod_train.data.readers import iter_records
-from cod_train.data.sources import OFFLINE_HINT, local_paths, require_hub, uses_hub, validate
+from cod_train.data.sources import OFFLINE_HINT, local_paths, require_hub, uses_hub
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -25,7 +25,7 @@ PAD_CANDIDATES = ("<pad>", "<|pad|>", "[PAD]")
 
 def build_tokenizer(cfg: DataConfig) -> PreTrainedTokenizerFast:
     """The configured tokenizer, with ``eos_token`` and ``pad_token`` set (pad falls back to eos)."""
-    validate(cfg)
+    cfg.validate()
     spec = cfg.tokenizer.strip()
     if cfg.source == "shards" and spec in ("", "auto"):
         tok = load_tokenizer(str(Path(cfg.paths[0]).expanduser() / "tokenizer"))

@@ -23,15 +23,19 @@ import random
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from cod_train.config import ConfigError
+from cod_train.core.errors import ConfigError, RunError
+from cod_train.core.io import atomic_write_json
 from cod_train.engine.distributed import DistEnv, barrier
+
+if TYPE_CHECKING:
+    from cod_train.engine.engines import Engine
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 META_FILE = "meta.json"
@@ -87,10 +91,11 @@ def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
+    """The checkpoint's ``meta.json``; RunError when it is there but unreadable (a damaged checkpoint)."""
     try:
         return json.loads((path / META_FILE).read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not a readable checkpoint: {err}") from None
+        raise RunError(f"{path} is not a readable checkpoint ({META_FILE}: {err})") from None
 
 
 # --- RNG ------------------------------------------------------------------------------------------
@@ -144,7 +149,6 @@ class TrainState:
     tokens: int = 0
     nonfinite_total: int = 0
     nonfinite_in_a_row: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -158,15 +162,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _publish(tmp: Path, final: Path) -> None:
@@ -192,8 +187,8 @@ def prune(root: Path, keep_last: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def save_checkpoint(engine, root: Path, state: TrainState, *, data_state: Any = None, tokenizer=None,
-                    keep_last: int = 0) -> Path:
+def save_checkpoint(engine: Engine, root: Path, state: TrainState, *, data_state: Any = None,
+                    tokenizer: Any = None, keep_last: int = 0) -> Path:
     """Write the full training state of ``engine`` atomically to ``root/step_NNNNNNN``; collective."""
     env: DistEnv = engine.env
     final = root / step_dirname(state.step)
@@ -218,9 +213,9 @@ def save_checkpoint(engine, root: Path, state: TrainState, *, data_state: Any = 
             "world_size": env.world_size, "zero_stage": getattr(engine.dist_cfg, "zero_stage", None),
             "precision": engine.precision, "step": state.step, "tokens": state.tokens,
             "nonfinite_total": state.nonfinite_total, "nonfinite_in_a_row": state.nonfinite_in_a_row,
-            "extra": state.extra, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _write_json(tmp / META_FILE, meta)  # written last: marks the directory complete
+        atomic_write_json(tmp / META_FILE, meta, indent=2)  # written last: marks the directory complete
         _fsync_dir(tmp)
         _publish(tmp, final)
         prune(root, keep_last)
@@ -228,7 +223,7 @@ def save_checkpoint(engine, root: Path, state: TrainState, *, data_state: Any = 
     return final
 
 
-def load_checkpoint(engine, path: Path) -> tuple[TrainState, Any]:
+def load_checkpoint(engine: Engine, path: Path) -> tuple[TrainState, Any]:
     """Restore ``engine`` (model + optimizer), this rank's RNG; return the counters and the data state."""
     meta = read_meta(path)
     env: DistEnv = engine.env
@@ -240,5 +235,5 @@ def load_checkpoint(engine, path: Path) -> tuple[TrainState, Any]:
     data_state = _load_rank_state(path, "data", env, saved_world)
     state = TrainState(step=int(meta["step"]), tokens=int(meta.get("tokens", 0)),
                        nonfinite_total=int(meta.get("nonfinite_total", 0)),
-                       nonfinite_in_a_row=int(meta.get("nonfinite_in_a_row", 0)), extra=meta.get("extra", {}))
+                       nonfinite_in_a_row=int(meta.get("nonfinite_in_a_row", 0)))
     return state, data_state

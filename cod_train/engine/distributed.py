@@ -16,7 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from cod_train.config import ConfigError, DistributedConfig
+from cod_train.config import DistributedConfig
+from cod_train.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,3 @@ def all_reduce(tensor: torch.Tensor, env: DistEnv, op: dist.ReduceOp.RedOpType =
     if env.initialized and env.world_size > 1:
         dist.all_reduce(tensor, op=op)
     return tensor
-
-
-def broadcast_object(obj, env: DistEnv, src: int = 0):
-    """Rank ``src``'s Python object on every rank."""
-    if not (env.initialized and env.world_size > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]

@@ -26,8 +26,10 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from cod_train.config import ConfigError, DistributedConfig
-from cod_train.engine.distributed import DistEnv
+from cod_train.config import DistributedConfig
+from cod_train.core.errors import ConfigError, RunError
+from cod_train.engine.distributed import DistEnv, barrier
+from cod_train.engine.layers import decoder_layers, materialize
 
 log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -138,9 +140,10 @@ class Engine:
         _expect_format(path, meta, self.format)
         missing, unexpected = load_model(self.module, str(path / MODEL_FILE), strict=False,
                                          device=str(self.env.device))
-        if missing or unexpected:
-            raise ConfigError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}")
+        if missing or unexpected:  # found while resuming, after set-up: a damaged or foreign checkpoint
+            raise RunError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}; resume with the model settings it was "
+                           "trained with, or start a new run_dir")
         state = torch.load(path / OPTIM_FILE, map_location=self.env.device, weights_only=True)
         self.optimizer.load_state_dict(state)
 
@@ -150,6 +153,8 @@ class Engine:
 
 
 def _expect_format(path: Path, meta: dict[str, Any], fmt: str) -> None:
+    # A ConfigError although it is found while resuming: the cause is always the chosen distributed.engine,
+    # and it is raised before the first step, with the setting to change.
     saved = meta.get("format")
     if saved != fmt:
         raise ConfigError(f"checkpoint {path} was written in the {saved!r} format (engine {meta.get('engine')!r}); "
@@ -184,8 +189,6 @@ class FSDPEngine(Engine):
     def setup(self, optimizer_fn: OptimizerFactory) -> None:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        from cod_train.engine.parallelize import decoder_layers, materialize
 
         if self.precision == "bf16-pure":
             self.module.to(torch.bfloat16)
@@ -308,15 +311,21 @@ class DeepSpeedEngine(Engine):
 
     def load(self, path: Path, meta: dict[str, Any]) -> None:
         _expect_format(path, meta, self.format)
-        saved_world = int(meta.get("world_size", self.env.world_size))
-        if saved_world != self.env.world_size:
+        universal = int(meta.get("world_size", self.env.world_size)) != self.env.world_size
+        if universal:
             path = _universal_checkpoint(path, self.env)
-            self.ds._config.load_universal_checkpoint = True
-        load_path, _ = self.ds.load_checkpoint(str(path / "deepspeed"), tag="state",
-                                               load_optimizer_states=True, load_lr_scheduler_states=False)
-        self.ds._config.load_universal_checkpoint = False
+        # Private API: DeepSpeed (0.19) reads "universal or not" only from ``engine._config`` (the public
+        # ``load_universal_checkpoint()`` is a getter; the ``checkpoint.load_universal`` config key is read at
+        # ``deepspeed.initialize``, before we know the checkpoint's world size), so it is flipped around this load.
+        self.ds._config.load_universal_checkpoint = universal
+        try:
+            load_path, _ = self.ds.load_checkpoint(str(path / "deepspeed"), tag="state",
+                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
+        finally:
+            self.ds._config.load_universal_checkpoint = False
         if load_path is None:
-            raise ConfigError(f"DeepSpeed could not load the checkpoint in {path}")
+            raise RunError(f"DeepSpeed could not load the checkpoint in {path}: its model states under "
+                           "deepspeed/state are missing or unreadable")
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         if self.dist_cfg.zero_stage < 3:
@@ -347,8 +356,6 @@ def _universal_checkpoint(path: Path, env: DistEnv) -> Path:
     """
     import argparse
     import shutil
-
-    from cod_train.engine.distributed import barrier
 
     out = path / "universal"
     if env.is_main and not out.is_dir():

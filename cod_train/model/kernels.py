@@ -19,6 +19,8 @@ import importlib.util
 
 import torch
 
+from cod_train.core.constants import IGNORE_INDEX
+
 
 @functools.cache
 def liger_available() -> bool:
@@ -58,5 +60,5 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum over `targets != -100` of CE(hidden @ weight^T, target), logits never materialized in full."""
-    return _functional().liger_fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-100,
+    return _functional().liger_fused_linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE_INDEX,
                                                           reduction="sum")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from cod_train.core.constants import IGNORE_INDEX
 
 
 def default_chunk_size(device: torch.device) -> int:

@@ -28,6 +28,7 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from cod_train.core.constants import IGNORE_INDEX
 from cod_train.model import kernels
 from cod_train.model.configuration import CodLlamaConfig
 from cod_train.model.loss import causal_lm_loss
@@ -324,7 +325,7 @@ class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
         h = out.last_hidden_state
         targets = shift_labels
         if targets is None and labels is not None:
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         loss, logits = None, None
         if targets is not None and self.config.fused_loss and self.training:
             loss = causal_lm_loss(h, self.lm_head.weight, targets, num_items_in_batch,

@@ -183,7 +183,7 @@ def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "cod-train
     out_dir.mkdir(parents=True, exist_ok=True)
     text = render_markdown(runs, out_dir, title)
     (out_dir / "report.md").write_text(text + "\n", encoding="utf-8")
-    from cod_train.eval.depth_io import write_json
+    from cod_train.core.io import atomic_write_json
 
-    write_json(out_dir / "report.json", {"title": title, "runs": summary_rows(runs)})
+    atomic_write_json(out_dir / "report.json", {"title": title, "runs": summary_rows(runs)})
     return out_dir / "report.md"

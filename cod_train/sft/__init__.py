@@ -1,25 +1,25 @@
 """Supervised fine-tuning: instruction records, prompt templates, response-only labels, the batch iterator.
 
-``cod-sft`` (``cod_train.cli.sft``) drives these through the shared training loop (``cod_train.train``).
+``cod-sft`` (``cod_train.runs.sft``) drives these through the shared training loop (``cod_train.train``).
+The names below load on first use, so that ``cod_train.sft.config`` can be read without importing torch.
 """
 
-from cod_train.sft.config import SFTConfig, SFTDataConfig
-from cod_train.sft.loader import SFTBatches, SFTData, build_sft_data, collate, eval_batches, pack
-from cod_train.sft.records import Example, SFTDataError, load_examples
-from cod_train.sft.template import encode, resolve_template
+from __future__ import annotations
 
-__all__ = [
-    "Example",
-    "SFTBatches",
-    "SFTConfig",
-    "SFTData",
-    "SFTDataConfig",
-    "SFTDataError",
-    "build_sft_data",
-    "collate",
-    "encode",
-    "eval_batches",
-    "load_examples",
-    "pack",
-    "resolve_template",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SFTConfig": "config", "SFTDataConfig": "config",
+    "SFTBatches": "loader", "SFTData": "loader", "build_sft_data": "loader", "collate": "loader",
+    "eval_batches": "loader", "pack": "loader",
+    "Example": "records", "SFTDataError": "records", "load_examples": "records",
+    "encode": "template", "resolve_template": "template",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cod_train.sft' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cod_train.sft.{_EXPORTS[name]}"), name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cod_train.config import ConfigError, DistributedConfig, LoggerConfig, TrainConfig
+from cod_train.config import DEVICES, ConfigError, DistributedConfig, LoggerConfig, TrainConfig
 
 FORMATS = ("auto", "alpaca", "messages")
 TEMPLATES = ("auto", "chat", "alpaca")
@@ -70,6 +70,7 @@ class SFTTrainConfig(TrainConfig):
     """``train.*`` with fine-tuning defaults (smaller lr, fewer steps)."""
 
     max_steps: int = 100
+    micro_batch_size: int = 8
     lr: float = 3e-4
     warmup_steps: int = 10
     eval_every: int = 50
@@ -94,7 +95,10 @@ class SFTConfig:
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self) -> None:
-        self.sft.validate()
+        for part in (self.sft, self.train, self.distributed):
+            part.validate()
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if not self.checkpoint:
             raise ConfigError("checkpoint= is required: a cod-pretrain run/checkpoint, an HF directory or a hub name")
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from cod_train.core.constants import IGNORE_INDEX
 from cod_train.sft.config import SFTDataConfig
 from cod_train.sft.records import Example, SFTDataError
-
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ def token_mask(segs: list[Segment], tokenizer: Any, add_bos: bool) -> tuple[list
 def shift(ids: list[int], mask: list[bool], max_length: int) -> tuple[list[int], list[int]]:
     """``input_ids = ids[:-1]``, ``labels[t] = ids[t+1]`` if token t+1 is a response token else -100."""
     ids, mask = ids[: max_length + 1], mask[: max_length + 1]
-    labels = [tok if keep else IGNORE for tok, keep in zip(ids[1:], mask[1:], strict=True)]
+    labels = [tok if keep else IGNORE_INDEX for tok, keep in zip(ids[1:], mask[1:], strict=True)]
     return ids[:-1], labels
 
 

@@ -27,7 +27,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from cod_train.config import PRECISIONS, ConfigError, DistributedConfig, LoggerConfig, TrainConfig
+from cod_train.config import DistributedConfig, LoggerConfig, TrainConfig
+from cod_train.core.constants import IGNORE_INDEX
+from cod_train.core.errors import ConfigError
 from cod_train.engine.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from cod_train.engine.distributed import DistEnv, all_reduce, barrier
 from cod_train.engine.engines import Engine
@@ -45,7 +47,6 @@ from cod_train.train.optim import build_optimizer, lr_at
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
-IGNORE_INDEX = -100
 
 
 class BatchIterator(Protocol):
@@ -93,24 +94,6 @@ def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
     return gbs // (mbs * world_size)
 
 
-def validate_train_config(cfg: TrainConfig) -> None:
-    problems = []
-    if cfg.precision not in PRECISIONS:
-        problems.append(f"train.precision must be one of {PRECISIONS}, got {cfg.precision!r}")
-    if cfg.max_steps <= 0:
-        problems.append(f"train.max_steps must be positive, got {cfg.max_steps}")
-    if cfg.lr <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
-        problems.append("train.lr must be > 0 and train.min_lr_ratio in [0, 1]")
-    if cfg.warmup_steps < 0 or cfg.grad_clip < 0 or cfg.log_every <= 0:
-        problems.append("train.warmup_steps and train.grad_clip must be >= 0, train.log_every > 0")
-    if min(cfg.eval_every, cfg.ckpt_every, cfg.keep_last, cfg.diag_every) < 0:
-        problems.append("train.eval_every, ckpt_every, keep_last and diag_every must be >= 0 (0 = off)")
-    if cfg.max_nonfinite_in_a_row <= 0:
-        problems.append("train.max_nonfinite_in_a_row must be positive")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
 def check_run_dir(run_dir: str | Path) -> Path:
     """Create ``run_dir`` and prove it is writable, or raise ConfigError."""
     path = Path(run_dir).expanduser()
@@ -132,7 +115,7 @@ class StopSignal:
         self.received = False
         self._previous: Any = None
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: Any) -> None:
         self.received = True
 
     def __enter__(self) -> StopSignal:
@@ -142,7 +125,7 @@ class StopSignal:
             self._previous = None
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
@@ -166,7 +149,7 @@ class Trainer:
                  eval_data: Callable[[], Iterable[Batch]] | None = None, tokenizer: Any = None,
                  diagnostics_fn: DiagnosticsFn | None = None):
         self.cfg, self.tcfg, self.env = cfg, cfg.train, env
-        validate_train_config(self.tcfg)
+        self.tcfg.validate()
         self.accum = grad_accum_steps(self.tcfg, env.world_size)
         self.run_dir = check_run_dir(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"

@@ -14,7 +14,8 @@ import math
 import torch
 from torch import nn
 
-from cod_train.config import ConfigError, TrainConfig
+from cod_train.config import TrainConfig
+from cod_train.core.errors import ConfigError
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 

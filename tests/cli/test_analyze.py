@@ -12,8 +12,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from cod_train.cli.analyze import AnalyzeConfig, AnalyzeOptions, analyze_command, run
 from cod_train.config import ConfigError
+from cod_train.runs.analyze import AnalyzeConfig, AnalyzeOptions, analyze_command, run
 
 WORDS = "the curse of depth in large language models deep layers contribute little under pre norm".split()
 
@@ -130,7 +130,7 @@ def test_cli_not_a_checkpoint_exits_2_without_traceback(tmp_path: Path) -> None:
 def test_hydra_config_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from hydra import compose, initialize_config_dir
 
-    from cod_train.cli._hydra import config_dir, run_typed
+    from cod_train.runs.app import config_dir, run_typed
 
     run_dir = write_hf_run(tmp_path, "pre")
     overrides = [

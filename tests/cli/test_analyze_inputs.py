@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from cod_train.cli.analyze import AnalyzeConfig, data_config_for
 from cod_train.config import ConfigError, DataConfig
-from cod_train.eval.depth_io import resolve_checkpoint
+from cod_train.runs.analyze import AnalyzeConfig, data_config_for
+from cod_train.runs.models import resolve_checkpoint
 
 
 def touch(path: Path, text: str = "{}") -> Path:

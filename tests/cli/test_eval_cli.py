@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cod_train.cli._hydra import config_dir, run_typed
-from cod_train.cli.eval import EvalConfig, main
+from cod_train.cli.eval import main
+from cod_train.runs.app import config_dir, run_typed
+from cod_train.runs.evaluate import EvalConfig
 from tests.sft.helpers import write_hf_model
 
 
@@ -56,7 +57,7 @@ def test_unknown_task_exits_2_before_loading_the_model(tmp_path: Path, capsys, m
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr("cod_train.eval.depth_io.load_model", no_load)
+    monkeypatch.setattr("cod_train.runs.models.load_model", no_load)
     assert eval_cli([f"checkpoint={model}", "downstream.tasks=[arc_easy,hellaswagg]"]) == 2
     err = capsys.readouterr().err
     assert "\nerror: unknown downstream task(s) ['hellaswagg']; valid tasks: mmlu, boolq, arc_easy," in "\n" + err

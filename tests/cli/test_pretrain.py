@@ -96,7 +96,7 @@ def test_sigterm_resume_and_export(tmp_path, monkeypatch, capsys):
 
 
 def test_deepspeed_launcher_local_rank_is_consumed(monkeypatch):
-    from cod_train.cli._hydra import prepare_argv
+    from cod_train.runs.app import prepare_argv
 
     monkeypatch.setenv("LOCAL_RANK", "")  # records the original state, so teardown undoes prepare_argv's export
     monkeypatch.delenv("LOCAL_RANK")

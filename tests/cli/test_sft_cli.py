@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from cod_train.cli._hydra import config_dir, run_typed
 from cod_train.cli.sft import main
 from cod_train.config import PretrainConfig, to_typed
+from cod_train.runs.app import config_dir, run_typed
 from cod_train.sft.config import SFTConfig
 from cod_train.sft.records import data_files
 from tests.sft.helpers import write_hf_model

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cod_train.cli.eval import EvalConfig, PerplexityOptions, evaluate
-from cod_train.cli.sft import preflight, run_sft
 from cod_train.config import DataConfig, DistributedConfig
 from cod_train.engine.distributed import destroy_distributed, init_distributed
 from cod_train.eval.downstream import DownstreamConfig
+from cod_train.runs.evaluate import EvalConfig, PerplexityOptions, evaluate
+from cod_train.runs.sft import preflight, run_sft
 from cod_train.sft.config import SFTConfig, SFTDataConfig, SFTTrainConfig
 from cod_train.sft.loader import SFTBatches, build_sft_data
 from cod_train.sft.records import load_examples

@@ -1,11 +1,9 @@
 """The paper presets reproduce the papers' settings (docs/design.md section 3.2)."""
 
-from pathlib import Path
-
 import pytest
 from hydra import compose, initialize_config_dir
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "cod_train" / "configs")
+from cod_train.runs.app import config_dir
 
 # experiment: (model preset, hidden, ffn, heads, layers, lr, steps, warmup) -- docs/design.md section 3.2
 PAPER = {
@@ -19,7 +17,7 @@ PAPER = {
 
 
 def _compose(*overrides):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
         return compose("pretrain", overrides=list(overrides))
 
 
@@ -41,18 +39,26 @@ def test_paper_preset(experiment):
 def test_mix_ln_ratio_is_the_papers_quarter():
     cfg = _compose("experiment=paper_250m", "norm=mix_ln")
     assert cfg.model.norm_type == "mix_ln" and cfg.model.mix_ln_ratio == 0.25  # 6 of 24 layers Post-LN
-    cfg = _compose("experiment=paper_71m", "norm=mix_ln", "norm.mix_ln_ratio=0.5")
+    cfg = _compose("experiment=paper_71m", "norm=mix_ln", "model.mix_ln_ratio=0.5")
     assert cfg.model.mix_ln_ratio == 0.5
 
 
-def test_model_keys_override_the_norm_group():
+def test_norm_keys_on_the_command_line_are_aliases_of_model_keys():
+    from cod_train.runs.app import prepare_argv
+
+    argv = prepare_argv(["cod-pretrain", "-m", "norm=mix_ln", "norm.mix_ln_ratio=0.0,0.5", "+norm.x=1"])
+    assert argv[-3:] == ["norm=mix_ln", "model.mix_ln_ratio=0.0,0.5", "+model.x=1"]
+
+
+def test_model_keys_override_the_norm_group_and_name_the_run_dir():
     cfg = _compose("norm=mix_ln", "model.norm_type=lns")
-    assert cfg.model.norm_type == "lns"
+    assert cfg.model.norm_type == "lns" and cfg.run_dir == "runs/llama_tiny-lns"
+    assert _compose("norm=deepnorm").run_dir == "runs/llama_tiny-deepnorm"
 
 
 def test_slurm_launcher_composes_for_cluster_sweeps():
     """`-m hydra/launcher=slurm` submits each run of a sweep as its own (multi-node) SLURM job via submitit."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
         cfg = compose("pretrain", overrides=["hydra/launcher=slurm", "hydra.launcher.nodes=2"],
                       return_hydra_config=True)
     launcher = cfg.hydra.launcher

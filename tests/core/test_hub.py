@@ -11,8 +11,8 @@ import pytest
 from cod_train.config import ConfigError, DataConfig
 from cod_train.core import hub
 from cod_train.data import build_tokenizer
-from cod_train.eval.depth_io import load_model, resolve_checkpoint
 from cod_train.eval.downstream import DownstreamConfig, prepare_tasks
+from cod_train.runs.models import load_model, resolve_checkpoint
 from cod_train.sft.config import SFTDataConfig
 from cod_train.sft.records import SFTDataError, load_examples
 
@@ -66,6 +66,8 @@ def test_sft_hub_dataset(no_hub):
 
 
 def test_offline_variable_set_after_import_reaches_huggingface_hub(monkeypatch):
+    for var in hub.OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert hub.offline_reason() == "HF_DATASETS_OFFLINE is set"

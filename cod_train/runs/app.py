@@ -1,6 +1,6 @@
-"""Shared plumbing of the Hydra entry points (cod-pretrain, cod-sft, cod-eval, cod-analyze, cod-export ...).
+"""What every command shares: the Hydra app around a typed config, its errors and exit codes.
 
-    from cod_train.cli._hydra import hydra_app
+    from cod_train.runs.app import hydra_app
 
     @hydra_app("pretrain", PretrainConfig)
     def main(cfg: PretrainConfig) -> int | None:   # typed config in, exit code out
@@ -10,6 +10,8 @@
   Hydra's ``--config-dir DIR`` adds a directory searched first (your own presets next to ours);
 - the composed YAML is converted with :func:`cod_train.config.to_typed` (unknown keys / wrong types fail);
 - a :class:`ConfigError` anywhere in the command prints ``error: <message>`` (no traceback) and exits 2;
+  a :class:`RunError` (the run failed for a reason outside the configuration) prints ``error: ...`` and exits 1;
+- ``norm.<key>=`` on the command line is an alias of ``model.<key>=`` (the ``norm=`` group writes into ``model``);
 - in a ``-m`` sweep, a ``run_dir`` that was not set on the command line becomes the job's sweep directory
   (``<sweep dir>/<job number>_<overrides, cut to 100 characters>``)
   and every job shares one wandb group (the sweep directory's name) unless ``logger.group`` is set.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 import sys
@@ -27,18 +30,33 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from cod_train.config import ConfigError, to_typed
+from cod_train.config import to_typed
+from cod_train.core.errors import ConfigError, RunError
 
 T = TypeVar("T")
-EXIT_CONFIG_ERROR = 2
+EXIT_OK, EXIT_RUN_ERROR, EXIT_CONFIG_ERROR, EXIT_NONFINITE = 0, 1, 2, 3
 log = logging.getLogger("cod_train")
 
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+# Each primary config `<name>.yaml` starts its defaults list with `<name>_schema`: these dataclasses' defaults.
+SCHEMAS = {
+    "pretrain": ("cod_train.config", "PretrainConfig"),
+    "sft": ("cod_train.sft.config", "SFTConfig"),
+    "eval": ("cod_train.runs.evaluate", "EvalConfig"),
+    "analyze": ("cod_train.runs.analyze", "AnalyzeConfig"),
+    "export": ("cod_train.runs.export", "ExportConfig"),
+    "report": ("cod_train.runs.report", "ReportConfig"),
+}
+
+
 def config_dir() -> str:
-    """``$COD_TRAIN_CONFIG_DIR`` or the configs shipped inside the package."""
+    """``$COD_TRAIN_CONFIG_DIR`` or the configs shipped inside the package, ready to compose: the schemas
+    their defaults lists name are registered with Hydra's ConfigStore."""
+    for name, (module, cls) in SCHEMAS.items():
+        register_schema(name, getattr(importlib.import_module(module), cls))
     env = os.environ.get("COD_TRAIN_CONFIG_DIR")
     return str(Path(env).expanduser().resolve()) if env else str(PACKAGE_CONFIGS)
 
@@ -84,11 +102,6 @@ def _sweep_run_dir(raw: DictConfig) -> None:
     raw.run_dir = hc.runtime.output_dir
 
 
-def to_typed_config(raw: DictConfig | dict[str, Any], schema: type[T]) -> T:
-    """The typed config of ``raw`` (raises ConfigError naming the bad key)."""
-    return to_typed(raw, schema)
-
-
 def write_config(cfg: Any, run_dir: str | Path, name: str = "config.yaml") -> Path | None:
     """Write the resolved config to ``run_dir/name`` (rank 0 only)."""
     if not is_main_process():
@@ -100,27 +113,39 @@ def write_config(cfg: Any, run_dir: str | Path, name: str = "config.yaml") -> Pa
     return path
 
 
-def report_config_error(err: ConfigError) -> int:
+def report_error(err: ConfigError | RunError) -> int:
+    """One ``error:`` line on stderr; the exit code of the error's kind (2: the input, 1: the run)."""
     print(f"error: {err}", file=sys.stderr, flush=True)
-    return EXIT_CONFIG_ERROR
+    return EXIT_CONFIG_ERROR if isinstance(err, ConfigError) else EXIT_RUN_ERROR
 
 
 def run_typed(fn: Callable[[T], int | None], raw: DictConfig, schema: type[T]) -> int:
-    """Convert ``raw`` and call ``fn``; a ConfigError becomes a one-line message and exit code 2."""
+    """Convert ``raw`` and call ``fn``; a ConfigError or RunError becomes a one-line message and its exit code."""
     try:
         _sweep_run_dir(raw)
-        return int(fn(to_typed_config(raw, schema)) or 0)
-    except ConfigError as err:
-        return report_config_error(err)
+        return int(fn(to_typed(raw, schema)) or 0)
+    except (ConfigError, RunError) as err:
+        return report_error(err)
 
 
 # Applied unless given on the command line: log to the console only and write nothing outside run_dir.
 HYDRA_DEFAULTS = ("hydra/job_logging=stdout", "hydra.output_subdir=null", "hydra.run.dir=.", "hydra.job.chdir=false")
 
 
+ALIASES = {"norm.": "model."}  # the norm= group is `# @package model`: its keys live under model
+
+
+def _alias(arg: str) -> str:
+    for old, new in ALIASES.items():
+        for prefix in ("", "+", "++", "~"):
+            if arg.startswith(prefix + old):
+                return prefix + new + arg[len(prefix + old):]
+    return arg
+
+
 def prepare_argv(argv: list[str]) -> list[str]:
-    """Drop the ``--local_rank=N`` the deepspeed launcher appends (exported as LOCAL_RANK instead) and add
-    :data:`HYDRA_DEFAULTS` the user did not set."""
+    """Drop the ``--local_rank=N`` the deepspeed launcher appends (exported as LOCAL_RANK instead), rewrite
+    :data:`ALIASES` and add :data:`HYDRA_DEFAULTS` the user did not set."""
     args: list[str] = []
     skip_next = False
     for i, arg in enumerate(argv[1:], start=1):
@@ -132,12 +157,21 @@ def prepare_argv(argv: list[str]) -> list[str]:
             skip_next = "=" not in arg
             os.environ.setdefault("LOCAL_RANK", value)
             continue
-        args.append(arg)
+        args.append(_alias(arg))
     given = {a.split("=", 1)[0].lstrip("+~") for a in args}
     extra = [d for d in HYDRA_DEFAULTS if d.split("=", 1)[0] not in given]
     # next to the user's overrides (argparse wants all of them in one run, e.g. after `-m`)
     at = next((i for i, a in enumerate(args) if "=" in a and not a.startswith("-")), len(args))
     return [argv[0], *args[:at], *extra, *args[at:]]
+
+
+def register_schema(config_name: str, schema: type) -> None:
+    """Make the dataclass defaults the base of ``<config_name>.yaml`` (its defaults list starts with
+    ``<config_name>_schema``), so the YAML files hold presets and overrides only and every key can be overridden.
+    Stored as plain values: types are checked by :func:`to_typed` (one ``error:`` line), not by Hydra."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=f"{config_name}_schema", node=OmegaConf.to_container(OmegaConf.structured(schema)))
 
 
 def hydra_app(config_name: str, schema: type[T]) -> Callable[[Callable[[T], int | None]], Callable[[], None]]:

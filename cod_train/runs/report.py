@@ -1,0 +1,47 @@
+"""``cod-report``: run directories (or a sweep directory) -> a Markdown comparison report with figures.
+
+    cod-report runs=[runs/llama_tiny-pre_ln,runs/llama_tiny-lns] run_dir=reports/tiny   # out= is an alias
+    cod-report runs=[multirun/2026-01-01_12-00-00] run_dir=reports/sweep title="Norm sweep"
+
+Writes ``run_dir/report.md`` (table: variant, layers, params, tokens, final eval perplexity, downstream accuracy,
+tokens/s, status; loss curves; per-layer variance, angular-distance heatmaps, pruning curves, grad norms),
+``run_dir/report.json`` and ``run_dir/figures/*.png``. Runs with missing or partial files (a crashed run) still
+render; what is missing is listed. A path that does not exist or holds no run exits with code 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cod_train.config import ConfigError
+
+DEFAULT_OUT = "reports/latest"
+
+
+@dataclass
+class ReportConfig:
+    runs: list[str] = field(default_factory=list)
+    run_dir: str | None = None  # where the report is written (default reports/latest)
+    out: str | None = None  # alias of run_dir
+    title: str = "cod-train report"
+
+    def output_dir(self) -> Path:
+        if self.run_dir and self.out and Path(self.run_dir) != Path(self.out):
+            raise ConfigError(f"run_dir={self.run_dir!r} and out={self.out!r} disagree; out is an alias of run_dir")
+        return Path(self.run_dir or self.out or DEFAULT_OUT)
+
+
+def report_command(cfg: ReportConfig) -> int:
+    """Load the runs (ConfigError before any file is written when a path is bad) and write the report."""
+    from cod_train.report import load_runs, write_report
+
+    out = cfg.output_dir()
+    runs = load_runs([str(p) for p in cfg.runs])
+    path = write_report(runs, out, title=cfg.title)
+    incomplete = [r.label for r in runs if r.missing or r.notes]
+    print(
+        f"cod-report: {len(runs)} run(s) -> {path}"
+        + (f" (partial: {', '.join(incomplete)})" if incomplete else "")
+    )
+    return 0
