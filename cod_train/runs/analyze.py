@@ -25,6 +25,7 @@ from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cod_train.config import ConfigError, DataConfig, to_typed
+from cod_train.core.constants import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import torch
@@ -151,7 +152,6 @@ def held_out_batches(cfg: AnalyzeConfig, tokenizer: Any, data_cfg: DataConfig | 
         )
     import torch
 
-    from cod_train.core.constants import IGNORE_INDEX
     from cod_train.data import build_eval_data
 
     data_cfg = copy.deepcopy(data_cfg or cfg.data)
@@ -202,9 +202,9 @@ def _metric_fn(cfg: AnalyzeConfig, tokenizer: Any) -> Any:
 def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.device) -> dict[str, dict]:
     """Load one model, run the diagnostics, return ``{diagnostic: entry}`` (entries carry the model info)."""
     from cod_train.eval.depth_io import model_info
-    from cod_train.eval.diagnostics import run_diagnostics
     import torch
 
+    from cod_train.eval.diagnostics import run_diagnostics
     from cod_train.runs.models import load_model
 
     data_cfg = data_config_for(cfg, source)

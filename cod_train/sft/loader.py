@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from cod_train.config import ConfigError
+from cod_train.core.constants import IGNORE_INDEX
 from cod_train.sft.config import SFTDataConfig
 from cod_train.sft.records import Example, SFTDataError, load_examples
-from cod_train.sft.template import IGNORE, encode, resolve_template
+from cod_train.sft.template import encode, resolve_template
 
 log = logging.getLogger("cod_train.sft")
 
@@ -51,7 +52,7 @@ def encode_examples(examples: list[Example], template: str, tokenizer: Any, cfg:
     rows, no_target, truncated = [], 0, 0
     for ex in examples:
         ids, labels = encode(ex, template, tokenizer, cfg)
-        if all(lab == IGNORE for lab in labels):
+        if all(lab == IGNORE_INDEX for lab in labels):
             no_target += 1
             continue
         truncated += len(ids) == cfg.max_length
@@ -96,7 +97,7 @@ def build_sft_data(cfg: SFTDataConfig, tokenizer: Any, seed: int, examples: list
         train, held = pack(train, cfg.max_length), pack(held, cfg.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stats.update(template=template, train_rows=len(train), eval_rows=len(held),
-                 response_tokens=sum(sum(lab != IGNORE for lab in labels) for _, labels in train))
+                 response_tokens=sum(sum(lab != IGNORE_INDEX for lab in labels) for _, labels in train))
     log.info("sft data: %s", stats)
     return SFTData(train, held, template, int(pad_id), stats)
 
@@ -105,7 +106,7 @@ def collate(rows: list[Row], pad_id: int, length: int | None = None) -> dict[str
     """Right-pad to ``length`` (default: the longest row): ``input_ids`` with ``pad_id``, labels with -100."""
     length = length or max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    labels = torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long)
     for i, (ids, labs) in enumerate(rows):
         input_ids[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         labels[i, : len(labs)] = torch.tensor(labs, dtype=torch.long)

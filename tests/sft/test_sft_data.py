@@ -9,10 +9,11 @@ import time
 import pytest
 import torch
 
+from cod_train.core.constants import IGNORE_INDEX as IGNORE
 from cod_train.sft.config import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, SFTDataConfig
 from cod_train.sft.loader import SFTBatches, build_sft_data, collate, eval_batches, pack
 from cod_train.sft.records import Example, SFTDataError, load_examples
-from cod_train.sft.template import IGNORE, encode, resolve_template
+from cod_train.sft.template import encode, resolve_template
 from tests.sft.helpers import char_ids, char_tokenizer
 
 
