@@ -7,6 +7,7 @@ any work starts. Each component validates its own semantics in ``validate()``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -253,6 +254,7 @@ class PretrainConfig:
     run_dir: str = "runs/default"
     seed: int = 1234
     resume: str = "auto"  # auto | none | PATH
+    resume_allow_change: bool = False  # resume even if the model or data stream changed (runs/identity.py)
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self) -> None:
@@ -277,7 +279,20 @@ def to_typed(cfg: DictConfig | dict[str, Any], schema: type[T]) -> T:
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or ""
-        raise ConfigError(f"invalid configuration{f' at {key!r}' if key else ''}: {err.msg if hasattr(err, 'msg') else err}") from None
+        first = str(getattr(err, "msg", None) or err).strip().splitlines()[0]
+        raise ConfigError(f"invalid configuration{f' at {key!r}' if key else ''}: {first}") from None
+
+
+def flatten_config(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"model.hidden_size": 128, ...}`` from a (nested) dataclass or dict; tuples become lists (JSON-ready)."""
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        node = dataclasses.asdict(node)
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): list(node) if isinstance(node, tuple) else node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(flatten_config(value, f"{prefix}{key}."))
+    return out
 
 
 def to_yaml(cfg: Any) -> str:

@@ -38,3 +38,13 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Pat
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def make_readable(root: str | Path) -> None:
+    """Give every file under ``root`` the permissions of a normally created file (0666 minus the umask):
+    safetensors writes its files 0600, unlike everything else in a run directory."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in Path(root).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o666 & ~umask)

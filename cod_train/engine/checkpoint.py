@@ -2,7 +2,8 @@
 
 Layout of ``run_dir/checkpoints/step_NNNNNNN/``::
 
-    meta.json              step, tokens, engine, format, world size, counters (written last)
+    meta.json              step, tokens, engine, format, world size, counters, the run's flattened config
+                           and every other file's size and CRC-32 (written last)
     model.safetensors      weights (torch format; also the consolidated copy in DeepSpeed checkpoints)
     optimizer.pt           optimizer state (torch format)        | dcp/ (FSDP2) | deepspeed/ (DeepSpeed)
     config.json            the model's HF config
@@ -11,18 +12,24 @@ Layout of ``run_dir/checkpoints/step_NNNNNNN/``::
     data/rank_NNNNN.pt     the train iterator's state per rank
 
 Every rank writes into ``.tmp_step_NNNNNNN``; rank 0 then renames it. A crash mid-save leaves only a
-``.tmp_*`` directory, which is never picked as ``latest`` and is removed by the next save. Non-tensor
-state is saved with ``torch.save`` and always read back with ``weights_only=True``.
+``.tmp_*`` directory, which is never picked as ``latest`` and is removed by the next save. A save that fails
+(disk full) removes its ``.tmp_*`` directory and raises :class:`CheckpointSaveError`. ``resume=auto`` verifies
+the newest checkpoint against its manifest (sizes, CRC-32; the ranks share the reading) and falls back to the
+newest intact one, moving damaged ones aside as ``.damaged_step_*``. Non-tensor state is saved with
+``torch.save`` and always read back with ``weights_only=True``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,16 +37,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cod_train.core.errors import ConfigError, RunError
-from cod_train.core.io import atomic_write_json
-from cod_train.engine.distributed import DistEnv, barrier
+from cod_train.core.errors import CheckpointSaveError, ConfigError, RunError
+from cod_train.core.io import atomic_write_json, make_readable
+from cod_train.engine.distributed import DistEnv, all_gather_object, all_reduce, barrier
 
 if TYPE_CHECKING:
     from cod_train.engine.engines import Engine
 
+log = logging.getLogger("cod_train")
 STEP_RE = re.compile(r"^step_(\d+)$")
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
+CHUNK = 8 << 20
 
 
 def step_dirname(step: int) -> str:
@@ -78,24 +87,105 @@ def find_checkpoint(path: str | Path, key: str = "checkpoint") -> Path:
     raise ConfigError(f"{key}={spec!r} is not a checkpoint (no {META_FILE}) and holds no complete checkpoint")
 
 
-def resolve_resume(resume: str, ckpt_root: Path) -> Path | None:
+def resolve_resume(resume: str, ckpt_root: Path, env: DistEnv | None = None) -> Path | None:
     """``auto`` = the latest complete checkpoint (or none), ``none`` = start fresh, else a path that must exist.
 
-    A path may be a checkpoint or a run directory / checkpoints directory (its latest is taken).
+    A path may be a checkpoint or a run directory / checkpoints directory (its latest is taken). With ``env``
+    (a process group exists) the choice is verified: ``auto`` takes the newest intact checkpoint, a damaged
+    explicit one is a RunError.
     """
     if resume in ("none", "", None):
         return None
     if resume == "auto":
-        return latest_checkpoint(ckpt_root)
-    return find_checkpoint(resume, key="resume")
+        return latest_checkpoint(ckpt_root) if env is None else _latest_intact(ckpt_root, env)
+    path = find_checkpoint(resume, key="resume")
+    problems = checkpoint_problems(path, env) if env is not None else []
+    if problems:
+        raise RunError(f"resume={resume!r}: checkpoint {path} is damaged ({'; '.join(problems[:3])}); pass an "
+                       "intact checkpoint, or resume=auto")
+    return path
+
+
+def _latest_intact(root: Path, env: DistEnv) -> Path | None:
+    """The newest checkpoint that passes :func:`checkpoint_problems`; newer damaged ones are moved aside."""
+    damaged: list[str] = []
+    for ckpt in reversed(list_checkpoints(root)):
+        problems = checkpoint_problems(ckpt, env)
+        if not problems:
+            if damaged and env.is_main:
+                log.warning("resuming from %s, the newest intact checkpoint; damaged: %s", ckpt.name,
+                            " | ".join(damaged))
+            return ckpt
+        damaged.append(f"{ckpt.name} ({'; '.join(problems[:3])}) moved to .damaged_{ckpt.name}")
+        if env.is_main:
+            os.replace(ckpt, ckpt.with_name(f".damaged_{ckpt.name}_{time.time_ns()}"))
+        barrier(env)
+    if damaged:
+        raise RunError(f"no intact checkpoint in {root}: {' | '.join(damaged)}; pass resume=none to start over")
+    return None
+
+
+def _crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def _gathered(items: list[str], env: DistEnv) -> list[str]:
+    return sorted(x for part in all_gather_object(items, env) for x in part)
+
+
+def file_manifest(path: Path, env: DistEnv) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "crc32"}}`` of every file under ``path`` but ``meta.json``; each rank reads a
+    share of the files (collective)."""
+    files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != META_FILE)
+    mine = {rel: {"size": (path / rel).stat().st_size, "crc32": _crc32(path / rel)}
+            for i, rel in enumerate(files) if i % env.world_size == env.rank}
+    return {k: v for part in all_gather_object(mine, env) for k, v in part.items()}
+
+
+def checkpoint_problems(path: Path, env: DistEnv) -> list[str]:
+    """What is wrong with the checkpoint at ``path`` ([] = intact): unreadable metadata, missing files, sizes
+    or CRC-32s that differ from its manifest. Collective; checkpoints without a manifest are taken as intact."""
+    try:
+        files = read_meta(path).get("files")
+    except RunError as err:
+        return [str(err)]
+    mine = []
+    for i, (rel, want) in enumerate(sorted((files or {}).items())):
+        target = path / rel
+        if i % env.world_size != env.rank:
+            continue
+        if not target.is_file():
+            mine.append(f"{rel} is missing")
+        elif target.stat().st_size != want["size"]:
+            mine.append(f"{rel} has {target.stat().st_size} bytes, {want['size']} expected")
+        elif _crc32(target) != want["crc32"]:
+            mine.append(f"{rel} fails its CRC-32 check")
+    return _gathered(mine, env)
+
+
+def checkpoint_bytes(path: Path | None) -> int:
+    """The size of a checkpoint from its manifest (0 when unknown)."""
+    if path is None:
+        return 0
+    try:
+        return sum(int(f["size"]) for f in (read_meta(path).get("files") or {}).values())
+    except (RunError, KeyError, TypeError, ValueError):
+        return 0
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     """The checkpoint's ``meta.json``; RunError when it is there but unreadable (a damaged checkpoint)."""
     try:
-        return json.loads((path / META_FILE).read_text())
+        meta = json.loads((path / META_FILE).read_text())
     except (OSError, ValueError) as err:
         raise RunError(f"{path} is not a readable checkpoint ({META_FILE}: {err})") from None
+    if not isinstance(meta, dict) or "step" not in meta:
+        raise RunError(f"{path} is not a readable checkpoint ({META_FILE} holds no step)")
+    return meta
 
 
 # --- RNG ------------------------------------------------------------------------------------------
@@ -187,40 +277,96 @@ def prune(root: Path, keep_last: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _collectively(env: DistEnv, final: Path, tmp: Path, what: Callable[[], None]) -> None:
+    """Run ``what`` on every rank; if it fails with an OSError on any rank (a full disk), every rank removes the
+    temporary directory and raises the same CheckpointSaveError instead of hanging in the next collective."""
+    failure: OSError | None = None
+    try:
+        what()
+    except OSError as err:
+        failure = err
+    flag = torch.tensor([1.0 if failure is not None else 0.0], device=env.device)
+    if not bool(all_reduce(flag, env).item() > 0):
+        return
+    if env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    reason = f"{failure.strerror or failure} ({failure.filename})" if failure is not None else "on another rank"
+    raise CheckpointSaveError(_save_failure(final, reason))
+
+
+def _save_failure(final: Path, reason: str) -> str:
+    root = final.parent
+    free = shutil.disk_usage(root).free if root.exists() else 0
+    last = latest_checkpoint(root)
+    need = checkpoint_bytes(last)
+    return (f"could not write checkpoint {final}: {reason}; {free / 2**30:.2f} GiB free on {root}"
+            + (f", the last checkpoint took {need / 2**30:.2f} GiB" if need else "")
+            + (f"; the latest intact checkpoint is still {last.name}: free space and run again (resume=auto)"
+               if last is not None else "; no earlier checkpoint exists"))
+
+
+def _warn_if_low_space(root: Path) -> None:
+    need = checkpoint_bytes(latest_checkpoint(root))
+    free = shutil.disk_usage(root).free
+    if need and free < 1.5 * need:
+        log.warning("only %.2f GiB free on %s and the last checkpoint took %.2f GiB: the next save may fail",
+                    free / 2**30, root, need / 2**30)
+
+
 def save_checkpoint(engine: Engine, root: Path, state: TrainState, *, data_state: Any = None,
-                    tokenizer: Any = None, keep_last: int = 0) -> Path:
-    """Write the full training state of ``engine`` atomically to ``root/step_NNNNNNN``; collective."""
+                    tokenizer: Any = None, keep_last: int = 0, run_config: dict[str, Any] | None = None) -> Path:
+    """Write the full training state of ``engine`` atomically to ``root/step_NNNNNNN``; collective. A failure to
+    write (a full disk) on any rank leaves no partial directory and raises CheckpointSaveError on every rank."""
     env: DistEnv = engine.env
     final = root / step_dirname(state.step)
     tmp = root / f".tmp_{final.name}"
-    if env.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier(env)
-    engine.save(tmp)
-    _save_rank_state(tmp, "rng", env.rank, rng_state())
-    if data_state is not None:
-        _save_rank_state(tmp, "data", env.rank, data_state)
-    barrier(env)
-    if env.is_main:
+
+    def prepare() -> None:
+        if env.is_main:
+            root.mkdir(parents=True, exist_ok=True)
+            _warn_if_low_space(root)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+    def rank_parts() -> None:
+        barrier(env)
+        engine.save(tmp)
+        _save_rank_state(tmp, "rng", env.rank, rng_state())
+        if data_state is not None:
+            _save_rank_state(tmp, "data", env.rank, data_state)
+
+    def main_parts() -> None:
         config = getattr(engine.module, "config", None)
-        if config is not None:
+        if env.is_main and config is not None:
             config.to_json_file(str(tmp / "config.json"))
-        if tokenizer is not None:
+        if env.is_main and tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
-        meta = {
-            "format_version": FORMAT_VERSION, "engine": engine.name, "format": engine.format,
-            "world_size": env.world_size, "zero_stage": getattr(engine.dist_cfg, "zero_stage", None),
-            "precision": engine.precision, "step": state.step, "tokens": state.tokens,
-            "nonfinite_total": state.nonfinite_total, "nonfinite_in_a_row": state.nonfinite_in_a_row,
-            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        atomic_write_json(tmp / META_FILE, meta, indent=2)  # written last: marks the directory complete
-        _fsync_dir(tmp)
-        _publish(tmp, final)
+        if env.is_main:
+            make_readable(tmp)
+        barrier(env)
+        files = file_manifest(tmp, env)
+        if env.is_main:
+            meta = _meta(engine, state, env) | {"run_config": run_config or {}, "files": files}
+            atomic_write_json(tmp / META_FILE, meta, indent=2)  # written last: marks the directory complete
+            _fsync_dir(tmp)
+            _publish(tmp, final)
+
+    for part in (prepare, rank_parts, main_parts):
+        _collectively(env, final, tmp, part)
+    if env.is_main:
         prune(root, keep_last)
     barrier(env)
     return final
+
+
+def _meta(engine: Engine, state: TrainState, env: DistEnv) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION, "engine": engine.name, "format": engine.format,
+        "world_size": env.world_size, "zero_stage": getattr(engine.dist_cfg, "zero_stage", None),
+        "precision": engine.precision, "step": state.step, "tokens": state.tokens,
+        "nonfinite_total": state.nonfinite_total, "nonfinite_in_a_row": state.nonfinite_in_a_row,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def load_checkpoint(engine: Engine, path: Path) -> tuple[TrainState, Any]:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -131,6 +132,15 @@ def destroy_distributed(wait_for_others: bool = True) -> None:
         if wait_for_others and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` without a process group)."""
+    if not (env.initialized and env.world_size > 1):
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier(env: DistEnv) -> None:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cod_train.core.errors import RunError
+from cod_train.core.io import make_readable
 from cod_train.engine.checkpoint import find_checkpoint, read_meta
 from cod_train.engine.engines import MODEL_FILE
 
@@ -73,6 +74,7 @@ def save_hf(model: nn.Module, out_dir: Path, tokenizer: Any = None, dtype: torch
     model.save_pretrained(str(out_dir))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
+    make_readable(out_dir)
     return out_dir
 
 

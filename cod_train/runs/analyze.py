@@ -17,9 +17,7 @@ import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -201,9 +199,9 @@ def _metric_fn(cfg: AnalyzeConfig, tokenizer: Any) -> Any:
 
 def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.device) -> dict[str, dict]:
     """Load one model, run the diagnostics, return ``{diagnostic: entry}`` (entries carry the model info)."""
-    from cod_train.eval.depth_io import model_info
     import torch
 
+    from cod_train.eval.depth_io import model_info
     from cod_train.eval.diagnostics import run_diagnostics
     from cod_train.runs.models import load_model
 

@@ -34,7 +34,7 @@ from cod_train.config import to_typed
 from cod_train.core.errors import ConfigError, RunError
 
 T = TypeVar("T")
-EXIT_OK, EXIT_RUN_ERROR, EXIT_CONFIG_ERROR, EXIT_NONFINITE = 0, 1, 2, 3
+EXIT_OK, EXIT_RUN_ERROR, EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_SAVE_FAILED = 0, 1, 2, 3, 4
 log = logging.getLogger("cod_train")
 
 
@@ -116,7 +116,7 @@ def write_config(cfg: Any, run_dir: str | Path, name: str = "config.yaml") -> Pa
 def report_error(err: ConfigError | RunError) -> int:
     """One ``error:`` line on stderr; the exit code of the error's kind (2: the input, 1: the run)."""
     print(f"error: {err}", file=sys.stderr, flush=True)
-    return EXIT_CONFIG_ERROR if isinstance(err, ConfigError) else EXIT_RUN_ERROR
+    return EXIT_CONFIG_ERROR if isinstance(err, ConfigError) else err.exit_code
 
 
 def run_typed(fn: Callable[[T], int | None], raw: DictConfig, schema: type[T]) -> int:
@@ -174,6 +174,52 @@ def register_schema(config_name: str, schema: type) -> None:
     ConfigStore.instance().store(name=f"{config_name}_schema", node=OmegaConf.to_container(OmegaConf.structured(schema)))
 
 
+def composition_problem(config_name: str, args: list[str]) -> str | None:
+    """What Hydra would reject in ``args`` (an unknown preset such as ``model=nope``, a key that does not
+    exist), as one line, found by composing the config once; None when it composes. Sweeps (``-m``), Hydra's
+    own flags and ``--config-dir`` searches are left to Hydra."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    missing = _missing_preset(overrides)
+    if missing or any(a.startswith("-") for a in args):
+        return missing
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        return _one_line(str(err))
+    return None
+
+
+def _missing_preset(overrides: list[str]) -> str | None:
+    """``group=name`` naming no preset. Hydra skips a missing *optional* group (``experiment``) silently, so a
+    typo such as ``experiment=paper_130M`` would train the default model; it is an error here."""
+    root = Path(config_dir())
+    for override in overrides:
+        key, values = override.split("=", 1)
+        group = root / key.lstrip("+~")
+        if "." in key or not group.is_dir():
+            continue
+        for value in values.split(","):  # a sweep lists several
+            if value in ("null", "") or (group / f"{value}.yaml").is_file():
+                continue
+            options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
+            return f"{key}={value}: no such preset in {group.name}/; options: {options}"
+    return None
+
+
+def _one_line(message: str) -> str:
+    """Hydra's multi-line composition error as one line (the options of a group listed inline)."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    first = lines[0].split(": ", 1)[-1].rstrip(".") if lines else "the configuration does not compose"
+    if first.startswith("Could not override"):
+        first += ": no such key (add a new key with +key=value)"
+    return first
+
+
 def hydra_app(config_name: str, schema: type[T]) -> Callable[[Callable[[T], int | None]], Callable[[], None]]:
     """Decorator turning ``fn(typed_cfg) -> exit code`` into a console-script ``main()``."""
     import hydra
@@ -189,6 +235,9 @@ def hydra_app(config_name: str, schema: type[T]) -> Callable[[Callable[[T], int 
         @functools.wraps(fn)
         def main() -> None:
             sys.argv = prepare_argv(sys.argv)
+            problem = composition_problem(config_name, sys.argv[1:])
+            if problem:
+                sys.exit(report_error(ConfigError(problem)))
             _hydra_main()
 
         return main

@@ -92,6 +92,7 @@ class SFTConfig:
     run_dir: str | None = None  # None = default_run_dir(checkpoint)
     seed: int = 1234
     resume: str = "auto"  # auto | none | PATH
+    resume_allow_change: bool = False  # resume even if the model or data stream changed (runs/identity.py)
     device: str = "auto"  # auto | cpu | cuda
 
     def validate(self) -> None:

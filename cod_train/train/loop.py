@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import signal
 import sys
 import time
@@ -27,9 +28,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from cod_train.config import DistributedConfig, LoggerConfig, TrainConfig
+from cod_train.config import DistributedConfig, LoggerConfig, TrainConfig, flatten_config
 from cod_train.core.constants import IGNORE_INDEX
-from cod_train.core.errors import ConfigError
+from cod_train.core.errors import ConfigError, RunError
 from cod_train.engine.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
 from cod_train.engine.distributed import DistEnv, all_reduce, barrier
 from cod_train.engine.engines import Engine
@@ -153,7 +154,7 @@ class Trainer:
         self.accum = grad_accum_steps(self.tcfg, env.world_size)
         self.run_dir = check_run_dir(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
-        self.resume_from = resolve_resume(cfg.resume, self.ckpt_root)
+        self.resume_from = resolve_resume(cfg.resume, self.ckpt_root, env)  # verified; the newest intact
         self.train_data, self.eval_data = train_data, eval_data
         self.tokenizer, self.diagnostics_fn = tokenizer, diagnostics_fn
         self.engine: Engine = parallelize(
@@ -172,7 +173,14 @@ class Trainer:
     def restore(self) -> None:
         if self.resume_from is None:
             return
-        self.state, data_state = load_checkpoint(self.engine, self.resume_from)
+        try:
+            self.state, data_state = load_checkpoint(self.engine, self.resume_from)
+        except (OSError, EOFError, KeyError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+            if isinstance(err, RunError | ConfigError):
+                raise
+            first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+            raise RunError(f"checkpoint {self.resume_from} could not be loaded ({type(err).__name__}: {first}); "
+                           "resume from an earlier one (resume=PATH) or start over (resume=none)") from None
         self.last_saved_step = self.state.step
         self.logger.truncate_after(self.state.step)
         if data_state is not None and hasattr(self.train_data, "load_state_dict"):
@@ -182,7 +190,8 @@ class Trainer:
     def save(self) -> Path:
         data_state = self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None
         path = save_checkpoint(self.engine, self.ckpt_root, self.state, data_state=data_state,
-                               tokenizer=self.tokenizer, keep_last=self.tcfg.keep_last)
+                               tokenizer=self.tokenizer, keep_last=self.tcfg.keep_last,
+                               run_config=flatten_config(self.cfg))
         self.last_saved_step = self.state.step
         self.info(f"saved checkpoint {path}")
         return path

@@ -1,0 +1,56 @@
+"""What a training run is, around the loop: seeding, the process group, the summary line and the exit code.
+Shared by cod-pretrain and cod-sft."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cod_train.runs.app import EXIT_NONFINITE, EXIT_OK
+
+if TYPE_CHECKING:
+    from cod_train.engine.distributed import DistEnv
+    from cod_train.train.loop import TrainResult
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def summarize(result: TrainResult, env: DistEnv) -> None:
+    """The run's last lines on rank 0: why it stopped, the final eval, where the checkpoint and export are."""
+    if not env.is_main:
+        return
+    lines = [f"stopped: {result.stopped} at step {result.step} ({result.tokens:,} tokens)"]
+    if result.last_eval:
+        lines.append(f"final eval: loss {result.last_eval['eval_loss']:.4f}, "
+                     f"perplexity {result.last_eval['eval_ppl']:.2f}")
+    if result.checkpoint:
+        lines.append(f"checkpoint: {result.checkpoint}")
+    if result.hf_dir:
+        lines.append(f"HF export: {result.hf_dir}")
+    if result.nonfinite_total:
+        lines.append(f"non-finite steps skipped: {result.nonfinite_total}")
+    print("\n".join(lines), flush=True)
+
+
+def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
+    """Initialize torch.distributed, ``run(cfg, env)``, summarize, tear down; the command's exit code.
+    After an error the ranks do not wait for each other (one may never arrive)."""
+    from cod_train.engine.distributed import destroy_distributed, init_distributed
+
+    env = init_distributed(cfg.distributed, cfg.device)
+    try:
+        result = run(cfg, env)
+        summarize(result, env)
+    except BaseException:
+        destroy_distributed(wait_for_others=False)
+        raise
+    destroy_distributed()
+    return EXIT_NONFINITE if result.stopped == "nonfinite" else EXIT_OK

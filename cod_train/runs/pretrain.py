@@ -1,0 +1,90 @@
+"""Pre-training: the one validation pass, then tokenizer, model and data handed to the shared loop.
+Heavy modules (torch, transformers, the data pipeline) are imported inside the functions, after validation."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cod_train.config import PretrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from cod_train.engine.distributed import DistEnv
+    from cod_train.train.loop import TrainResult
+
+log = logging.getLogger("cod_train")
+
+
+def preflight(cfg: PretrainConfig) -> None:
+    """The one validation pass: everything that can be checked before any process group, data, tokenizer or
+    model exists. The run directory is created last, only for a valid config."""
+    from cod_train.config import flatten_config
+    from cod_train.engine.checkpoint import resolve_resume
+    from cod_train.runs.identity import check_resume
+    from cod_train.train.loop import check_run_dir
+
+    cfg.validate()
+    ckpt = resolve_resume(cfg.resume, Path(cfg.run_dir) / "checkpoints")
+    check_resume(ckpt, flatten_config(cfg), cfg.resume_allow_change)
+    check_run_dir(cfg.run_dir)
+
+
+def build_model_for(cfg: PretrainConfig, vocab_size: int) -> torch.nn.Module:
+    import torch
+
+    from cod_train.model import build_model
+
+    if cfg.distributed.engine == "fsdp" and cfg.distributed.meta_init:
+        with torch.device("meta"):  # each rank materializes only its shards (after fully_shard)
+            return build_model(cfg.model, vocab_size)
+    return build_model(cfg.model, vocab_size)
+
+
+def diagnostics_for(cfg: PretrainConfig) -> Any:
+    from cod_train.eval.depth_train import training_diagnostics
+
+    if not cfg.train.diag_every:
+        return None
+    return lambda model, step, batch: training_diagnostics(model, batch)
+
+
+def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
+    from cod_train.data import build_eval_data, build_tokenizer, build_train_data, check_vocab
+    from cod_train.runs.app import write_config
+    from cod_train.runs.lifecycle import seed_everything
+    from cod_train.train.loop import grad_accum_steps, train
+
+    grad_accum_steps(cfg.train, env.world_size)
+    seed_everything(cfg.seed)
+    tokenizer = build_tokenizer(cfg.data)
+    model = build_model_for(cfg, len(tokenizer))
+    check_vocab(tokenizer, model.config.vocab_size)
+    train_data = build_train_data(cfg.data, tokenizer, global_batch_size=cfg.train.global_batch_size,
+                                  dp_rank=env.rank, dp_world=env.world_size, seed=cfg.seed)
+
+    def eval_data():
+        return build_eval_data(cfg.data, tokenizer, micro_batch_size=cfg.train.micro_batch_size,
+                               max_tokens=cfg.train.eval_tokens, dp_rank=env.rank, dp_world=env.world_size)
+
+    has_eval = cfg.train.eval_tokens > 0 and eval_data() is not None
+    if env.is_main:
+        write_config(cfg, cfg.run_dir)
+        n = sum(p.numel() for p in model.parameters())
+        log.info("model %s (%s): %.2fM parameters; engine %s on %d process(es), %s", cfg.model.name,
+                 cfg.model.norm_type, n / 1e6, cfg.distributed.engine, env.world_size, env.device)
+    return train(cfg, model, train_data, env=env, eval_data=eval_data if has_eval else None, tokenizer=tokenizer,
+                 diagnostics_fn=diagnostics_for(cfg))
+
+
+def pretrain(cfg: PretrainConfig) -> int:
+    """The whole cod-pretrain command after parsing: validate, then train; the exit code."""
+    from cod_train.runs.app import is_main_process
+    from cod_train.runs.lifecycle import run_training
+    from cod_train.runs.lock import RunDirLock
+
+    preflight(cfg)
+    with RunDirLock(cfg.run_dir, enabled=is_main_process()):
+        return run_training(cfg, run_pretrain)

@@ -1,0 +1,84 @@
+"""Supervised fine-tuning: the checkpoint and instruction data checked before any model is loaded, then the
+shared loop (same engines, checkpoints, resume, metrics and final ``run_dir/hf`` export as pre-training)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from cod_train.core.errors import ConfigError
+from cod_train.sft.config import SFTConfig, default_run_dir
+
+log = logging.getLogger("cod_train.sft")
+
+
+def preflight(cfg: SFTConfig) -> tuple[Any, list]:
+    """Config, checkpoint path, run_dir, resume and data fields: all checked before any model is loaded."""
+    from cod_train.config import flatten_config
+    from cod_train.engine.checkpoint import resolve_resume
+    from cod_train.runs.identity import check_resume
+    from cod_train.runs.models import resolve_checkpoint
+    from cod_train.sft.records import load_examples
+    from cod_train.train.loop import check_run_dir
+
+    cfg.validate()
+    source = resolve_checkpoint(cfg.checkpoint)
+    cfg.run_dir = cfg.run_dir or default_run_dir(cfg.checkpoint, source.run_dir)
+    ckpt = resolve_resume(cfg.resume, Path(cfg.run_dir) / "checkpoints")
+    check_resume(ckpt, flatten_config(cfg), cfg.resume_allow_change)
+    check_max_length(cfg, source)
+    examples = load_examples(cfg.sft)
+    check_run_dir(cfg.run_dir)
+    return source, examples
+
+
+def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
+    """Tokenize, load the model and hand everything to the shared training loop."""
+    from cod_train.runs.app import write_config
+    from cod_train.runs.lifecycle import seed_everything
+    from cod_train.runs.models import check_vocab, load_model, tokenizer_for
+    from cod_train.sft.loader import SFTBatches, build_sft_data, eval_batches
+    from cod_train.train.loop import grad_accum_steps, train
+
+    grad_accum_steps(cfg.train, env.world_size)
+    seed_everything(cfg.seed)
+    tokenizer = tokenizer_for(source, cfg.tokenizer, cfg.checkpoint)
+    data = build_sft_data(cfg.sft, tokenizer, cfg.seed, examples=examples)
+    model = load_model(source)
+    check_vocab(model, tokenizer, cfg.checkpoint)
+    if env.is_main:
+        write_config(cfg, cfg.run_dir)
+        log.info("cod-sft: %s (%s) -> %s; %s", cfg.checkpoint, source.kind, cfg.run_dir, data.stats)
+    batches = SFTBatches(data, global_batch_size=cfg.train.global_batch_size, dp_rank=env.rank,
+                         dp_world=env.world_size, seed=cfg.seed)
+
+    def eval_data() -> list:
+        return eval_batches(data, micro_batch_size=cfg.train.micro_batch_size, dp_rank=env.rank,
+                            dp_world=env.world_size)
+
+    return train(cfg, model, batches, env=env, eval_data=eval_data if data.eval else None, tokenizer=tokenizer)
+
+
+def sft(cfg: SFTConfig) -> int:
+    """The whole cod-sft command after parsing: validate, then fine-tune; the exit code."""
+    from cod_train.runs.app import is_main_process
+    from cod_train.runs.lifecycle import run_training
+    from cod_train.runs.lock import RunDirLock
+
+    source, examples = preflight(cfg)
+    with RunDirLock(cfg.run_dir, enabled=is_main_process()):
+        return run_training(cfg, lambda cfg, env: run_sft(cfg, env, source, examples))
+
+
+def check_max_length(cfg: SFTConfig, source: Any) -> None:
+    """Rows longer than the model's positions would train on positions it never saw: refuse up front."""
+    import json
+
+    config = Path(source.path) / "config.json"
+    if source.kind == "hub" or not config.is_file():
+        return
+    positions = json.loads(config.read_text()).get("max_position_embeddings")
+    if isinstance(positions, int) and cfg.sft.max_length > positions:
+        raise ConfigError(f"sft.max_length={cfg.sft.max_length} exceeds the model's max_position_embeddings="
+                          f"{positions}; set sft.max_length={positions} or less")
