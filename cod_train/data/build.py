@@ -9,6 +9,7 @@ lock builds them, the others wait and reuse. ``shards`` reads a ``cod-data token
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import PreTrainedTokenizerFast
 
@@ -18,6 +19,9 @@ from cod_train.data.loader import ShardEvalData, ShardLoader
 from cod_train.data.readers import resolve_paths
 from cod_train.data.shards import TokenShards, log_shards, tokenize_corpus
 from cod_train.data.sources import hub_data_files, local_paths, uses_hub
+
+if TYPE_CHECKING:
+    from cod_train.data.stream import StreamEvalData, StreamLoader
 
 TOKENS_VERSION = 1
 
@@ -60,7 +64,7 @@ def _open_shards(path: Path, tokenizer: PreTrainedTokenizerFast) -> TokenShards:
 
 
 def build_train_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, *, global_batch_size: int, dp_rank: int,
-                     dp_world: int, seed: int):
+                     dp_world: int, seed: int) -> ShardLoader | StreamLoader:
     """Stateful iterator of this rank's ``global_batch_size // dp_world`` rows of each global batch."""
     cfg.validate()
     if global_batch_size % dp_world:
@@ -82,7 +86,7 @@ def build_train_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, *, glo
 
 
 def build_eval_data(cfg: DataConfig, tokenizer: PreTrainedTokenizerFast, *, micro_batch_size: int, max_tokens: int,
-                    dp_rank: int, dp_world: int):
+                    dp_rank: int, dp_world: int) -> ShardEvalData | StreamEvalData | None:
     """Fresh, deterministic iterable of held-out batches (each rank a disjoint part, ``max_tokens`` in all).
 
     Returns ``None`` when the source has nothing held out (``eval_fraction: 0`` and no ``eval_paths``)."""

@@ -20,6 +20,7 @@ import torch
 
 from cod_train.config import ConfigError
 from cod_train.core.constants import IGNORE_INDEX
+from cod_train.core.errors import RunError
 from cod_train.data.common import DataStats
 from cod_train.data.shards import TokenShards
 
@@ -155,7 +156,7 @@ class ShardLoader:
         mine = self.state_dict()
         for key in ("kind", "num_samples", "seed", "seq_len", "packing"):
             if state.get(key) != mine[key]:
-                raise ValueError(f"data loader state does not match this data: {key}={state.get(key)!r} in the "
+                raise RunError(f"data loader state does not match this data: {key}={state.get(key)!r} in the "
                                  f"checkpoint, {mine[key]!r} now (different corpus, tokenizer or data config?)")
         self.consumed = int(state["consumed"])
 

@@ -16,7 +16,7 @@ import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 from cod_train.config import ConfigError
 
@@ -66,7 +66,7 @@ def _open_binary(path: str) -> IO[bytes]:
 
         return fsspec.open(path, "rb", compression="infer").open()
     if path.endswith(".gz"):
-        return gzip.open(path, "rb")
+        return cast(IO[bytes], gzip.open(path, "rb"))  # a GzipFile: a binary file, though not typed IO[bytes]
     if path.endswith(".bz2"):
         import bz2
 

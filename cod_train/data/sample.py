@@ -36,7 +36,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -210,13 +210,14 @@ def wiki_articles(xml: bytes, min_chars: int = 200) -> Iterator[str]:
 def _child_text(elem: ElementTree.Element, path: str) -> str:
     node = elem
     for part in path.split("/"):
-        node = next((c for c in node if c.tag.endswith("}" + part)), None)  # type: ignore[assignment]
-        if node is None:
+        child = next((c for c in node if c.tag.endswith("}" + part)), None)
+        if child is None:
             return ""
+        node = child
     return node.text or ""
 
 
-def _repeat(pattern: re.Pattern[str], repl, text: str) -> str:
+def _repeat(pattern: re.Pattern[str], repl: str | Callable[[re.Match[str]], str], text: str) -> str:
     while True:
         new = pattern.sub(repl, text)
         if new == text:

@@ -21,8 +21,9 @@ import multiprocessing as mp
 import os
 import shutil
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class ShardWriter:
         self.out, self.vocab_size, self.eos_id, self.shard_tokens = out, vocab_size, eos_id, shard_tokens
         self.dtype = token_dtype(vocab_size)
         self.shards: list[dict] = []
-        self._file = None
+        self._file: BinaryIO | None = None
         self._offsets: list[int] = []
         out.mkdir(parents=True, exist_ok=True)
 
@@ -58,7 +59,8 @@ class ShardWriter:
             take = max(1, int(np.searchsorted(ends, self.shard_tokens, side="left")) + 1)
             take = min(take, len(lengths))
             n_tok = int(ends[take - 1] - self._offsets[-1])
-            self._file.write(np.ascontiguousarray(flat[:n_tok], dtype=self.dtype).tobytes())  # type: ignore[union-attr]
+            assert self._file is not None  # opened by _roll() above
+            self._file.write(np.ascontiguousarray(flat[:n_tok], dtype=self.dtype).tobytes())
             self._offsets.extend(ends[:take].tolist())
             flat, lengths = flat[n_tok:], lengths[take:]
 
@@ -215,7 +217,7 @@ def _records(paths: list[str], eval_paths: list[str], eval_fraction: float, text
 
 
 def tokenize_corpus(paths: list[str], tokenizer_json: str, eos_id: int, vocab_size: int, out: Path, *,
-                    eval_paths: list[str] = (), eval_fraction: float = 0.0, text_field: str = "text",
+                    eval_paths: Sequence[str] = (), eval_fraction: float = 0.0, text_field: str = "text",
                     text_unit: str = "line", workers: int = 0, shard_tokens: int = SHARD_TOKENS) -> DataStats:
     """Tokenize ``paths`` (+ ``eval_paths``) into ``out/train`` and ``out/eval`` with ``workers`` processes.
 

@@ -18,7 +18,7 @@ and a restore loads the snapshot and replays at most ``snapshot_every`` batches.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerFast
 
 from cod_train.config import ConfigError, DataConfig
+from cod_train.core.errors import RunError
 from cod_train.data.common import DataStats, fingerprint
 from cod_train.data.loader import rows_to_batch
 from cod_train.data.readers import Bad, iter_records
@@ -198,12 +199,12 @@ class _WorkerStreams(IterableDataset):
     """DataLoader worker ``slot`` runs local stream ``(slot + rotate) % W``; items carry stats and periodic
     snapshots so the main process can checkpoint the workers' state."""
 
-    def __init__(self, make_stream, starts: list[tuple[dict | None, int]], rotate: int, snapshot_every: int,
-                 seq_len: int, pad_id: int):
+    def __init__(self, make_stream: Callable[[int], DocStream], starts: list[tuple[dict | None, int]], rotate: int,
+                 snapshot_every: int, seq_len: int, pad_id: int):
         self.make_stream, self.starts, self.rotate = make_stream, starts, rotate
         self.snapshot_every, self.seq_len, self.pad_id = snapshot_every, seq_len, pad_id
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor], dict | None, dict]]:
         info = get_worker_info()
         w = ((info.id if info else 0) + self.rotate) % len(self.starts)
         stream = restore_stream(self.make_stream(w), *self.starts[w])
@@ -303,7 +304,7 @@ class StreamLoader:
     def load_state_dict(self, state: dict) -> None:
         for key in ("kind", "files", "dp_rank", "dp_world", "num_workers"):
             if state.get(key) != self.state_dict()[key]:
-                raise ValueError(f"streaming loader state has {key}={state.get(key)!r}, this run "
+                raise RunError(f"streaming loader state has {key}={state.get(key)!r}, this run "
                                  f"{self.state_dict()[key]!r}: a streamed run resumes with the same files, "
                                  "ranks and data.num_workers")
         self._starts = [(s["base"], int(s["replay"])) for s in state["streams"]]

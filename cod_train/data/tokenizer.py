@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -71,7 +72,7 @@ def load_tokenizer(spec: str, hub_timeout_s: float = 1.0) -> PreTrainedTokenizer
 
 def _from_dir(path: Path) -> PreTrainedTokenizerFast:
     if (path / "tokenizer.json").exists() or (path / "tokenizer_config.json").exists():
-        return AutoTokenizer.from_pretrained(str(path))
+        return cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(str(path)))
     models = sorted(path.glob("*.model"))
     if models:
         return _from_sentencepiece(models[0])
@@ -96,9 +97,10 @@ def _from_sentencepiece(path: Path) -> PreTrainedTokenizerFast:
 
 
 def _from_hub(name: str, hub_timeout_s: float) -> PreTrainedTokenizerFast:
-    return hub.cached_or_hub(AutoTokenizer.from_pretrained, name, f"data.tokenizer={name!r}",
-                             hint="use data.tokenizer=train:8192 (trained on the corpus) or a local tokenizer.json / "
-                                  f".model / HF directory; for the data, {OFFLINE_HINT}", timeout_s=hub_timeout_s)
+    tok = hub.cached_or_hub(AutoTokenizer.from_pretrained, name, f"data.tokenizer={name!r}",
+                            hint="use data.tokenizer=train:8192 (trained on the corpus) or a local tokenizer.json / "
+                                 f".model / HF directory; for the data, {OFFLINE_HINT}", timeout_s=hub_timeout_s)
+    return cast(PreTrainedTokenizerFast, tok)
 
 
 def ensure_special_tokens(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
@@ -129,7 +131,7 @@ def trained_tokenizer(cfg: DataConfig, vocab: int) -> PreTrainedTokenizerFast:
             if not (out / "tokenizer.json").exists():
                 with atomic_dir(out) as stage:
                     train_bpe(_texts(paths, cfg), vocab).save_pretrained(str(stage))
-    return AutoTokenizer.from_pretrained(str(out))
+    return cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(str(out)))
 
 
 def _corpus_for_training(cfg: DataConfig) -> list[str]:

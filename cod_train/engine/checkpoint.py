@@ -32,7 +32,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -190,7 +190,8 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 # --- RNG ------------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
+    # legacy=True, the default, gives MT19937's tuple (numpy's stubs type the default as legacy=False: a dict)
+    np_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],

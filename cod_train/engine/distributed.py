@@ -119,7 +119,7 @@ def init_distributed(dist_cfg: DistributedConfig, device: str = "auto") -> DistE
 
             deepspeed.init_distributed(dist_backend=backend, timeout=timeout)
         else:
-            kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+            kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
             dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     return DistEnv(rank, world, local_rank, local_world, dev, backend, initialized=True)
 

@@ -20,7 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -30,6 +30,9 @@ from cod_train.config import DistributedConfig
 from cod_train.core.errors import ConfigError, RunError
 from cod_train.engine.distributed import DistEnv, barrier
 from cod_train.engine.layers import decoder_layers, materialize
+
+if TYPE_CHECKING:
+    from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
@@ -176,7 +179,7 @@ class DDPEngine(Engine):
         return DistributedDataParallel(module, device_ids=ids)
 
     def accumulate(self, last: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if last else self.model.no_sync()
+        return contextlib.nullcontext() if last else cast("DistributedDataParallel", self.model).no_sync()
 
 
 class FSDPEngine(Engine):
@@ -233,8 +236,8 @@ class FSDPEngine(Engine):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(self.module, options=opts)
-        return state if self.env.is_main else None
+        state = get_model_state_dict(self.module, options=opts)  # full_state_dict=True: plain tensors
+        return cast("dict[str, torch.Tensor]", state) if self.env.is_main else None
 
 
 def deepspeed_config(dist_cfg: DistributedConfig, env: DistEnv, *, precision: str, micro_batch_size: int,

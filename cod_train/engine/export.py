@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -19,6 +19,9 @@ from cod_train.core.errors import RunError
 from cod_train.core.io import make_readable
 from cod_train.engine.checkpoint import find_checkpoint, read_meta
 from cod_train.engine.engines import MODEL_FILE
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def save_hf(model: nn.Module, out_dir: Path, tokenizer: Any = None, dtype: torch
     out_dir.mkdir(parents=True, exist_ok=True)
     if dtype is not None:
         model = model.to(dtype)
-    model.save_pretrained(str(out_dir))
+    cast("PreTrainedModel", model).save_pretrained(str(out_dir))
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
     make_readable(out_dir)
@@ -115,7 +118,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.
     ckpt = find_checkpoint(checkpoint)
     model = build_from_checkpoint(ckpt)
     out = save_hf(model, Path(out_dir), _load_tokenizer(ckpt), dtype=dtype)
-    log.info("exported %s -> %s", ckpt, out)
+    log.debug("exported %s -> %s", ckpt, out)
     return out
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ def backbone(model: nn.Module) -> nn.Module:
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """``model.model.layers``."""
-    return backbone(model).layers
+    return cast(nn.ModuleList, backbone(model).layers)  # checked by backbone()
 
 
 def num_layers(model: nn.Module) -> int:
@@ -91,6 +91,7 @@ def residual_stream_hooks(model: nn.Module, fn: StateFn) -> Iterator[None]:
 
     def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs.get("hidden_states")
+        assert hidden is not None, "the first decoder layer was called without hidden states"
         fn(0, _local(hidden.detach()))
 
     handles.append(layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
@@ -123,7 +124,7 @@ def token_losses_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]
     conventions (``shift_labels``, fused losses). Returns (loss sum as a tensor, number of valid tokens).
     """
     hidden = run_backbone(model, batch)
-    head = unwrap_model(model).lm_head
+    head = cast(nn.Module, unwrap_model(model).lm_head)
     labels = batch["labels"].to(hidden.device)
     total = hidden.new_zeros((), dtype=torch.float32)
     for row in range(hidden.shape[0]):  # row by row: the [T, V] logits of one row at a time
@@ -184,7 +185,7 @@ def pruned_layers(model: nn.Module, drop: Sequence[int]) -> Iterator[nn.Module]:
     lists such as Qwen2's ``layer_types`` are shortened to match, and restored.
     """
     inner = backbone(model)
-    original = inner.layers
+    original = cast(nn.ModuleList, inner.layers)  # checked by backbone()
     total = len(original)
     drop_set = {int(i) for i in drop}
     if any(i < 0 or i >= total for i in drop_set):

@@ -45,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -59,6 +59,9 @@ from cod_train.eval.depth_hooks import (
     unwrap_model,
     valid_token_mask,
 )
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 DIAG_PREFIX = "diag/"
 LAYER_VAR_KEY = "diag/layer_var"
@@ -85,7 +88,8 @@ def _param_grad(param: nn.Parameter) -> torch.Tensor | None:
 def _local_sq_and_mesh(grad: torch.Tensor) -> tuple[torch.Tensor, Any]:
     """Sum of squares of this rank's part of ``grad`` and, for a DTensor, (mesh, placements)."""
     if hasattr(grad, "to_local") and hasattr(grad, "device_mesh"):
-        return grad.to_local().float().square().sum(), (grad.device_mesh, grad.placements)
+        dtensor = cast("DTensor", grad)
+        return dtensor.to_local().float().square().sum(), (dtensor.device_mesh, dtensor.placements)
     return grad.float().square().sum(), None
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -133,7 +134,7 @@ def last_token_states(model: nn.Module, batches: Iterable[Batch]) -> torch.Tenso
 
         with residual_stream_hooks(model, record):
             run_backbone(model, batch)
-        rows.append(torch.stack(states, dim=1))
+        rows.append(torch.stack(cast("list[torch.Tensor]", states), dim=1))  # the hooks filled every slot
     return torch.cat(rows, dim=0)
 
 
@@ -210,6 +211,7 @@ def layer_pruning(model: nn.Module, batches: Iterable[Batch], metric_fn: MetricF
         result["ppl"].append(_ppl(loss))
     result["delta_ppl"] = [p - result["base_ppl"] for p in result["ppl"]]
     if metric_fn is not None:
+        assert base_metric is not None  # measured above whenever metric_fn is given
         result.update(
             base_metric=base_metric, metric=metrics, delta_metric=[m - base_metric for m in metrics]
         )
@@ -223,7 +225,7 @@ def layer_grad_norms(model: nn.Module, batches: Iterable[Batch]) -> dict:
     ``{"loss", "layer_grad_norm": [L], "embed_grad_norm", "head_grad_norm"}``.
     """
     batches = _prepared(model, batches)
-    inner = unwrap_model(model)
+    inner: Any = unwrap_model(model)  # the LLaMA layout: model.embed_tokens, lm_head
     params = list(inner.parameters())
     flags = [p.requires_grad for p in params]
     for p in params:

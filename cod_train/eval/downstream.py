@@ -331,16 +331,26 @@ def run_downstream(model: Any, tokenizer: Any, cfg: DownstreamConfig, task_manag
     Returns ``{task: {"acc", "acc_norm" (when the task has it), "n"}, "average": mean of cfg.metric}``;
     with ``return_raw`` also ``"_raw"``: lm-eval's full result (incl. per-sample log-likelihoods).
     """
+    import functools
+    from unittest import mock
+
     from lm_eval.evaluator import simple_evaluate
+    from tqdm import tqdm
 
     # one warning per over-long request otherwise; contexts longer than the model's window are left-truncated
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
+    logging.getLogger("lm_eval.evaluator").setLevel(logging.ERROR)  # one line per MMLU subject: num_fewshot set
     tm = task_manager if task_manager is not None else prepare_tasks(cfg)
     lm = _hflm(model, tokenizer, cfg)
-    results = simple_evaluate(
-        model=lm, tasks=[TASKS[t].lm_eval_name for t in cfg.tasks], task_manager=tm,
-        num_fewshot=cfg.num_fewshot, limit=cfg.limit, log_samples=return_raw, bootstrap_iters=0,
-    )
+    # lm-eval records `git describe` of the *current directory*: meaningless for a pip install, and outside a
+    # checkout git prints "fatal: not a git repository" on our stderr. Its per-subtask request-building bars
+    # (57 for MMLU) are switched off; the scoring bar stays.
+    with mock.patch("lm_eval.evaluator.get_git_commit_hash", return_value=None), \
+            mock.patch("lm_eval.api.task.tqdm", functools.partial(tqdm, disable=True)):
+        results = simple_evaluate(
+            model=lm, tasks=[TASKS[t].lm_eval_name for t in cfg.tasks], task_manager=tm,
+            num_fewshot=cfg.num_fewshot, limit=cfg.limit, log_samples=return_raw, bootstrap_iters=0,
+        )
     summary = _summarise(results, cfg)
     if return_raw:
         summary["_raw"] = results

@@ -68,6 +68,7 @@ def evaluate_perplexity(
                     break
             elif batch is None:
                 break
+            assert batch is not None  # every rank has one, or all broke out above
             with autocast or contextlib.nullcontext():
                 loss, count = batch_loss_sum(model, batch, device)
             step = torch.tensor([loss.item(), count], dtype=torch.float64, device=device)

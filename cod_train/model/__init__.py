@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -41,7 +41,7 @@ def padded_vocab_size(vocab_size: int, multiple: int = 64) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
-def model_config(model_cfg: ModelConfig, vocab_size: int | None = None, **overrides) -> CodLlamaConfig:
+def model_config(model_cfg: ModelConfig, vocab_size: int | None = None, **overrides: Any) -> CodLlamaConfig:
     """`CodLlamaConfig` from the typed `model` config. `vocab_size` (the tokenizer's) fills a null
     `model.vocab_size`, rounded up to a multiple of 64; a set `model.vocab_size` wins."""
     from cod_train.config import ConfigError
@@ -64,7 +64,7 @@ def model_config(model_cfg: ModelConfig, vocab_size: int | None = None, **overri
     return CodLlamaConfig(**args, rope_parameters={"rope_type": "default", "rope_theta": rope_theta})
 
 
-def build_model(model_cfg: ModelConfig, vocab_size: int | None = None, **overrides) -> CodLlamaForCausalLM:
+def build_model(model_cfg: ModelConfig, vocab_size: int | None = None, **overrides: Any) -> CodLlamaForCausalLM:
     """Build (and initialize) the model from the typed `model` config.
 
     Under `with torch.device("meta"):` this allocates nothing; call `model.to_empty(device=...)` and

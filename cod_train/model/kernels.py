@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None and torch.cuda.is_available()
 
 
-def wanted(config) -> bool:
+def wanted(config: object) -> bool:
     """True when the config asks for the kernels and they can run on this machine."""
     return bool(getattr(config, "use_kernels", False)) and liger_available()
 
@@ -38,7 +39,7 @@ def active(flag: bool, x: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _functional():
+def _functional() -> Any:
     from liger_kernel.transformers import functional
 
     return functional
@@ -49,7 +50,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return _functional().liger_rms_norm(x, weight, eps, offset=0.0, casting_mode="llama", in_place=False)
 
 
-def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+def rope(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, H, T, hd], k [B, Hkv, T, hd], cos/sin [B, T, hd] (rotate-half layout)."""
     return _functional().liger_rope(q, k, cos, sin)
 

@@ -8,6 +8,8 @@ as the plain path, memory of one chunk.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -32,7 +34,8 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     """sum over valid tokens of CE(h @ W^T, target); gradients computed in the forward, chunk by chunk."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int):
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk_size: int) -> torch.Tensor:
         dtype = _compute_dtype(h)
         needs_grad = h.requires_grad or weight.requires_grad
         grad_h = torch.empty_like(h) if h.requires_grad else None
@@ -75,7 +78,9 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         return total
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
+    def backward(
+        ctx: Any, grad_out: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         # Scaled in place: no second [V, d] buffer at the backward's peak. Hence one backward per forward (a
         # second one, with retain_graph, would see scaled tensors): refuse it rather than return wrong values.
         if getattr(ctx, "consumed", False):
@@ -113,9 +118,11 @@ def causal_lm_loss(
     elif use_kernels:
         from cod_train.model import kernels
 
+        assert hidden is not None and weight is not None, "without logits, hidden and weight are required"
         flat_h = hidden.reshape(-1, hidden.shape[-1])
         total = kernels.linear_cross_entropy_sum(flat_h, weight, flat_targets.to(flat_h.device))
     else:
+        assert hidden is not None and weight is not None, "without logits, hidden and weight are required"
         flat_h = hidden.reshape(-1, hidden.shape[-1])
         chunk_size = chunk_size if chunk_size > 0 else default_chunk_size(flat_h.device)
         total = FusedLinearCrossEntropy.apply(flat_h, weight, flat_targets.to(flat_h.device), chunk_size)

@@ -18,6 +18,7 @@ those of `transformers.LlamaForCausalLM`; the extra norms are `post_attn_out_nor
 from __future__ import annotations
 
 import math
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -71,10 +72,13 @@ def rms_norm(config: CodLlamaConfig) -> RMSNorm:
     return RMSNorm(config.hidden_size, config.rms_norm_eps, kernels.wanted(config))
 
 
-def rope_cos_sin(config: CodLlamaConfig, position_ids: torch.Tensor, dtype: torch.dtype):
+def rope_cos_sin(
+    config: CodLlamaConfig, position_ids: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables for `position_ids` [B, T]. Recomputed per call: no buffer for `to_empty()` to wipe."""
-    head_dim = config.head_dim
-    theta = config.rope_parameters["rope_theta"]
+    # LlamaConfig.__post_init__ fills `head_dim` and standardizes `rope_parameters`: neither is None here.
+    head_dim = cast(int, config.head_dim)
+    theta = cast("dict[str, float]", config.rope_parameters)["rope_theta"]
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
     freqs = position_ids[..., None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
@@ -96,8 +100,9 @@ class Attention(nn.Module):
     def __init__(self, config: CodLlamaConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
-        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = config.head_dim
+        # LlamaConfig.__post_init__ fills `num_key_value_heads` and `head_dim` when they are not given.
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, cast(int, config.num_key_value_heads)
+        self.head_dim = cast(int, config.head_dim)
         d, bias = config.hidden_size, config.attention_bias
         self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
@@ -105,7 +110,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
         self.use_kernels = kernels.wanted(config)
 
-    def forward(self, x, rope, mask=None, past_key_values: Cache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
+                past_key_values: Cache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -167,10 +173,12 @@ class DecoderLayer(GradientCheckpointingLayer):
                 proj.init_std = std * beta
         if config.scaled_init:
             for proj in (self.self_attn.o_proj, self.mlp.down_proj):
-                proj.init_std = getattr(proj, "init_std", std) / math.sqrt(2.0 * L)
+                # nn.Module.__setattr__ is typed Tensor | Module, yet any attribute may be set on a module
+                proj.init_std = getattr(proj, "init_std", std) / math.sqrt(2.0 * L)  # type: ignore[assignment]
 
-    def forward(self, x, rope, mask=None, past_key_values=None, **kwargs) -> torch.Tensor:
-        def attn(h):
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
+                past_key_values: Cache | None = None, **kwargs: Any) -> torch.Tensor:
+        def attn(h: torch.Tensor) -> torch.Tensor:
             return self.self_attn(h, rope, mask, past_key_values)
 
         if self.placement in ("post_ln", "deepnorm"):
@@ -211,20 +219,22 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
     def reset_weights(self) -> None:
         """Re-initialize every parameter (e.g. after `to_empty()` on a meta-device model)."""
         for module in self.modules():
-            module._is_hf_initialized = False
+            # transformers' own init flag, absent from the torch stubs (Module.__setattr__ is typed Tensor | Module)
+            module._is_hf_initialized = False  # type: ignore[assignment]
             for p in module.parameters(recurse=False):
-                p._is_hf_initialized = False
+                p._is_hf_initialized = False  # type: ignore[attr-defined]
         self.initialize_weights()
 
 
-def build_attention_mask(attention_mask, past_len: int, q_len: int, dtype_device) -> torch.Tensor | None:
+def build_attention_mask(attention_mask: torch.Tensor | None, past_len: int, q_len: int,
+                         dtype_device: torch.device) -> torch.Tensor | None:
     """Boolean [B, 1, Tq, Tk] mask (True = attend) or None when plain causal attention suffices."""
     if attention_mask is None or (past_len == 0 and bool(attention_mask.all())):
         return None if past_len == 0 or q_len == 1 else _causal(None, past_len, q_len, dtype_device)
     return _causal(attention_mask.bool(), past_len, q_len, dtype_device)
 
 
-def _causal(key_padding, past_len, q_len, device) -> torch.Tensor:
+def _causal(key_padding: torch.Tensor | None, past_len: int, q_len: int, device: torch.device) -> torch.Tensor:
     k_len = past_len + q_len
     q_pos = torch.arange(past_len, k_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
@@ -255,7 +265,7 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         cache: Cache | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
@@ -264,9 +274,9 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + x.shape[1], device=x.device)[None]
-        rope = rope_cos_sin(self.config, position_ids, x.dtype)
+        positions = (position_ids if position_ids is not None
+                     else torch.arange(past_len, past_len + x.shape[1], device=x.device)[None])
+        rope = rope_cos_sin(self.config, positions, x.dtype)
         mask = build_attention_mask(attention_mask, past_len, x.shape[1], x.device)
         if hasattr(self, "embed_norm"):
             x = self.embed_norm(x)
@@ -276,10 +286,11 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
             if hidden_states is not None:
                 hidden_states.append(x)
         x = self.norm(x)
+        cache_out: dict[str, Any] = {CACHE_FIELD: past_key_values if use_cache else None}
         return BaseModelOutputWithPast(
             last_hidden_state=x,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            **{CACHE_FIELD: past_key_values if use_cache else None},
+            **cache_out,
         )
 
 
@@ -306,7 +317,7 @@ class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
         shift_labels: torch.LongTensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         cache: Cache | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Labels follow transformers: `labels` are shifted here; `shift_labels` are already aligned
         (position t predicts `shift_labels[t]`). The loss is sum / `num_items_in_batch` (default: mean).
@@ -323,7 +334,7 @@ class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
         )
         h = out.last_hidden_state
-        targets = shift_labels
+        targets: torch.Tensor | None = shift_labels
         if targets is None and labels is not None:
             targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         loss, logits = None, None

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 Entry = dict[str, Any]
 
@@ -48,6 +49,7 @@ def _per_layer_lines(
     if log_y and values and min(values) > 0 and max(values) / min(values) > 20:  # log only for a wide range
         ax.set_yscale("log")
     ax.set_xlabel("layer l (1 = first)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
@@ -88,6 +90,7 @@ def plot_pruning(entries: Sequence[Entry], path: Path) -> Path | None:
     if biggest > 100:  # some layer is essential: keep small changes readable next to huge ones
         ax.set_yscale("symlog", linthresh=10)
     ax.set_xlabel("removed layer l")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("perplexity increase without layer l (%)")
     ax.set_title("Layer pruning: cost of removing one layer")
     ax.grid(True, alpha=0.3)
@@ -99,6 +102,7 @@ def plot_pruning(entries: Sequence[Entry], path: Path) -> Path | None:
             ax2.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=entry["label"])
         ax2.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
         ax2.set_xlabel("removed layer l")
+        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax2.set_ylabel(f"change in {with_metric[0].get('metric_name', 'metric')}")
         ax2.set_title("Layer pruning: downstream metric")
         ax2.grid(True, alpha=0.3)
@@ -132,6 +136,7 @@ def plot_angular_heatmaps(entries: Sequence[Entry], path: Path) -> Path | None:
         ax.set_title(entry["label"], fontsize=9)
     for idx in range(len(usable), nrows * ncols):
         axes[idx // ncols][idx % ncols].axis("off")
+    assert image is not None  # drawn for each of the (non-empty) usable entries
     cbar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.9)
     cbar.set_label("angular distance arccos(cos)/pi, last token")
     fig.suptitle("Angular distance between h_l and h_{l+n}")

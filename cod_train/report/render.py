@@ -8,6 +8,7 @@ section lists, per run, what was absent or unreadable (a crashed run's truncated
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -161,7 +162,7 @@ def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str) -> str:
         absent = [r.label for r in runs if stem not in r.analysis]
         if absent and entries:
             lines += [f"Not available for: {', '.join(absent)}.", ""]
-        _figure(lines, fig_dir, stem, lambda p, e=entries, d=draw: d(e, p),
+        _figure(lines, fig_dir, stem, functools.partial(draw, entries),
                 f"No run has analysis/{stem}.json (run cod-analyze).")  # fmt: skip
     lines += ["## In-training diagnostics (metrics.jsonl, last diagnostic step)", ""]
     for key, name, draw in (
@@ -173,7 +174,7 @@ def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str) -> str:
         title = "In training: " + (
             "output variance per layer" if field == "layer_var" else "gradient norm per layer"
         )
-        _figure(lines, fig_dir, name, lambda p, e=entries, d=draw, t=title: d(e, p, title=t),
+        _figure(lines, fig_dir, name, functools.partial(draw, entries, title=title),
                 f"No run logged {key} (train.diag_every=0?).")  # fmt: skip
     return "\n".join(lines)
 

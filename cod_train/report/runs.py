@@ -15,9 +15,12 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from cod_train.config import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "eval.json", "analysis", "hf", "checkpoints")
 ANALYSIS_FILES = ("layer_variance", "angular_distance", "layer_pruning", "grad_norms")
@@ -35,17 +38,21 @@ class RunData:
     eval_json: dict[str, Any] | None = None
     analysis: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     params: int | None = None
+    saved_model: dict[str, Any] = field(default_factory=dict)  # hf/ or the latest checkpoint's config.json
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ derived values for the table
     @property
     def model_cfg(self) -> dict[str, Any]:
-        return self.config.get("model") or {}
+        """The run's ``model`` config; for runs whose config has none (cod-sft), the saved model's config."""
+        return self.config.get("model") or self.saved_model
 
     @property
     def variant(self) -> str:
         norm = self.model_cfg.get("norm_type") or (self.eval_json or {}).get("model", {}).get("norm_type")
+        if norm is None and self.model_cfg.get("model_type") == "llama":
+            norm = "pre_ln"  # a plain Llama (e.g. fine-tuned from a hub model) is Pre-LN
         if norm == "mix_ln" and self.model_cfg.get("mix_ln_ratio") not in (None, 0.25):
             return f"mix_ln (ratio {self.model_cfg['mix_ln_ratio']})"
         return str(norm) if norm else "?"
@@ -114,7 +121,7 @@ class RunData:
         return "complete"
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -183,7 +190,7 @@ def _read_config(path: Path, run: RunData) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+        return cast("dict[str, Any]", OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {})
     except Exception as err:  # noqa: BLE001 - any YAML problem only degrades the report
         run.notes.append(f"config.yaml could not be parsed ({type(err).__name__}); ignored")
         return {}
@@ -206,9 +213,21 @@ def _config_params(config_json: Path) -> int | None:
         from cod_train.model.flops import total_params
 
         ns = SimpleNamespace(**{"num_key_value_heads": None, "tie_word_embeddings": False, **cfg})
-        return int(total_params(ns))
+        return int(total_params(cast("PretrainedConfig", ns)))  # duck-typed: only attributes are read
     except Exception:  # noqa: BLE001 - a count we cannot make is shown as missing
         return None
+
+
+def _saved_model_config(run: RunData) -> dict[str, Any]:
+    ckpts = sorted((run.path / "checkpoints").glob("step_*/config.json"))
+    for config_json in [run.path / "hf" / "config.json", *reversed(ckpts)]:
+        try:
+            data = json.loads(config_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return {}
 
 
 def _params(run: RunData) -> int | None:
@@ -257,6 +276,7 @@ def load_run(path: Path, label: str | None = None) -> RunData:
     else:
         run.missing.append("eval.json (run cod-eval)")
     _read_analysis(run)
+    run.saved_model = _saved_model_config(run)
     run.params = _params(run)
     return run
 

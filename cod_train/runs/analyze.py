@@ -17,9 +17,9 @@ import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from omegaconf import ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cod_train.config import ConfigError, DataConfig, to_typed
@@ -123,7 +123,7 @@ def data_config_for(cfg: AnalyzeConfig, source: Any) -> DataConfig:
     if not cfg.analyze.data_from_run or run_cfg is None or not run_cfg.is_file():
         return copy.deepcopy(cfg.data)
     try:
-        block = OmegaConf.load(run_cfg).get("data")
+        block = cast(DictConfig, OmegaConf.load(run_cfg)).get("data")
         data = to_typed(block, DataConfig) if block is not None else None
     except (ConfigError, OmegaConfBaseException, OSError):
         data = None
@@ -163,7 +163,7 @@ def held_out_batches(cfg: AnalyzeConfig, tokenizer: Any, data_cfg: DataConfig | 
         dp_rank=0,
         dp_world=1,
     )
-    for batch in data:
+    for batch in data if data is not None else []:  # None: the source holds nothing out
         batches.append({k: v for k, v in batch.items() if isinstance(v, torch.Tensor)})
         tokens += int((batch["labels"] != IGNORE_INDEX).sum())
         if tokens >= opts.eval_tokens:
@@ -209,10 +209,11 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
     tokenizer = _tokenizer_for(source, data_cfg)
     model = load_model(source, getattr(torch, cfg.analyze.dtype)).to(device)
     info = model_info(model, source.spec, label)  # checks the layout before any data work
-    if tokenizer is not None and len(tokenizer) > model.config.vocab_size:
+    config: Any = model.config  # an HF config, whatever the model class
+    if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ConfigError(
             f"checkpoint={source.spec!r}: tokenizer has {len(tokenizer)} tokens, the model only "
-            f"{model.config.vocab_size}; analyze with the tokenizer the model was trained with"
+            f"{config.vocab_size}; analyze with the tokenizer the model was trained with"
         )
     batches = held_out_batches(cfg, tokenizer, data_cfg)
     info["eval_tokens"] = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)

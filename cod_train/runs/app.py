@@ -70,13 +70,15 @@ def setup_logging() -> None:
     level = logging.INFO if is_main_process() else logging.WARNING
     logging.getLogger().setLevel(level)
     logging.getLogger("cod_train").setLevel(level)
-    for name in ("DeepSpeed", "torch.distributed", "httpx", "urllib3", "datasets"):
+    for name in ("DeepSpeed", "torch.distributed", "httpx", "urllib3", "datasets", "lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _short_dirname(text: str, limit: int = 100) -> str:
-    """A file-system-safe directory name (sweep sub-directories list every override)."""
-    return text.replace("/", "_")[:limit].rstrip("_,") or "job"
+    """A sweep job's directory name from its overrides (``norm=lns,train.lr=0.001`` -> ``norm-lns_train.lr-0.001``):
+    no ``/``, ``=`` or ``,``, so the path can be passed back as ``checkpoint=`` / ``runs=`` without quoting."""
+    safe = text.replace("/", "_").replace("=", "-").replace(",", "_").replace(" ", "")
+    return safe[:limit].rstrip("_-") or "job"
 
 
 if not OmegaConf.has_resolver("cod_short"):

@@ -135,6 +135,7 @@ def log_wandb(cfg: EvalConfig, result: dict[str, Any]) -> None:
 
     if cfg.logger.type != "wandb" or wandb_mode(cfg.logger) == "disabled":
         return
+    assert cfg.run_dir is not None  # set by preflight()
     sink = WandbSink(cfg.logger, Path(cfg.run_dir), {"eval": dataclasses.asdict(cfg)})
     try:
         row = wandb_row(result)
@@ -149,6 +150,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from cod_train.eval.downstream import run_downstream
 
     source, task_manager = preflight(cfg)
+    assert cfg.run_dir is not None  # set by preflight()
     import torch
 
     torch.manual_seed(cfg.seed)
@@ -184,6 +186,7 @@ def eval_command(cfg: EvalConfig) -> int:
     from cod_train.runs.app import write_config
 
     result = evaluate(cfg)
+    assert cfg.run_dir is not None  # set by evaluate()'s preflight()
     write_config(cfg, cfg.run_dir, name="eval_config.yaml")
     print("\n".join([*summary_lines(result), f"wrote {Path(cfg.run_dir) / 'eval.json'}"]), flush=True)
     return 0

@@ -31,7 +31,8 @@ def _show(value: Any) -> str:
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(identity changes, other changes) as ``key: old -> new`` lines."""
-    identity, other = [], []
+    identity: list[str] = []
+    other: list[str] = []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key, "<absent>"), current.get(key, "<absent>")
         if old != new:

@@ -37,10 +37,10 @@ class RunDirLock:
             os.close(fd)
             raise ConfigError(f"run_dir={str(self.path.parent)!r} is in use by another run ({holder}); wait for it "
                               "to finish, stop it, or choose another run_dir") from None
-        holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         self._fd = fd
         return self
 

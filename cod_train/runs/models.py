@@ -130,6 +130,7 @@ def load_tokenizer(source: ModelSource) -> Any | None:
 
 def tokenizer_for(source: Any, override: str | None, spec: str) -> Any:
     """``override`` (a path or hub name) if given, else the tokenizer saved with the model; pad defaults to eos."""
+    tok: Any
     if override:
         from transformers import AutoTokenizer
 

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 from cod_train.config import PretrainConfig
 
 if TYPE_CHECKING:
-    import torch
 
     from cod_train.engine.distributed import DistEnv
+    from cod_train.model import CodLlamaForCausalLM
     from cod_train.train.loop import TrainResult
 
 log = logging.getLogger("cod_train")
@@ -32,7 +32,7 @@ def preflight(cfg: PretrainConfig) -> None:
     check_run_dir(cfg.run_dir)
 
 
-def build_model_for(cfg: PretrainConfig, vocab_size: int) -> torch.nn.Module:
+def build_model_for(cfg: PretrainConfig, vocab_size: int) -> CodLlamaForCausalLM:
     import torch
 
     from cod_train.model import build_model

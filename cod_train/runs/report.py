@@ -39,9 +39,9 @@ def report_command(cfg: ReportConfig) -> int:
     out = cfg.output_dir()
     runs = load_runs([str(p) for p in cfg.runs])
     path = write_report(runs, out, title=cfg.title)
-    incomplete = [r.label for r in runs if r.missing or r.notes]
+    incomplete = [r.label for r in runs if r.status != "complete" or r.notes]
     print(
         f"cod-report: {len(runs)} run(s) -> {path}"
-        + (f" (partial: {', '.join(incomplete)})" if incomplete else "")
+        + (f" (incomplete or damaged: {', '.join(incomplete)})" if incomplete else "")
     )
     return 0

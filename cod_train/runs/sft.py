@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cod_train.core.errors import ConfigError
 from cod_train.sft.config import SFTConfig, default_run_dir
+
+if TYPE_CHECKING:
+    from cod_train.train.loop import RunConfig
 
 log = logging.getLogger("cod_train.sft")
 
@@ -41,6 +44,7 @@ def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
     from cod_train.sft.loader import SFTBatches, build_sft_data, eval_batches
     from cod_train.train.loop import grad_accum_steps, train
 
+    assert cfg.run_dir is not None  # set by preflight()
     grad_accum_steps(cfg.train, env.world_size)
     seed_everything(cfg.seed)
     tokenizer = tokenizer_for(source, cfg.tokenizer, cfg.checkpoint)
@@ -49,7 +53,7 @@ def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
     check_vocab(model, tokenizer, cfg.checkpoint)
     if env.is_main:
         write_config(cfg, cfg.run_dir)
-        log.info("cod-sft: %s (%s) -> %s; %s", cfg.checkpoint, source.kind, cfg.run_dir, data.stats)
+        log.info("cod-sft: %s (%s) -> %s", cfg.checkpoint, source.kind, cfg.run_dir)
     batches = SFTBatches(data, global_batch_size=cfg.train.global_batch_size, dp_rank=env.rank,
                          dp_world=env.world_size, seed=cfg.seed)
 
@@ -57,7 +61,9 @@ def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
         return eval_batches(data, micro_batch_size=cfg.train.micro_batch_size, dp_rank=env.rank,
                             dp_world=env.world_size)
 
-    return train(cfg, model, batches, env=env, eval_data=eval_data if data.eval else None, tokenizer=tokenizer)
+    # cast: run_dir is typed str | None, but preflight() has set it
+    return train(cast("RunConfig", cfg), model, batches, env=env, eval_data=eval_data if data.eval else None,
+                 tokenizer=tokenizer)
 
 
 def sft(cfg: SFTConfig) -> int:
@@ -67,6 +73,7 @@ def sft(cfg: SFTConfig) -> int:
     from cod_train.runs.lock import RunDirLock
 
     source, examples = preflight(cfg)
+    assert cfg.run_dir is not None  # preflight resolved it
     with RunDirLock(cfg.run_dir, enabled=is_main_process()):
         return run_training(cfg, lambda cfg, env: run_sft(cfg, env, source, examples))
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -46,6 +46,9 @@ from cod_train.train.metrics import (
 )
 from cod_train.train.optim import build_optimizer, lr_at
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 
@@ -58,12 +61,20 @@ class BatchIterator(Protocol):
 
 
 class RunConfig(Protocol):
-    train: TrainConfig
-    distributed: DistributedConfig
-    logger: LoggerConfig
-    run_dir: str
-    resume: str
-    seed: int
+    """What the loop reads from a command's config (read-only: ``SFTConfig.train`` is an ``SFTTrainConfig``)."""
+
+    @property
+    def train(self) -> TrainConfig: ...
+    @property
+    def distributed(self) -> DistributedConfig: ...
+    @property
+    def logger(self) -> LoggerConfig: ...
+    @property
+    def run_dir(self) -> str: ...
+    @property
+    def resume(self) -> str: ...
+    @property
+    def seed(self) -> int: ...
 
 
 # diagnostics_fn(model=<plain model>, step=<1-based step>, batch=<first micro-batch>) -> metrics dict.
@@ -139,7 +150,7 @@ def split_micro_batches(batch: Batch, micro_batch_size: int) -> list[Batch]:
 
 def config_dict(cfg: Any) -> dict[str, Any]:
     if is_dataclass(cfg):
-        return asdict(cfg)
+        return asdict(cast("DataclassInstance", cfg))
     return dict(cfg) if isinstance(cfg, dict) else {}
 
 
@@ -275,6 +286,7 @@ class Trainer:
         state = self.engine.full_state_dict()
         out = self.run_dir / "hf"
         if self.env.is_main:
+            assert state is not None  # full_state_dict() returns the weights on the main rank
             model = _fresh_copy(self.engine.module, state)
             save_hf(model, out, self.tokenizer)
             self.info(f"exported the final model to {out}")
@@ -355,8 +367,8 @@ class Trainer:
 
 
 def _fresh_copy(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """A plain CPU copy of ``module`` (same class and config) holding ``state``."""
-    cls = type(module)
+    """A plain CPU copy of ``module`` (a PreTrainedModel: same class and config) holding ``state``."""
+    cls: type[Any] = type(module)
     try:
         from torch.distributed.fsdp import FSDPModule
 

@@ -10,13 +10,14 @@ import resource
 import secrets
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import torch
 
 from cod_train.config import LoggerConfig
 
 log = logging.getLogger(__name__)
+WandbMode = Literal["online", "offline", "disabled", "shared"]  # wandb.init's `mode`
 
 # Dense peak FLOP/s per GPU (vendor datasheets, no sparsity). "fp32" = TF32 tensor cores when torch allows
 # TF32 matmuls, else the plain FP32 rate (``fp32_simt``).
@@ -161,7 +162,7 @@ class WandbSink:
         mode = wandb_mode(cfg)
         self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group,
                               name=cfg.name or run_dir.name, tags=list(cfg.tags), config=config, dir=str(run_dir),
-                              id=run_id, resume="allow", mode=mode)
+                              id=run_id, resume="allow", mode=cast(WandbMode, mode))
         log.info("wandb run %s (%s mode)", run_id, mode)
 
     def log(self, row: dict[str, Any]) -> None:

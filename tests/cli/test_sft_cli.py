@@ -83,3 +83,12 @@ def test_hf_directory_fine_tunes_into_its_own_run_dir(tmp_path: Path, capsys) ->
     assert [r["step"] for r in train_rows] == [1, 2] and all(r["loss"] > 0 for r in train_rows)
     assert (run_dir / "hf" / "model.safetensors").is_file() and (run_dir / "hf" / "tokenizer.json").is_file()
     assert "sft:" in (run_dir / "config.yaml").read_text()
+
+
+def test_rows_longer_than_the_models_positions_exit_2_before_work(tmp_path: Path, capsys) -> None:
+    model = write_hf_model(tmp_path / "hf")  # max_position_embeddings=512
+    run_dir = tmp_path / "sft"
+    assert sft_cli([f"checkpoint={model}", f"run_dir={run_dir}", "sft.max_length=1024"]) == 2
+    err = capsys.readouterr().err
+    assert "sft.max_length=1024 exceeds the model's max_position_embeddings=512" in err
+    assert not run_dir.exists()

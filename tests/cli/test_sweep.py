@@ -18,6 +18,7 @@ def test_norm_sweep_runs_each_variant_in_its_own_run_dir(tmp_path):
     run_dirs = sorted(p.parent for p in sweep.glob("*/config.yaml"))
     assert len(run_dirs) == 2 and [d.name[:2] for d in run_dirs] == ["0_", "1_"]
     assert all(len(d.name) <= 102 for d in run_dirs)  # every override is in the name, cut to a safe length
+    assert not any(c in d.name for d in run_dirs for c in "=,/ ")  # usable as checkpoint=PATH without quoting
     for run_dir, norm in zip(run_dirs, ["pre_ln", "lns"], strict=True):
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert cfg["model"]["norm_type"] == norm

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from cod_train.config import ConfigError
+from cod_train.core.errors import RunError
 from cod_train.data.common import DataStats
 from cod_train.data.loader import ShardEvalData, ShardLoader, permute
 from cod_train.data.shards import TokenShards, tokenize_corpus
@@ -150,7 +151,7 @@ def test_resume_40_then_8_two_ranks(shards, tmp_path):
 
 def test_state_from_other_data_is_rejected(shards):
     state = _loader(shards).state_dict()
-    with pytest.raises(ValueError, match="does not match this data"):
+    with pytest.raises(RunError, match="does not match this data"):
         _loader(shards, seq_len=4).load_state_dict(state)
 
 

@@ -141,3 +141,18 @@ def test_report_command_and_hydra_config(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "rep2").exists() and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     err = capsys.readouterr().err
     assert "does not exist" in err and "disagree" in err
+
+
+def test_an_sft_run_is_labelled_by_its_saved_model(tmp_path: Path) -> None:
+    """cod-sft's config.yaml has no `model` block: the variant comes from hf/config.json (Llama = Pre-LN)."""
+    from cod_train.report.runs import load_run
+
+    for name, saved, want in [("sft_lns", {"model_type": "cod_llama", "norm_type": "lns"}, "lns"),
+                              ("sft_llama", {"model_type": "llama"}, "pre_ln")]:
+        run = tmp_path / name
+        (run / "hf").mkdir(parents=True)
+        (run / "config.yaml").write_text("checkpoint: runs/x\ntrain:\n  max_steps: 2\n")
+        (run / "hf" / "config.json").write_text(json.dumps({**saved, "num_hidden_layers": 2}))
+        (run / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
+        data = load_run(run)
+        assert data.variant == want and data.num_layers == 2 and data.status == "complete"
