@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -20,6 +21,26 @@ TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_
         "train.eval_tokens=512", "train.log_every=1", "train.diag_every=0", "train.cpu_peak_flops=1e11"]
 
 
+def _source_copy(dest: Path) -> Path:
+    """The project's sources without build output: an in-tree build/ would leak stale modules into the wheel
+    (and building here would leave one in the user's checkout)."""
+    top = {".git", "build", "dist", "runs", "reports", "outputs", "multirun", "wandb"}
+
+    def skip(directory: str, names: list[str]) -> set[str]:
+        at_top = Path(directory) == REPO
+        return {n for n in names if (at_top and (n in top or n.startswith(".venv"))) or n == "__pycache__"
+                or n.endswith((".egg-info", "_cache"))}
+
+    return Path(shutil.copytree(REPO, dest, ignore=skip))
+
+
+def _build_wheel(tmp: Path) -> Path:
+    src = _source_copy(tmp / "src")
+    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+          str(tmp / "dist"), str(src)], cwd=tmp)
+    return next((tmp / "dist").glob("cod_train-*.whl"))
+
+
 def _run(cmd: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = subprocess_env()
     env.pop("PYTHONPATH", None)
@@ -34,9 +55,7 @@ def wheel_env(tmp_path_factory) -> Path:
     """A fresh venv outside the repository holding the built wheel; the dependencies are this environment's
     site-packages, added by a plain .pth line (so its editable cod_train is *not* visible)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-          str(tmp / "dist"), str(REPO)], cwd=tmp)
-    wheel = next((tmp / "dist").glob("cod_train-*.whl"))
+    wheel = _build_wheel(tmp)
     env_dir = tmp / "venv"
     venv.create(env_dir, with_pip=False)
     purelib = Path(sysconfig.get_paths(vars={"base": str(env_dir), "platbase": str(env_dir)})["purelib"])
@@ -46,14 +65,13 @@ def wheel_env(tmp_path_factory) -> Path:
     return env_dir
 
 
-def test_wheel_ships_every_config(tmp_path):
-    dist = tmp_path / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist),
-          str(REPO)], cwd=tmp_path)
-    names = set(zipfile.ZipFile(next(dist.glob("*.whl"))).namelist())
+def test_wheel_ships_every_config_and_only_current_modules(tmp_path):
+    names = set(zipfile.ZipFile(_build_wheel(tmp_path)).namelist())
     in_repo = {f"cod_train/configs/{p.relative_to(REPO / 'cod_train' / 'configs')}"
                for p in (REPO / "cod_train" / "configs").rglob("*.yaml")}
     assert len(in_repo) > 30 and in_repo <= names
+    modules = {f"cod_train/{p.relative_to(REPO / 'cod_train')}" for p in (REPO / "cod_train").rglob("*.py")}
+    assert {n for n in names if n.endswith(".py")} == modules
 
 
 @pytest.mark.slow
