@@ -54,3 +54,18 @@ def test_import_cod_train_registers_cod_llama_with_the_auto_classes():
         proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=subprocess_env(), capture_output=True,
                               text=True, timeout=120)
         assert proc.stdout.strip() == "CodLlamaConfig", proc.stderr[-3000:]
+
+
+def test_every_public_function_has_type_hints():
+    """mypy (make lint) checks the hints; this checks that no public function goes without them."""
+    bare = []
+    for path in sorted((REPO / "cod_train").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name.startswith("_"):
+                continue
+            a = node.args
+            params = [p for p in a.posonlyargs + a.args + a.kwonlyargs if p.arg not in ("self", "cls")]
+            params += [p for p in (a.vararg, a.kwarg) if p is not None]
+            if node.returns is None or any(p.annotation is None for p in params):
+                bare.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert not bare

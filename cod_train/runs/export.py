@@ -1,9 +1,4 @@
-"""``cod-export``: any training checkpoint (single/DDP, FSDP2 sharded, DeepSpeed) -> an HF directory.
-
-    cod-export checkpoint=runs/x/checkpoints/step_0000300 out=exports/x
-    cod-export checkpoint=runs/x run_dir=runs/x          # latest checkpoint of the run -> runs/x/hf
-    cod-export checkpoint=... out=... dtype=bfloat16
-"""
+"""The body of ``cod-export`` (usage: ``cod_train/cli/export.py``): a training checkpoint -> an HF directory."""
 
 from __future__ import annotations
 

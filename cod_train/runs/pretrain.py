@@ -65,7 +65,7 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
     train_data = build_train_data(cfg.data, tokenizer, global_batch_size=cfg.train.global_batch_size,
                                   dp_rank=env.rank, dp_world=env.world_size, seed=cfg.seed)
 
-    def eval_data():
+    def eval_data() -> Any:
         return build_eval_data(cfg.data, tokenizer, micro_batch_size=cfg.train.micro_batch_size,
                                max_tokens=cfg.train.eval_tokens, dp_rank=env.rank, dp_world=env.world_size)
 
