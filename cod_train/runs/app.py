@@ -10,7 +10,9 @@
   Hydra's ``--config-dir DIR`` adds a directory searched first (your own presets next to ours);
 - the composed YAML is converted with :func:`cod_train.config.to_typed` (unknown keys / wrong types fail);
 - a :class:`ConfigError` anywhere in the command prints ``error: <message>`` (no traceback) and exits 2;
-  a :class:`RunError` (the run failed for a reason outside the configuration) prints ``error: ...`` and exits 1;
+  a :class:`RunError` (the run failed for a reason outside the configuration) prints ``error: ...`` and exits 1
+  (4: a checkpoint could not be written); Hydra's own composition errors (an unknown preset or key) are found
+  first, by composing once, and reported the same way (exit 2);
 - ``norm.<key>=`` on the command line is an alias of ``model.<key>=`` (the ``norm=`` group writes into ``model``);
 - in a ``-m`` sweep, a ``run_dir`` that was not set on the command line becomes the job's sweep directory
   (``<sweep dir>/<job number>_<overrides, cut to 100 characters>``)
@@ -36,8 +38,6 @@ from cod_train.core.errors import ConfigError, RunError
 T = TypeVar("T")
 EXIT_OK, EXIT_RUN_ERROR, EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_SAVE_FAILED = 0, 1, 2, 3, 4
 log = logging.getLogger("cod_train")
-
-
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

@@ -40,17 +40,28 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
     return identity, other
 
 
+def _saved_config(ckpt: Path) -> tuple[Path, dict[str, Any] | None] | None:
+    """The stored config of ``ckpt``, or of the newest older checkpoint with readable metadata (a damaged one
+    is skipped at resume, so its predecessor is what the run would continue); None when none is readable."""
+    from cod_train.core.errors import RunError
+    from cod_train.engine.checkpoint import list_checkpoints, read_meta
+
+    older = [c for c in reversed(list_checkpoints(ckpt.parent)) if c.name <= ckpt.name]
+    for candidate in [ckpt, *[c for c in older if c != ckpt]]:
+        try:
+            return candidate, read_meta(candidate).get("run_config")
+        except RunError:
+            continue
+    return None
+
+
 def check_resume(ckpt: Path | None, current: dict[str, Any], allow_change: bool) -> None:
     """Refuse to resume ``ckpt`` under a changed identity (ConfigError naming every changed key); log the
     keys that may change. Checkpoints written before identities were stored pass with a warning."""
-    if ckpt is None:
+    found = _saved_config(ckpt) if ckpt is not None else None
+    if found is None:
         return
-    from cod_train.engine.checkpoint import read_meta
-
-    try:
-        saved = read_meta(ckpt).get("run_config")
-    except Exception:  # noqa: BLE001 - a damaged meta.json is the checkpoint verifier's to report
-        return
+    ckpt, saved = found
     if saved is None:
         log.warning("%s records no configuration (written by an older cod-train): resuming unchecked", ckpt)
         return

@@ -71,6 +71,9 @@ def test_resume_under_another_placement_or_shape_is_refused(monkeypatch, capsys,
     code, err = _main(monkeypatch, capsys, run_dir, "model.hidden_size=64")
     assert code == 2 and "model.hidden_size: 32 -> 64" in _one_error_line(err)
     assert _snapshot(run_dir) == before  # nothing was touched
+    (run_dir / "checkpoints" / "step_0000004" / "meta.json").write_text("{")  # damaged: step 3 would resume
+    code, err = _main(monkeypatch, capsys, run_dir, "norm=lns")
+    assert code == 2 and "model.norm_type: 'pre_ln' -> 'lns'" in _one_error_line(err)
     code, _ = _main(monkeypatch, capsys, run_dir, "train.max_steps=5")  # max_steps may change
     assert code == 0 and max(losses(run_dir)) == 5
 
