@@ -154,6 +154,13 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return dict(cfg) if isinstance(cfg, dict) else {}
 
 
+def loss_divisor(valid_tokens: int, world_size: int) -> float:
+    """``num_items_in_batch``: the global batch's valid tokens per rank, so that summing the ranks' gradients
+    gives the global mean. A Python float, not a tensor: FSDP2's mixed precision casts floating-point tensor
+    arguments to the parameter dtype, and bf16 would round 6250 to 6240 (0.16% off the loss and gradients)."""
+    return max(valid_tokens, 1) / world_size
+
+
 class Trainer:
     """Holds the loop's state; :func:`train` is the entry point."""
 
@@ -220,7 +227,7 @@ class Trainer:
         micro = split_micro_batches(batch, self.tcfg.micro_batch_size)
         local_valid = sum(int((m["labels"] != IGNORE_INDEX).sum()) for m in micro)
         valid = int(all_reduce(torch.tensor([float(local_valid)], device=self.env.device), self.env).item())
-        items = torch.tensor(max(valid, 1) / self.env.world_size, device=self.env.device)
+        items = loss_divisor(valid, self.env.world_size)
         loss_sum = torch.zeros((), device=self.env.device)
         for i, mb in enumerate(micro):
             mb = {k: v.to(self.env.device, non_blocking=True) for k, v in mb.items()}

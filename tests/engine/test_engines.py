@@ -128,3 +128,10 @@ def losses_or_empty(run_dir: Path) -> dict[int, float]:
         return losses(run_dir)
     except (OSError, ValueError):
         return {}
+
+
+def test_fsdp2_bf16_mixed_gets_the_exact_loss_divisor():
+    """FSDP2 casts floating-point tensor arguments to bf16 (6250 -> 6240); the loop passes a Python float."""
+    out = torchrun(str(Path(__file__).with_name("fsdp_divisor.py")), nproc=1).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("SEEN"))
+    assert line == "SEEN [6240.0, 6250.0] ['Tensor', 'float']"
