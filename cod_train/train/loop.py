@@ -94,16 +94,26 @@ class TrainResult:
 
 
 # --- validation (before any work) -----------------------------------------------------------------
-def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
-    """Micro-batches per rank per step; raises ConfigError unless the batch sizes fit together."""
+def micro_batch_rows(cfg: TrainConfig, world_size: int) -> int:
+    """Rows per micro-batch on each rank: ``train.micro_batch_size`` is the most that fits in memory, so when a
+    rank's share of the global batch is smaller (many GPUs), the share is the micro-batch (no accumulation)."""
     gbs, mbs = cfg.global_batch_size, cfg.micro_batch_size
     if gbs <= 0 or mbs <= 0:
         raise ConfigError(f"train.global_batch_size ({gbs}) and train.micro_batch_size ({mbs}) must be positive")
-    if gbs % (mbs * world_size):
+    if gbs % world_size:
+        raise ConfigError(f"train.global_batch_size={gbs} must be a multiple of the {world_size} data-parallel "
+                          "processes")
+    share = gbs // world_size
+    if share % min(mbs, share):
         raise ConfigError(
-            f"train.global_batch_size={gbs} must be a multiple of train.micro_batch_size={mbs} x "
-            f"{world_size} data-parallel process(es) = {mbs * world_size}; change one of them")
-    return gbs // (mbs * world_size)
+            f"each of the {world_size} process(es) takes {share} rows of train.global_batch_size={gbs}, which is "
+            f"not a multiple of train.micro_batch_size={mbs}; change one of them")
+    return min(mbs, share)
+
+
+def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-batches per rank per step; raises ConfigError unless the batch sizes fit together."""
+    return cfg.global_batch_size // world_size // micro_batch_rows(cfg, world_size)
 
 
 def check_run_dir(run_dir: str | Path) -> Path:
@@ -169,6 +179,7 @@ class Trainer:
                  diagnostics_fn: DiagnosticsFn | None = None):
         self.cfg, self.tcfg, self.env = cfg, cfg.train, env
         self.tcfg.validate()
+        self.micro = micro_batch_rows(self.tcfg, env.world_size)
         self.accum = grad_accum_steps(self.tcfg, env.world_size)
         self.run_dir = check_run_dir(cfg.run_dir)
         self.ckpt_root = self.run_dir / "checkpoints"
@@ -177,7 +188,7 @@ class Trainer:
         self.tokenizer, self.diagnostics_fn = tokenizer, diagnostics_fn
         self.engine: Engine = parallelize(
             model, cfg.distributed, env, optimizer_fn=lambda m: build_optimizer(m, self.tcfg),
-            precision=self.tcfg.precision, micro_batch_size=self.tcfg.micro_batch_size,
+            precision=self.tcfg.precision, micro_batch_size=self.micro,
             grad_accum_steps=self.accum, grad_clip=self.tcfg.grad_clip)
         self.state = TrainState()
         self.last_diag: dict[str, Any] = {}
@@ -224,7 +235,7 @@ class Trainer:
         return bool(all_reduce(flag, self.env).item() > 0)
 
     def forward_backward(self, batch: Batch) -> tuple[float, int, Batch]:
-        micro = split_micro_batches(batch, self.tcfg.micro_batch_size)
+        micro = split_micro_batches(batch, self.micro)
         local_valid = sum(int((m["labels"] != IGNORE_INDEX).sum()) for m in micro)
         valid = int(all_reduce(torch.tensor([float(local_valid)], device=self.env.device), self.env).item())
         items = loss_divisor(valid, self.env.world_size)
