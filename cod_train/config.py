@@ -218,6 +218,17 @@ class DistributedConfig:
     meta_init: bool = False  # fsdp: build on the meta device, each rank initializes only its shards
     timeout_minutes: int = 30  # collective timeout
 
+    def check_precision(self, precision: str) -> None:
+        """Combinations of engine and ``train.precision`` that would not do what they say."""
+        if self.engine == "fsdp" and self.fsdp_param_dtype == "fp32" and precision == "bf16-mixed":
+            raise ConfigError("distributed.fsdp_param_dtype=fp32 with train.precision=bf16-mixed would compute in "
+                              "fp32; use train.precision=fp32, or distributed.fsdp_param_dtype=auto")
+        if self.engine == "deepspeed" and precision == "bf16-pure":
+            raise ConfigError("train.precision=bf16-pure keeps weights and Adam state in bf16, which DeepSpeed does "
+                              "not do (its bf16 mode keeps fp32 master weights and Adam state): use "
+                              "train.precision=bf16-mixed with distributed=deepspeed (that is its bf16 mode), or "
+                              "distributed=fsdp|ddp|single for bf16-pure")
+
     def validate(self) -> None:
         choices = {"engine": ENGINES, "backend": BACKENDS, "activation_checkpointing": AC_MODES,
                    "fsdp_param_dtype": FSDP_PARAM_DTYPES}
@@ -259,6 +270,7 @@ class PretrainConfig:
         """Every check that needs no process group, data, tokenizer or model: the whole config, in one pass."""
         for part in (self.model, self.data, self.train, self.distributed):
             part.validate()
+        self.distributed.check_precision(self.train.precision)
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
 

@@ -8,6 +8,7 @@ first host of the job as the rendezvous address. GPU runs use NCCL, CPU runs glo
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -62,7 +63,16 @@ def _first_slurm_host() -> str:
                                capture_output=True, text=True).stdout.split()
         return hosts[0]
     except (OSError, subprocess.CalledProcessError, IndexError):
-        return nodelist.split(",")[0].split("[")[0] or "127.0.0.1"
+        return first_host(nodelist)
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list without ``scontrol``: ``node[01-02,05],gpu7`` -> ``node01``."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        return "127.0.0.1"
+    prefix, ranges = m.group(1), m.group(2)
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
 
 
 def _free_port() -> int:

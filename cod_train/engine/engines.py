@@ -147,7 +147,9 @@ class Engine:
             raise RunError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]}; resume with the model settings it was "
                            "trained with, or start a new run_dir")
-        state = torch.load(path / OPTIM_FILE, map_location=self.env.device, weights_only=True)
+        # On the CPU first: load_state_dict moves each state to its parameter's device, but keeps Adam's `step`
+        # where it was loaded, and a `step` on the GPU makes foreach Adam call .item() per parameter every step.
+        state = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state)
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
@@ -254,7 +256,8 @@ def deepspeed_config(dist_cfg: DistributedConfig, env: DistEnv, *, precision: st
         "gradient_accumulation_steps": grad_accum_steps,
         "gradient_clipping": grad_clip,
         "zero_optimization": zero,
-        # bf16-mixed and bf16-pure both run DeepSpeed's bf16 mode (bf16 weights, fp32 master copy).
+        # bf16-mixed runs DeepSpeed's bf16 mode (bf16 weights, fp32 master copy and Adam state); bf16-pure,
+        # which keeps everything in bf16, is refused in DistributedConfig.check_precision.
         "bf16": {"enabled": precision != "fp32", "check_grad_overflow": True},
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,

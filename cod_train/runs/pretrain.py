@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cod_train.config import PretrainConfig
+from cod_train.core.errors import ConfigError
 
 if TYPE_CHECKING:
 
@@ -57,6 +58,10 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
     from cod_train.runs.lifecycle import seed_everything
     from cod_train.train.loop import grad_accum_steps, train
 
+    if cfg.distributed.meta_init and env.device.type != "cuda":
+        raise ConfigError("distributed.meta_init=true needs CUDA: on the CPU, DTensor's random initialisation gives "
+                          "every rank the same values, so the shards would not make the intended model; drop it "
+                          "(it only saves memory at start-up)")
     grad_accum_steps(cfg.train, env.world_size)
     seed_everything(cfg.seed)
     tokenizer = build_tokenizer(cfg.data)

@@ -98,6 +98,7 @@ class SFTConfig:
     def validate(self) -> None:
         for part in (self.sft, self.train, self.distributed):
             part.validate()
+        self.distributed.check_precision(self.train.precision)
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if not self.checkpoint:

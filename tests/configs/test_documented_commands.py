@@ -84,3 +84,16 @@ def test_micro_batch_is_the_share_when_the_share_is_smaller(gbs, mbs, world, row
 
     cfg = TrainConfig(global_batch_size=gbs, micro_batch_size=mbs)
     assert (micro_batch_rows(cfg, world), grad_accum_steps(cfg, world)) == (rows, accum)
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    (["distributed=deepspeed", "train.precision=bf16-pure"], "DeepSpeed"),
+    (["distributed=fsdp", "distributed.fsdp_param_dtype=fp32", "train.precision=bf16-mixed"], "compute in fp32"),
+])
+def test_engine_and_precision_that_would_not_do_what_they_say_are_refused(overrides, match):
+    from cod_train.config import ConfigError
+
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        cfg = to_typed(compose("pretrain", overrides=overrides), PretrainConfig)
+    with pytest.raises(ConfigError, match=match):
+        cfg.validate()

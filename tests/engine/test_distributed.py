@@ -56,3 +56,22 @@ def test_torchrun_variables_win_over_slurm(clean_env):
 def test_bad_device(clean_env):
     with pytest.raises(ConfigError, match="device"):
         init_distributed(DistributedConfig(engine="single"), device="tpu")
+
+
+@pytest.mark.parametrize(("nodelist", "host"), [
+    ("node[01-02]", "node01"), ("gpu-a[3,5-7],gpu-b1", "gpu-a3"), ("single", "single"), ("n[007]", "n007"),
+    ("", "127.0.0.1"),
+])
+def test_first_slurm_host_without_scontrol(nodelist, host):
+    from cod_train.engine.distributed import first_host
+
+    assert first_host(nodelist) == host
+
+
+def test_meta_init_is_refused_on_cpu():
+    from cod_train.config import ConfigError, DistributedConfig, PretrainConfig
+    from cod_train.runs.pretrain import run_pretrain
+
+    cfg = PretrainConfig(distributed=DistributedConfig(engine="fsdp", meta_init=True))
+    with pytest.raises(ConfigError, match="meta_init=true needs CUDA"):
+        run_pretrain(cfg, DistEnv())
