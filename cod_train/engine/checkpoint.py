@@ -27,7 +27,9 @@ import os
 import random
 import re
 import shutil
+import socket
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,14 +93,18 @@ def resolve_resume(resume: str, ckpt_root: Path, env: DistEnv | None = None) -> 
     """``auto`` = the latest complete checkpoint (or none), ``none`` = start fresh, else a path that must exist.
 
     A path may be a checkpoint or a run directory / checkpoints directory (its latest is taken). With ``env``
-    (a process group exists) the choice is verified: ``auto`` takes the newest intact checkpoint, a damaged
-    explicit one is a RunError.
+    (a process group exists) rank 0 lists the candidates and every rank takes its list (a node's stale NFS
+    cache cannot make ranks disagree), and the choice is verified: ``auto`` takes the newest intact
+    checkpoint, a damaged explicit one is a RunError.
     """
     if resume in ("none", "", None):
         return None
     if resume == "auto":
         return latest_checkpoint(ckpt_root) if env is None else _latest_intact(ckpt_root, env)
-    path = find_checkpoint(resume, key="resume")
+    if env is None:
+        return find_checkpoint(resume, key="resume")
+    found = _from_rank0(env, lambda: str(find_checkpoint(resume, key="resume")))
+    path = Path(found)
     problems = checkpoint_problems(path, env) if env is not None else []
     if problems:
         raise RunError(f"resume={resume!r}: checkpoint {path} is damaged ({'; '.join(problems[:3])}); pass an "
@@ -109,7 +115,8 @@ def resolve_resume(resume: str, ckpt_root: Path, env: DistEnv | None = None) -> 
 def _latest_intact(root: Path, env: DistEnv) -> Path | None:
     """The newest checkpoint that passes :func:`checkpoint_problems`; newer damaged ones are moved aside."""
     damaged: list[str] = []
-    for ckpt in reversed(list_checkpoints(root)):
+    candidates = [Path(p) for p in _from_rank0(env, lambda: [str(c) for c in list_checkpoints(root)])]
+    for ckpt in reversed(candidates):
         problems = checkpoint_problems(ckpt, env)
         if not problems:
             if damaged and env.is_main:
@@ -123,6 +130,46 @@ def _latest_intact(root: Path, env: DistEnv) -> Path | None:
     if damaged:
         raise RunError(f"no intact checkpoint in {root}: {' | '.join(damaged)}; pass resume=none to start over")
     return None
+
+
+def check_shared_dir(path: Path, env: DistEnv, wait_s: float = 10.0) -> None:
+    """ConfigError unless every process sees ``path`` as the same directory: rank 0 writes a file, every rank
+    looks for it (waiting up to ``wait_s`` for NFS attribute caches). A node-local run_dir would split each
+    checkpoint across nodes (only rank 0 publishes it) and hang a later resume."""
+    if env.world_size < 2:
+        return
+    token = all_gather_object(uuid.uuid4().hex if env.is_main else None, env)[0]
+    probe = path / f".shared_probe_{token}"
+    if env.is_main:
+        probe.write_text(socket.gethostname())
+    barrier(env)
+    deadline = time.monotonic() + wait_s
+    while not probe.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen = all_gather_object((probe.exists(), socket.gethostname(), env.rank), env)
+    barrier(env)
+    if env.is_main:
+        probe.unlink(missing_ok=True)
+    blind = [(host, rank) for ok, host, rank in seen if not ok]
+    if blind:
+        hosts = sorted({host for host, _ in blind})
+        raise ConfigError(f"run_dir={str(path)!r} is not one directory shared by every process: {len(blind)} "
+                          f"rank(s) on {', '.join(hosts)} cannot see a file rank 0 wrote there; put run_dir on a "
+                          "file system every node mounts (checkpoints are written by all ranks)")
+
+
+def _from_rank0(env: DistEnv, compute: Callable[[], Any]) -> Any:
+    """``compute()`` on rank 0, its result (or its ConfigError / RunError) on every rank."""
+    result: Any = None
+    if env.is_main:
+        try:
+            result = ("ok", compute())
+        except (ConfigError, RunError) as err:
+            result = (type(err).__name__, str(err))
+    kind, value = all_gather_object(result, env)[0]
+    if kind == "ok":
+        return value
+    raise (ConfigError if kind == "ConfigError" else RunError)(value)
 
 
 def _crc32(path: Path) -> str:

@@ -94,7 +94,11 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        index = local_rank % torch.cuda.device_count()  # one GPU visible per task (SLURM): index 0
+        torch.cuda.set_device(index)
+        # DeepSpeed selects its device from $LOCAL_RANK itself: make it the one chosen here, or task 5 of a
+        # node whose tasks each see one GPU asks for cuda:5 ("invalid device ordinal").
+        os.environ["LOCAL_RANK"] = str(index)
         return torch.device("cuda", torch.cuda.current_device())
     if device != "cpu":
         raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")

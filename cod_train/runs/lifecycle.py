@@ -43,10 +43,14 @@ def summarize(result: TrainResult, env: DistEnv) -> None:
 def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
     """Initialize torch.distributed, ``run(cfg, env)``, summarize, tear down; the command's exit code.
     After an error the ranks do not wait for each other (one may never arrive)."""
+    from pathlib import Path
+
+    from cod_train.engine.checkpoint import check_shared_dir
     from cod_train.engine.distributed import destroy_distributed, init_distributed
 
     env = init_distributed(cfg.distributed, cfg.device)
     try:
+        check_shared_dir(Path(cfg.run_dir), env)
         result = run(cfg, env)
         summarize(result, env)
     except BaseException:

@@ -129,27 +129,35 @@ def check_run_dir(run_dir: str | Path) -> Path:
     return path
 
 
-# --- SIGTERM ----------------------------------------------------------------------------------------
+# --- preemption signals ----------------------------------------------------------------------------
+# SIGTERM: preemption, `scancel`, torchrun's shutdown, sbatch --signal=TERM@...; SIGUSR1/SIGUSR2: the warnings
+# schedulers send before a time limit (submitit, hence `hydra/launcher=slurm`, sends USR2 `signal_delay_s`
+# before it; sbatch --signal=USR1@...). Each becomes a flag checked at step boundaries, on every rank at once
+# (the flag is all-reduced): the run saves a checkpoint and exits 0, and the next job continues (resume=auto).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+
+
 class StopSignal:
-    """Turns SIGTERM (preemption) into a flag checked at step boundaries."""
+    """Turns the stop signals into a flag checked at step boundaries."""
 
     def __init__(self) -> None:
-        self.received = False
-        self._previous: Any = None
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.received = True
+        self.received = signum
 
     def __enter__(self) -> StopSignal:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread
-            self._previous = None
+        for signum in STOP_SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                break
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 # --- the loop -------------------------------------------------------------------------------------
@@ -231,7 +239,7 @@ class Trainer:
 
     # -- one step --
     def stop_requested(self, stop: StopSignal) -> bool:
-        flag = torch.tensor([1.0 if stop.received else 0.0], device=self.env.device)
+        flag = torch.tensor([1.0 if stop.received is not None else 0.0], device=self.env.device)
         return bool(all_reduce(flag, self.env).item() > 0)
 
     def forward_backward(self, batch: Batch) -> tuple[float, int, Batch]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +92,30 @@ def test_export_loads_either_end_of_tied_embeddings(tmp_path):
     load_weights_into(fresh, ckpt)
     assert torch.equal(fresh.model.embed_tokens.weight, model.model.embed_tokens.weight)
     assert fresh.lm_head.weight is fresh.model.embed_tokens.weight
+
+
+def test_a_run_dir_some_rank_cannot_see_is_refused(tmp_path, monkeypatch):
+    """Rank 1's view of a node-local run_dir: rank 0's probe file never appears there (collectives simulated)."""
+    from cod_train.core.errors import ConfigError
+    from cod_train.engine import checkpoint
+    from cod_train.engine.distributed import DistEnv
+
+    answers = iter([["token", None], [(True, "node-a", 0), (False, "node-b", 1)]])
+    monkeypatch.setattr(checkpoint, "all_gather_object", lambda obj, env: next(answers))
+    with pytest.raises(ConfigError, match=r"not one directory shared by every process: 1 rank\(s\) on node-b"):
+        checkpoint.check_shared_dir(tmp_path, DistEnv(rank=1, world_size=2), wait_s=0.2)
+    checkpoint.check_shared_dir(tmp_path, DistEnv())  # one process: nothing to check
+
+
+def test_resume_is_resolved_on_rank_0_for_every_rank(tmp_path, monkeypatch):
+    """Every rank resumes what rank 0 lists, whatever its own (possibly stale) view of the directory."""
+    from cod_train.engine import checkpoint
+    from cod_train.engine.distributed import DistEnv
+
+    rank0_view = str(tmp_path / "checkpoints" / "step_0000004")
+    monkeypatch.setattr(checkpoint, "all_gather_object",
+                        lambda obj, env: [("ok", [rank0_view])] if isinstance(obj, tuple) or obj is None
+                        else [obj])
+    monkeypatch.setattr(checkpoint, "checkpoint_problems", lambda path, env: [])
+    got = checkpoint.resolve_resume("auto", tmp_path / "checkpoints", DistEnv(rank=1, world_size=2))
+    assert got == Path(rank0_view)  # rank 1 sees no checkpoint at all here

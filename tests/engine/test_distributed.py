@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cod_train.config import ConfigError, DistributedConfig
@@ -75,3 +77,18 @@ def test_meta_init_is_refused_on_cpu():
     cfg = PretrainConfig(distributed=DistributedConfig(engine="fsdp", meta_init=True))
     with pytest.raises(ConfigError, match="meta_init=true needs CUDA"):
         run_pretrain(cfg, DistEnv())
+
+
+def test_one_visible_gpu_per_task_maps_every_local_rank_to_it(monkeypatch):
+    """Simulated SLURM task 5 of a node whose tasks each see one GPU: ours and DeepSpeed's device agree."""
+    import torch
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: chosen.append(i))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: chosen[-1])
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    device = distributed._pick_device("cuda", 5)
+    assert device == torch.device("cuda", 0) and chosen == [0]
+    assert os.environ["LOCAL_RANK"] == "0"  # what DeepSpeed's set_device(int(LOCAL_RANK)) will use

@@ -111,10 +111,14 @@ def test_nonfinite_in_a_row_stops_and_keeps_last_good_checkpoint(tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
-def test_sigterm_saves_and_stops(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2])
+def test_sigterm_saves_and_stops(tmp_path, signum):
+    """SIGTERM (preemption) and SIGUSR1/2 (a scheduler's time-limit warning; submitit sends USR2) save and stop."""
+    previous = signal.getsignal(signum)
+
     def send_sigterm(model, step, batch):
         if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
         return {"diag/probe": float(step)}
 
     result = run(f"run_dir={tmp_path}", "train.max_steps=50", "train.ckpt_every=0", "train.diag_every=1",
@@ -122,4 +126,4 @@ def test_sigterm_saves_and_stops(tmp_path):
     assert result.stopped == "sigterm" and result.step == 2
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_0000002"
     assert [r["diag/probe"] for r in metric_rows(tmp_path) if "diag/probe" in r] == [1.0, 2.0]
-    assert signal.getsignal(signal.SIGTERM) is not None
+    assert signal.getsignal(signum) == previous  # restored
