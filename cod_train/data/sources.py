@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from cod_train.config import ConfigError, DataConfig
 from cod_train.core import hub
 from cod_train.data.readers import resolve_paths
@@ -29,8 +31,31 @@ def require_hub(what: str, timeout_s: float = 1.0, hint: str = OFFLINE_HINT) -> 
     hub.require_hub(what, hint, timeout_s)
 
 
+# (hub_dataset, hub_config, split) -> hf:// URLs. Resolved once per process: the pre-training loop builds its
+# eval data at every eval on every rank, and re-probing and re-globbing the hub each time would let one network
+# blip kill a multi-day run. A failed resolution is not cached.
+_HUB_FILES: dict[tuple[str, str, str], tuple[str, ...]] = {}
+_HUB_FILES_LOCK = threading.Lock()
+
+
+def clear_hub_files_cache() -> None:
+    """Forget the resolved hub file lists (tests; a process that wants to see new files on the hub)."""
+    with _HUB_FILES_LOCK:
+        _HUB_FILES.clear()
+
+
 def hub_data_files(cfg: DataConfig, split: str) -> list[str]:
-    """``hf://`` URLs of a hub dataset's files for ``split`` (C4: ``en/c4-<split>.NNNNN-of-MMMMM.json.gz``)."""
+    """``hf://`` URLs of a hub dataset's files for ``split`` (C4: ``en/c4-<split>.NNNNN-of-MMMMM.json.gz``).
+
+    The hub is probed and globbed on the first call per (dataset, config, split) of a process only."""
+    key = (cfg.hub_dataset, cfg.hub_config, split)
+    with _HUB_FILES_LOCK:
+        if key not in _HUB_FILES:
+            _HUB_FILES[key] = tuple(_glob_hub_files(cfg, split))
+        return list(_HUB_FILES[key])
+
+
+def _glob_hub_files(cfg: DataConfig, split: str) -> list[str]:
     require_hub(f"{cfg.hub_dataset} ({cfg.hub_config}/{split})", cfg.hub_timeout_s)
     from huggingface_hub import HfFileSystem
 

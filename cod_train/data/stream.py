@@ -302,11 +302,9 @@ class StreamLoader:
                 "streams": [{"base": b, "replay": r} for b, r in starts]}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("kind", "files", "dp_rank", "dp_world", "num_workers"):
-            if state.get(key) != self.state_dict()[key]:
-                raise RunError(f"streaming loader state has {key}={state.get(key)!r}, this run "
-                                 f"{self.state_dict()[key]!r}: a streamed run resumes with the same files, "
-                                 "ranks and data.num_workers")
+        mismatch = resume_mismatch(state, self.state_dict())
+        if mismatch:
+            raise RunError(mismatch)
         self._starts = [(s["base"], int(s["replay"])) for s in state["streams"]]
         self.next_stream = int(state["next_stream"])
         self._latest_stats = [(s["base"] or {}).get("stats", DataStats().as_dict()) for s in state["streams"]]
@@ -320,6 +318,31 @@ class StreamLoader:
         for s in self._latest_stats:
             total.merge(DataStats.from_dict(s))
         return total.as_dict()
+
+
+RESUME_LAYOUT = ("data=c4 resumes only on the same number of data-parallel processes and the same "
+                 "data.num_workers (its streams are split by rank x worker); data=files, data=shards and "
+                 "data=sample resume on any world size")
+
+
+def resume_mismatch(saved: dict, now: dict) -> str | None:
+    """Why a streaming loader state ``saved`` cannot be loaded into a loader whose state is ``now``; None if it can.
+    One line, for a :class:`RunError`."""
+    if saved.get("kind") != now["kind"]:
+        return (f"the checkpoint's data loader state is not a data=c4 streaming state (kind={saved.get('kind')!r}): "
+                "resume with the data.source the run was started with")
+    layout = ("dp_world", "num_workers")
+    if any(saved.get(key) != now[key] for key in layout):
+        return (f"cannot resume the data=c4 stream: the checkpoint was saved with {saved.get('dp_world')} "
+                f"data-parallel process(es) and data.num_workers={saved.get('num_workers')}, this run has "
+                f"{now['dp_world']} and data.num_workers={now['num_workers']}; {RESUME_LAYOUT}")
+    if saved.get("dp_rank") != now["dp_rank"]:
+        return (f"cannot resume the data=c4 stream: data-parallel rank {now['dp_rank']} was given the state of rank "
+                f"{saved.get('dp_rank')!r} (the number of processes changed?); {RESUME_LAYOUT}")
+    if saved.get("files") != now["files"]:
+        return ("cannot resume the data=c4 stream: its file list changed since the checkpoint (other data.paths, "
+                "data.hub_dataset / data.hub_config / data.train_split, or files added on the hub)")
+    return None
 
 
 class StreamEvalData:

@@ -124,3 +124,22 @@ def test_stream_eval_is_rank_disjoint_and_equal_length(c4_files, word_tokenizer_
     firsts = [[int(row[0]) - 2 for b in bs for row in b["input_ids"]] for bs in batches]
     assert firsts[0] == [50 + i for i in range(0, 20, 2)] and firsts[1] == [50 + i for i in range(1, 20, 2)]
     assert torch.equal(list(parts[0])[0]["labels"], batches[0][0]["labels"])  # deterministic re-iteration
+
+
+@pytest.mark.parametrize("change", [{"dp_world": 1}, {"num_workers": 0}])
+def test_resume_on_another_layout_is_a_clear_one_line_run_error(c4_files, word_tokenizer_file, change):
+    from cod_train.core.errors import RunError
+    from cod_train.data import build_tokenizer
+
+    cfg = _cfg(c4_files, word_tokenizer_file)
+    tok = build_tokenizer(cfg)
+    state = build_train_data(cfg, tok, global_batch_size=4, dp_rank=0, dp_world=2, seed=5).state_dict()
+    cfg2 = _cfg(c4_files, word_tokenizer_file, num_workers=change.get("num_workers", 2))
+    other = build_train_data(cfg2, tok, global_batch_size=4, dp_rank=0, dp_world=change.get("dp_world", 2), seed=5)
+    with pytest.raises(RunError) as err:
+        other.load_state_dict(state)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "data=c4 resumes only on the same number of data-parallel processes and the same data.num_workers" in msg
+    assert "data=files, data=shards and data=sample resume on any world size" in msg
+    assert "saved with 2 data-parallel process(es) and data.num_workers=2" in msg
