@@ -216,6 +216,12 @@ class DistributedConfig:
     reshard_after_forward: bool = True  # fsdp: free gathered weights after forward (ZeRO-3 style)
     fsdp_param_dtype: str = "auto"  # fsdp: auto (bf16 under bf16-mixed) | bf16 | fp32
     meta_init: bool = False  # fsdp: build on the meta device, each rank initializes only its shards
+    # fsdp: during gradient accumulation keep each micro-batch's gradients unsharded (fp32) on the rank and
+    # reduce-scatter once per optimizer step; false = reduce-scatter every micro-batch (less memory, more traffic)
+    fsdp_skip_grad_sync: bool = True
+    # fsdp: 1 = plain FSDP over all ranks; R > 1 = HSDP on a (R, world/R) mesh: parameters sharded within each
+    # group of world/R consecutive ranks (a node), replicated across the R groups (gradients all-reduced)
+    hsdp_replicas: int = 1
     timeout_minutes: int = 30  # collective timeout
 
     def check_precision(self, precision: str) -> None:
@@ -238,6 +244,11 @@ class DistributedConfig:
             problems.append(f"distributed.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
         if self.timeout_minutes <= 0:
             problems.append(f"distributed.timeout_minutes must be positive, got {self.timeout_minutes}")
+        if self.hsdp_replicas < 1:
+            problems.append(f"distributed.hsdp_replicas must be >= 1 (1 = plain FSDP), got {self.hsdp_replicas}")
+        elif self.hsdp_replicas > 1 and self.engine != "fsdp":
+            problems.append(f"distributed.hsdp_replicas={self.hsdp_replicas} needs distributed.engine=fsdp "
+                            f"(HSDP is FSDP2 on a 2-D mesh), got engine {self.engine!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 

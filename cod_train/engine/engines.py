@@ -32,6 +32,8 @@ from cod_train.engine.distributed import DistEnv, barrier
 from cod_train.engine.layers import decoder_layers, materialize
 
 if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+    from torch.distributed.fsdp import FSDPModule
     from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
@@ -184,23 +186,43 @@ class DDPEngine(Engine):
         return contextlib.nullcontext() if last else cast("DistributedDataParallel", self.model).no_sync()
 
 
+def fsdp_mesh_shape(world_size: int, hsdp_replicas: int) -> tuple[int, ...]:
+    """The FSDP2 device-mesh shape: ``(world,)`` for plain FSDP, ``(replicas, world/replicas)`` for HSDP."""
+    if hsdp_replicas < 1 or world_size % hsdp_replicas:
+        raise ConfigError(f"distributed.hsdp_replicas={hsdp_replicas} must be >= 1 and divide the world size "
+                          f"{world_size} (HSDP shards within world/replicas ranks, replicates across replicas)")
+    return (world_size,) if hsdp_replicas == 1 else (hsdp_replicas, world_size // hsdp_replicas)
+
+
 class FSDPEngine(Engine):
-    """FSDP2: each decoder block and then the root are ``fully_shard``-ed over a 1-D data-parallel mesh."""
+    """FSDP2: each decoder block and then the root are ``fully_shard``-ed over the data-parallel mesh.
+
+    The mesh is 1-D (plain FSDP), or 2-D ``(replicate, shard)`` with ``distributed.hsdp_replicas`` > 1 (HSDP:
+    reduce-scatter within a group of consecutive ranks, all-reduce of the shard across groups). With
+    ``distributed.fsdp_skip_grad_sync`` (default) the micro-batches before the last one of a step skip the
+    gradient reduction: gradients accumulate unsharded on each rank and are reduced once per optimizer step.
+    """
 
     name = "fsdp"
     format = "dcp"
     uses_autocast = False
 
-    def setup(self, optimizer_fn: OptimizerFactory) -> None:
+    def _mesh(self, shape: tuple[int, ...]) -> DeviceMesh:
         from torch.distributed.device_mesh import init_device_mesh
+
+        names = ("replicate", "shard") if len(shape) == 2 else None
+        return init_device_mesh(self.env.device.type, shape, mesh_dim_names=names)
+
+    def setup(self, optimizer_fn: OptimizerFactory) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        mesh_shape = fsdp_mesh_shape(self.env.world_size, self.dist_cfg.hsdp_replicas)  # checked first
         if self.precision == "bf16-pure":
             self.module.to(torch.bfloat16)
         on_meta = any(p.is_meta for p in self.module.parameters())
         if not on_meta:
             self.module.to(self.env.device)
-        mesh = init_device_mesh(self.env.device.type, (self.env.world_size,))
+        mesh = self._mesh(mesh_shape)
         param_dtype = _param_dtype(self.precision, self.dist_cfg.fsdp_param_dtype)
         policy = MixedPrecisionPolicy(param_dtype=param_dtype,
                                       reduce_dtype=torch.float32 if param_dtype is not None else None)
@@ -212,6 +234,14 @@ class FSDPEngine(Engine):
             materialize(self.module, self.env.device)
         self.model = self.module
         self.optimizer = optimizer_fn(self.module)
+
+    def accumulate(self, last: bool) -> contextlib.AbstractContextManager:
+        # Set on the root, recursing into every block: non-last micro-batches keep their gradients unsharded
+        # (in the reduce dtype, fp32 under bf16-mixed) and skip the reduce-scatter (and HSDP's all-reduce);
+        # the last one reduce-scatters the accumulated sum.
+        if self.dist_cfg.fsdp_skip_grad_sync:
+            cast("FSDPModule", self.module).set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
 
     def _state(self) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import get_state_dict

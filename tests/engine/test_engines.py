@@ -135,3 +135,60 @@ def test_fsdp2_bf16_mixed_gets_the_exact_loss_divisor():
     out = torchrun(str(Path(__file__).with_name("fsdp_divisor.py")), nproc=1).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("SEEN"))
     assert line == "SEEN [6240.0, 6250.0] ['Tensor', 'float']"
+
+
+GRAD_SYNC = str(Path(__file__).with_name("grad_sync.py"))
+
+
+def collective_counts(stdout: str) -> dict[str, dict]:
+    """The ``COUNTS`` lines of ``grad_sync.py``, by run name."""
+    import json
+
+    rows = [json.loads(ln[7:]) for ln in stdout.splitlines() if ln.startswith("COUNTS ")]
+    return {row.pop("run"): row for row in rows}
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    got, want = load_file(str(a / "hf" / "model.safetensors")), load_file(str(b / "hf" / "model.safetensors"))
+    assert set(got) == set(want)
+    for key, tensor in want.items():
+        torch.testing.assert_close(got[key], tensor, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_fsdp_reduce_scatters_once_per_step_under_accumulation(tmp_path, reference):
+    """4 micro-batches per step: with gradient-sync skipping (default) one reduce-scatter per FSDP unit per
+    step (not one per micro-batch), and the same losses and weights as without skipping and as 1 micro-batch."""
+    base = "distributed.engine=fsdp train.export_hf=true train.ckpt_every=0"
+    specs = {"skip": "train.micro_batch_size=1",  # global 8 / 2 ranks = 4 rows per rank: 4 micro-batches
+             "nosync": "train.micro_batch_size=1 distributed.fsdp_skip_grad_sync=false",
+             "one": "train.micro_batch_size=4"}
+    out = torchrun(GRAD_SYNC, *(f"run_dir={tmp_path / n} {base} {s}" for n, s in specs.items()), nproc=2).stdout
+    counts = collective_counts(out)
+    units = counts["skip"]["units"]
+    assert units == 3  # 2 decoder blocks + the root
+    assert counts["skip"]["reduce_scatter"] == [units] * 6
+    assert counts["nosync"]["reduce_scatter"] == [4 * units] * 6
+    assert counts["one"]["reduce_scatter"] == [units] * 6
+    for name in specs:
+        assert_same_losses(losses(tmp_path / name), reference[0], range(1, 7))
+    assert_same_weights(tmp_path / "skip", tmp_path / "nosync")
+    assert_same_weights(tmp_path / "skip", tmp_path / "one")
+    assert_export_matches(tmp_path / "skip" / "checkpoints" / "step_0000006", tmp_path / "skip-hf", reference[1])
+
+
+def test_hsdp_trains_checkpoints_and_resumes(tmp_path, reference):
+    """hsdp_replicas=2 on 2 processes (a (2, 1) mesh: replicated, gradients all-reduced once per step): the
+    single-process losses; its DCP checkpoint resumes as HSDP on 2 processes and as plain FSDP on 1."""
+    hsdp = "distributed.engine=fsdp distributed.hsdp_replicas=2 train.micro_batch_size=1"
+    step3 = tmp_path / "hsdp" / "checkpoints" / "step_0000003"
+    out = torchrun(GRAD_SYNC, f"run_dir={tmp_path / 'hsdp'} {hsdp}",
+                   f"run_dir={tmp_path / 'hsdp-r2'} {hsdp} resume={step3}", nproc=2).stdout
+    counts = collective_counts(out)
+    assert counts["hsdp"]["hsdp_all_reduce"] == [counts["hsdp"]["units"]] * 6  # once per unit per step
+    assert [p.name for p in list_checkpoints(tmp_path / "hsdp" / "checkpoints")] == ["step_0000003", "step_0000006"]
+    assert_same_losses(losses(tmp_path / "hsdp"), reference[0], range(1, 7))
+    torchrun(DRIVER, f"run_dir={tmp_path / 'fsdp-r1'} distributed.engine=fsdp resume={step3}", nproc=1)
+    for resumed in ("hsdp-r2", "fsdp-r1"):
+        assert sorted(losses(tmp_path / resumed)) == [4, 5, 6]
+        assert_same_losses(losses(tmp_path / resumed), reference[0], range(4, 7))
+    assert_export_matches(tmp_path / "hsdp" / "checkpoints" / "step_0000006", tmp_path / "hsdp-hf", reference[1])
