@@ -117,6 +117,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.
         return _copy_hf(src, Path(out_dir), dtype)
     ckpt = find_checkpoint(checkpoint)
     model = build_from_checkpoint(ckpt)
+    if dtype is None and read_meta(ckpt).get("precision") == "bf16-pure":
+        dtype = torch.bfloat16  # as the run's own final export: every engine's checkpoint holds bf16 weights
     out = save_hf(model, Path(out_dir), _load_tokenizer(ckpt), dtype=dtype)
     log.debug("exported %s -> %s", ckpt, out)
     return out

@@ -394,18 +394,20 @@ class Trainer:
 
 def _fresh_copy(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
     """A plain CPU copy of ``module`` (a PreTrainedModel: same class and config) holding ``state``."""
-    cls: type[Any] = type(module)
-    try:
-        from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule
 
-        if isinstance(module, FSDPModule):  # fully_shard swapped in a subclass: build the plain class
-            cls = next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
-    except ImportError:  # pragma: no cover - old torch
-        pass
+    cls: type[Any] = type(module)
+    if isinstance(module, FSDPModule):  # fully_shard swapped in a subclass: build the plain class
+        cls = next(c for c in cls.__mro__[1:] if not issubclass(c, FSDPModule))
+    config: Any = module.config
     with torch.device("meta"):
-        copy = cls(module.config)
-    copy.load_state_dict(state, assign=True, strict=False)
-    if getattr(module.config, "tie_word_embeddings", False):
+        copy = cls(config)
+    missing, unexpected = copy.load_state_dict(state, assign=True, strict=False)
+    tied = set(getattr(copy, "all_tied_weights_keys", {}) or {}) if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:  # a weight left on the meta device would export garbage
+        raise RunError(f"the final export does not match the model: missing {sorted(set(missing) - tied)[:5]}, "
+                       f"unexpected {sorted(unexpected)[:5]}")
+    if config.tie_word_embeddings:
         copy.tie_weights()
     return copy.eval()
 
