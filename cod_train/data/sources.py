@@ -44,6 +44,12 @@ def clear_hub_files_cache() -> None:
         _HUB_FILES.clear()
 
 
+def prime_hub_files(cfg: DataConfig, split: str, files: list[str]) -> None:
+    """Give this process the file list another process resolved (rank 0), so it never probes the hub itself."""
+    with _HUB_FILES_LOCK:
+        _HUB_FILES[(cfg.hub_dataset, cfg.hub_config, split)] = tuple(files)
+
+
 def hub_data_files(cfg: DataConfig, split: str) -> list[str]:
     """``hf://`` URLs of a hub dataset's files for ``split`` (C4: ``en/c4-<split>.NNNNN-of-MMMMM.json.gz``).
 

@@ -41,7 +41,7 @@ import torch
 
 from cod_train.core.errors import CheckpointSaveError, ConfigError, RunError
 from cod_train.core.io import atomic_write_json, make_readable
-from cod_train.engine.distributed import DistEnv, all_gather_object, all_reduce, barrier
+from cod_train.engine.distributed import DistEnv, all_gather_object, all_reduce, barrier, on_rank0
 
 if TYPE_CHECKING:
     from cod_train.engine.engines import Engine
@@ -103,7 +103,7 @@ def resolve_resume(resume: str, ckpt_root: Path, env: DistEnv | None = None) -> 
         return latest_checkpoint(ckpt_root) if env is None else _latest_intact(ckpt_root, env)
     if env is None:
         return find_checkpoint(resume, key="resume")
-    found = _from_rank0(env, lambda: str(find_checkpoint(resume, key="resume")))
+    found = on_rank0(env, lambda: str(find_checkpoint(resume, key="resume")))
     path = Path(found)
     problems = checkpoint_problems(path, env) if env is not None else []
     if problems:
@@ -115,7 +115,7 @@ def resolve_resume(resume: str, ckpt_root: Path, env: DistEnv | None = None) -> 
 def _latest_intact(root: Path, env: DistEnv) -> Path | None:
     """The newest checkpoint that passes :func:`checkpoint_problems`; newer damaged ones are moved aside."""
     damaged: list[str] = []
-    candidates = [Path(p) for p in _from_rank0(env, lambda: [str(c) for c in list_checkpoints(root)])]
+    candidates = [Path(p) for p in on_rank0(env, lambda: [str(c) for c in list_checkpoints(root)])]
     for ckpt in reversed(candidates):
         problems = checkpoint_problems(ckpt, env)
         if not problems:
@@ -156,20 +156,6 @@ def check_shared_dir(path: Path, env: DistEnv, wait_s: float = 10.0) -> None:
         raise ConfigError(f"run_dir={str(path)!r} is not one directory shared by every process: {len(blind)} "
                           f"rank(s) on {', '.join(hosts)} cannot see a file rank 0 wrote there; put run_dir on a "
                           "file system every node mounts (checkpoints are written by all ranks)")
-
-
-def _from_rank0(env: DistEnv, compute: Callable[[], Any]) -> Any:
-    """``compute()`` on rank 0, its result (or its ConfigError / RunError) on every rank."""
-    result: Any = None
-    if env.is_main:
-        try:
-            result = ("ok", compute())
-        except (ConfigError, RunError) as err:
-            result = (type(err).__name__, str(err))
-    kind, value = all_gather_object(result, env)[0]
-    if kind == "ok":
-        return value
-    raise (ConfigError if kind == "ConfigError" else RunError)(value)
 
 
 def _crc32(path: Path) -> str:

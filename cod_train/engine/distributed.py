@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from cod_train.config import DistributedConfig
-from cod_train.core.errors import ConfigError
+from cod_train.core.errors import ConfigError, RunError
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,20 @@ def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
     out: list[Any] = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_rank0(env: DistEnv, compute: Callable[[], Any]) -> Any:
+    """``compute()`` on rank 0 only, its result (or its ConfigError / RunError, raised) on every rank."""
+    result: Any = None
+    if env.is_main:
+        try:
+            result = ("ok", compute())
+        except (ConfigError, RunError) as err:
+            result = (type(err).__name__, str(err))
+    kind, value = all_gather_object(result, env)[0]
+    if kind == "ok":
+        return value
+    raise (ConfigError if kind == "ConfigError" else RunError)(value)
 
 
 def barrier(env: DistEnv) -> None:

@@ -52,6 +52,27 @@ def diagnostics_for(cfg: PretrainConfig) -> Any:
     return lambda model, step, batch: training_diagnostics(model, batch)
 
 
+def share_hub_files(cfg: PretrainConfig, env: DistEnv) -> None:
+    """data=c4 from the hub: rank 0 alone probes the hub and globs the file lists, every rank takes them (one
+    probe per rank would let any node's network blip fail the whole job)."""
+    from cod_train.data.sources import hub_data_files, prime_hub_files, uses_hub
+    from cod_train.engine.distributed import on_rank0
+
+    if not uses_hub(cfg.data) or env.world_size < 2:
+        return
+
+    def resolve() -> dict[str, list[str]]:
+        lists = {cfg.data.train_split: hub_data_files(cfg.data, cfg.data.train_split)}
+        try:
+            lists[cfg.data.eval_split] = hub_data_files(cfg.data, cfg.data.eval_split)
+        except ConfigError:  # no eval split: the eval builder reports it
+            pass
+        return lists
+
+    for split, files in on_rank0(env, resolve).items():
+        prime_hub_files(cfg.data, split, files)
+
+
 def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
     from cod_train.data import build_eval_data, build_tokenizer, build_train_data, check_vocab
     from cod_train.runs.app import write_config
@@ -64,6 +85,7 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
                           "(it only saves memory at start-up)")
     grad_accum_steps(cfg.train, env.world_size)
     seed_everything(cfg.seed)
+    share_hub_files(cfg, env)
     tokenizer = build_tokenizer(cfg.data)
     model = build_model_for(cfg, len(tokenizer))
     check_vocab(tokenizer, model.config.vocab_size)

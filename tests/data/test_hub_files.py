@@ -67,3 +67,24 @@ def test_cached_list_is_a_copy_and_a_failure_is_not_cached(fake_hub):
     assert len(fake_hub["probes"]) == 2 and len(fake_hub["globs"]) == 1
     hub_data_files(DataConfig(source="c4", hub_config="realnewslike"), "train")  # another key: resolved anew
     assert len(fake_hub["probes"]) == 3
+
+
+def test_ranks_other_than_0_take_rank_0s_file_lists_without_probing(monkeypatch):
+    """runs.pretrain.share_hub_files on rank 1 of 2: the lists come from rank 0 (collective simulated)."""
+    from cod_train.config import PretrainConfig
+    from cod_train.core import hub
+    from cod_train.data import sources
+    from cod_train.engine import distributed
+    from cod_train.engine.distributed import DistEnv
+    from cod_train.runs.pretrain import share_hub_files
+
+    sources.clear_hub_files_cache()
+    cfg = PretrainConfig(data=DataConfig(source="c4"))
+    lists = {"train": ["hf://datasets/allenai/c4/en/c4-train.00000-of-01024.json.gz"],
+             "validation": ["hf://datasets/allenai/c4/en/c4-validation.00000-of-00008.json.gz"]}
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj, env: [("ok", lists), obj])
+    monkeypatch.setattr(hub, "offline_reason", lambda *a: pytest.fail("rank 1 probed the hub"))
+    share_hub_files(cfg, DistEnv(rank=1, world_size=2))
+    assert sources.hub_data_files(cfg.data, "train") == lists["train"]
+    assert sources.hub_data_files(cfg.data, "validation") == lists["validation"]
+    sources.clear_hub_files_cache()

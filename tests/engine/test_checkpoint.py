@@ -109,13 +109,11 @@ def test_a_run_dir_some_rank_cannot_see_is_refused(tmp_path, monkeypatch):
 
 def test_resume_is_resolved_on_rank_0_for_every_rank(tmp_path, monkeypatch):
     """Every rank resumes what rank 0 lists, whatever its own (possibly stale) view of the directory."""
-    from cod_train.engine import checkpoint
+    from cod_train.engine import checkpoint, distributed
     from cod_train.engine.distributed import DistEnv
 
     rank0_view = str(tmp_path / "checkpoints" / "step_0000004")
-    monkeypatch.setattr(checkpoint, "all_gather_object",
-                        lambda obj, env: [("ok", [rank0_view])] if isinstance(obj, tuple) or obj is None
-                        else [obj])
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj, env: [("ok", [rank0_view])])
     monkeypatch.setattr(checkpoint, "checkpoint_problems", lambda path, env: [])
     got = checkpoint.resolve_resume("auto", tmp_path / "checkpoints", DistEnv(rank=1, world_size=2))
     assert got == Path(rank0_view)  # rank 1 sees no checkpoint at all here
