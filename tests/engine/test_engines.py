@@ -192,3 +192,17 @@ def test_hsdp_trains_checkpoints_and_resumes(tmp_path, reference):
         assert sorted(losses(tmp_path / resumed)) == [4, 5, 6]
         assert_same_losses(losses(tmp_path / resumed), reference[0], range(4, 7))
     assert_export_matches(tmp_path / "hsdp" / "checkpoints" / "step_0000006", tmp_path / "hsdp-hf", reference[1])
+
+
+def test_a_full_disk_on_one_rank_stops_every_rank_without_a_partial_checkpoint(tmp_path):
+    """Rank 1 of 2 (DDP) cannot write its part of the step-6 checkpoint: both ranks agree and stop with the
+    same error instead of hanging in the next collective; step 3 stays the latest, nothing half-written."""
+    run_dir = tmp_path / "run"
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", DRIVER,
+           f"run_dir={run_dir} distributed.engine=ddp train.max_steps=8 train.ckpt_every=3 train.keep_last=0"]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(TINY_ENOSPC="1:step_0000006"), capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode != 0
+    assert proc.stderr.count("could not write checkpoint") >= 2  # raised on both ranks
+    assert "No space left on device" in proc.stderr and "step_0000003" in proc.stderr
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_0000003"]

@@ -127,8 +127,27 @@ def run(*overrides: str, diagnostics_fn=None):
                  diagnostics_fn=diagnostics_fn)
 
 
+def _fill_disk_on(rank: int, marker: str) -> None:
+    """Make this process's torch.save raise ENOSPC for paths containing ``marker`` when it is ``rank``."""
+    import errno
+
+    if int(os.environ.get("RANK", "0")) != rank:
+        return
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        if marker in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = full_disk
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if os.environ.get("TINY_ENOSPC"):  # "RANK:MARKER": a full disk on one rank (fault-injection tests)
+        rank, marker = os.environ["TINY_ENOSPC"].split(":", 1)
+        _fill_disk_on(int(rank), marker)
     for spec in sys.argv[1:]:
         result = run(*spec.split())
         print(f"RESULT {result.stopped} step={result.step}", flush=True)
