@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cod_train.runs.app import EXIT_NONFINITE, EXIT_OK
@@ -40,21 +41,35 @@ def summarize(result: TrainResult, env: DistEnv) -> None:
     print("\n".join(lines), flush=True)
 
 
-def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
-    """Initialize torch.distributed, ``run(cfg, env)``, summarize, tear down; the command's exit code.
-    After an error the ranks do not wait for each other (one may never arrive)."""
-    from pathlib import Path
+def prepare_run_dir(cfg: Any) -> None:
+    """The run-directory part of a training command's validation, after every other check: the checkpoint
+    ``resume`` names exists and continues the same run (runs/identity.py), then run_dir is created."""
+    from cod_train.config import flatten_config
+    from cod_train.engine.checkpoint import resolve_resume
+    from cod_train.runs.identity import check_resume
+    from cod_train.train.loop import check_run_dir
 
+    ckpt = resolve_resume(cfg.resume, Path(cfg.run_dir) / "checkpoints")
+    check_resume(ckpt, flatten_config(cfg), cfg.resume_allow_change)
+    check_run_dir(cfg.run_dir)
+
+
+def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
+    """Hold the run_dir lock, initialize torch.distributed, ``run(cfg, env)``, summarize, tear down; the
+    command's exit code. After an error the ranks do not wait for each other (one may never arrive)."""
     from cod_train.engine.checkpoint import check_shared_dir
     from cod_train.engine.distributed import destroy_distributed, init_distributed
+    from cod_train.runs.app import is_main_process
+    from cod_train.runs.lock import RunDirLock
 
-    env = init_distributed(cfg.distributed, cfg.device)
-    try:
-        check_shared_dir(Path(cfg.run_dir), env)
-        result = run(cfg, env)
-        summarize(result, env)
-    except BaseException:
-        destroy_distributed(wait_for_others=False)
-        raise
-    destroy_distributed()
+    with RunDirLock(cfg.run_dir, enabled=is_main_process()):
+        env = init_distributed(cfg.distributed, cfg.device)
+        try:
+            check_shared_dir(Path(cfg.run_dir), env)
+            result = run(cfg, env)
+            summarize(result, env)
+        except BaseException:
+            destroy_distributed(wait_for_others=False)
+            raise
+        destroy_distributed()
     return EXIT_NONFINITE if result.stopped == "nonfinite" else EXIT_OK

@@ -4,7 +4,6 @@ Heavy modules (torch, transformers, the data pipeline) are imported inside the f
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cod_train.config import PretrainConfig
@@ -22,15 +21,10 @@ log = logging.getLogger("cod_train")
 def preflight(cfg: PretrainConfig) -> None:
     """The one validation pass: everything that can be checked before any process group, data, tokenizer or
     model exists. The run directory is created last, only for a valid config."""
-    from cod_train.config import flatten_config
-    from cod_train.engine.checkpoint import resolve_resume
-    from cod_train.runs.identity import check_resume
-    from cod_train.train.loop import check_run_dir
+    from cod_train.runs.lifecycle import prepare_run_dir
 
     cfg.validate()
-    ckpt = resolve_resume(cfg.resume, Path(cfg.run_dir) / "checkpoints")
-    check_resume(ckpt, flatten_config(cfg), cfg.resume_allow_change)
-    check_run_dir(cfg.run_dir)
+    prepare_run_dir(cfg)
 
 
 def build_model_for(cfg: PretrainConfig, vocab_size: int) -> CodLlamaForCausalLM:
@@ -108,10 +102,7 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
 
 def pretrain(cfg: PretrainConfig) -> int:
     """The whole cod-pretrain command after parsing: validate, then train; the exit code."""
-    from cod_train.runs.app import is_main_process
     from cod_train.runs.lifecycle import run_training
-    from cod_train.runs.lock import RunDirLock
 
     preflight(cfg)
-    with RunDirLock(cfg.run_dir, enabled=is_main_process()):
-        return run_training(cfg, run_pretrain)
+    return run_training(cfg, run_pretrain)

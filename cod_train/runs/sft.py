@@ -18,21 +18,16 @@ log = logging.getLogger("cod_train.sft")
 
 def preflight(cfg: SFTConfig) -> tuple[Any, list]:
     """Config, checkpoint path, run_dir, resume and data fields: all checked before any model is loaded."""
-    from cod_train.config import flatten_config
-    from cod_train.engine.checkpoint import resolve_resume
-    from cod_train.runs.identity import check_resume
+    from cod_train.runs.lifecycle import prepare_run_dir
     from cod_train.runs.models import resolve_checkpoint
     from cod_train.sft.records import load_examples
-    from cod_train.train.loop import check_run_dir
 
     cfg.validate()
     source = resolve_checkpoint(cfg.checkpoint)
     cfg.run_dir = cfg.run_dir or default_run_dir(cfg.checkpoint, source.run_dir)
-    ckpt = resolve_resume(cfg.resume, Path(cfg.run_dir) / "checkpoints")
-    check_resume(ckpt, flatten_config(cfg), cfg.resume_allow_change)
     check_max_length(cfg, source)
     examples = load_examples(cfg.sft)
-    check_run_dir(cfg.run_dir)
+    prepare_run_dir(cfg)
     return source, examples
 
 
@@ -68,14 +63,10 @@ def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
 
 def sft(cfg: SFTConfig) -> int:
     """The whole cod-sft command after parsing: validate, then fine-tune; the exit code."""
-    from cod_train.runs.app import is_main_process
     from cod_train.runs.lifecycle import run_training
-    from cod_train.runs.lock import RunDirLock
 
     source, examples = preflight(cfg)
-    assert cfg.run_dir is not None  # preflight resolved it
-    with RunDirLock(cfg.run_dir, enabled=is_main_process()):
-        return run_training(cfg, lambda cfg, env: run_sft(cfg, env, source, examples))
+    return run_training(cfg, lambda cfg, env: run_sft(cfg, env, source, examples))
 
 
 def check_max_length(cfg: SFTConfig, source: Any) -> None:
