@@ -60,7 +60,7 @@ def num_layers(model: nn.Module) -> int:
     return len(decoder_layers(model))
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
+def first_tensor(out: Any) -> torch.Tensor:
     """Decoder layers return a tensor (transformers v5) or a tuple whose first item is the hidden state."""
     if isinstance(out, torch.Tensor):
         return out
@@ -98,7 +98,7 @@ def residual_stream_hooks(model: nn.Module, fn: StateFn) -> Iterator[None]:
     for idx, layer in enumerate(layers):
 
         def post_hook(_module: nn.Module, _args: tuple, out: Any, depth: int = idx + 1) -> None:
-            fn(depth, _local(_first_tensor(out).detach()))
+            fn(depth, _local(first_tensor(out).detach()))
 
         handles.append(layer.register_forward_hook(post_hook))
     try:
@@ -114,7 +114,7 @@ def run_backbone(model: nn.Module, batch: Batch) -> torch.Tensor:
     kwargs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
-    return _first_tensor(inner(**kwargs))
+    return first_tensor(inner(**kwargs))
 
 
 def token_losses_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
@@ -123,13 +123,19 @@ def token_losses_sum(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]
     Logits come from ``lm_head(model.model(...))`` so the loss does not depend on a model's loss
     conventions (``shift_labels``, fused losses). Returns (loss sum as a tensor, number of valid tokens).
     """
-    hidden = run_backbone(model, batch)
+    return head_loss_sum(model, run_backbone(model, batch), batch["labels"])
+
+
+def head_loss_sum(model: nn.Module, normed: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Cross-entropy sum of ``lm_head(normed)`` (``normed``: the final-norm hidden state ``[B, T, D]``)."""
     head = cast(nn.Module, unwrap_model(model).lm_head)
-    labels = batch["labels"].to(hidden.device)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for row in range(hidden.shape[0]):  # row by row: the [T, V] logits of one row at a time
-        logits = head(hidden[row]).float()
-        total = total + nn.functional.cross_entropy(logits, labels[row], ignore_index=IGNORE_INDEX, reduction="sum")
+    labels = labels.to(normed.device)
+    total = normed.new_zeros((), dtype=torch.float32)
+    for row in range(normed.shape[0]):  # row by row: the [T, V] logits of one row at a time
+        logits = head(normed[row]).float()
+        total = total + nn.functional.cross_entropy(
+            logits, labels[row], ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     return total, int((labels != IGNORE_INDEX).sum())
 
 

@@ -11,11 +11,14 @@ taken before the final norm.
   token, averaged over rows (ShortGPT / Gromov et al.): the block of layers l+1..l+n changes the
   residual stream that much. 0 = the block is an identity on that token.
 - :func:`layer_pruning` — remove each layer in turn and measure the perplexity (and optionally any metric
-  given as a callable, e.g. a downstream accuracy) without it.
+  given as a callable, e.g. a downstream accuracy) without it; prefix-cached (only layers l+1..L rerun).
 - :func:`layer_grad_norms` — L2 norm of the gradient of each layer's parameters for the mean token loss
   over the batches (Mix-LN paper figure).
 - :func:`training_diagnostics` / :class:`TrainingDiagnostics` — the cheap in-training version
   (see :mod:`cod_train.eval.depth_train`).
+
+- :func:`block_influence`, :func:`logit_lens`, :func:`sublayer_contribution` and the skip effect — see
+  :mod:`cod_train.eval.depth_analyses`.
 
 Everything returns plain Python lists / floats, ready for JSON.
 """
@@ -30,6 +33,12 @@ import torch
 from torch import nn
 
 from cod_train.core.constants import IGNORE_INDEX
+from cod_train.eval.depth_analyses import (
+    block_influence,
+    logit_lens,
+    removal_analyses,
+    sublayer_contribution,
+)
 from cod_train.eval.depth_hooks import (
     Batch,
     decoder_layers,
@@ -43,6 +52,7 @@ from cod_train.eval.depth_hooks import (
     unwrap_model,
     valid_token_mask,
 )
+from cod_train.eval.depth_progress import Progress
 from cod_train.eval.depth_train import (
     DIAG_PREFIX,
     LAYER_GRAD_NORM_KEY,
@@ -59,6 +69,10 @@ __all__ = [
     "LAYER_VAR_KEY",
     "TrainingDiagnostics",
     "angular_distances",
+    "block_influence",
+    "check_layers",
+    "logit_lens",
+    "sublayer_contribution",
     "evaluate_loss",
     "layer_grad_norms",
     "layer_pruning",
@@ -69,7 +83,16 @@ __all__ = [
     "training_diagnostics",
 ]
 
-DIAGNOSTICS = ("variance", "angular", "pruning", "grad_norms")
+DIAGNOSTICS = (
+    "variance",
+    "angular",
+    "pruning",
+    "grad_norms",
+    "block_influence",
+    "logit_lens",
+    "sublayer",
+    "skip_effect",
+)
 MetricFn = Callable[[nn.Module], float]
 
 
@@ -190,32 +213,79 @@ def _ppl(loss: float) -> float:
     return math.exp(loss) if loss < 700 else float("inf")
 
 
-def layer_pruning(model: nn.Module, batches: Iterable[Batch], metric_fn: MetricFn | None = None) -> dict:
-    """Drop each layer in turn (see :func:`~cod_train.eval.depth_hooks.pruned_layers`) and re-measure.
+def layer_pruning(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    metric_fn: MetricFn | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    method: str = "cached",
+    progress: bool = True,
+) -> dict:
+    """Drop each layer in turn (0-based ``layers``, default all) and re-measure the perplexity.
 
-    Returns ``{"base_loss", "base_ppl", "loss": [L], "ppl": [L], "delta_ppl": [L]}`` plus, when
-    ``metric_fn(model) -> float`` is given (e.g. a downstream accuracy), ``"base_metric", "metric": [L],
-    "delta_metric": [L]``. Entry l-1 is the model without layer l.
+    ``method="cached"`` (default) reuses the prefix below the removed layer
+    (:mod:`cod_train.eval.depth_cache`); ``"plain"`` removes the layer
+    (:func:`~cod_train.eval.depth_hooks.pruned_layers`) and runs the whole model: same numbers, slower.
+    Returns ``{"base_loss", "base_ppl", "layers": [K] (1-based), "loss": [K], "ppl": [K], "delta_ppl": [K]}``
+    (cached: also ``delta_ppl_pct`` with its spread over batches) plus, when ``metric_fn(model) -> float``
+    is given (e.g. a downstream accuracy), ``"base_metric", "metric": [K], "delta_metric": [K]``.
     """
     batches = _prepared(model, batches)
-    base = evaluate_loss(model, batches)
-    result: dict = {"base_loss": base, "base_ppl": _ppl(base), "loss": [], "ppl": []}
-    metrics = []
-    base_metric = float(metric_fn(model)) if metric_fn is not None else None
-    for idx in range(len(decoder_layers(model))):
-        with pruned_layers(model, [idx]):
-            loss = evaluate_loss(model, batches)
-            if metric_fn is not None:
-                metrics.append(float(metric_fn(model)))
-        result["loss"].append(loss)
-        result["ppl"].append(_ppl(loss))
-    result["delta_ppl"] = [p - result["base_ppl"] for p in result["ppl"]]
+    chosen = check_layers(model, layers)
+    if method == "cached":
+        result = removal_analyses(model, batches, layers=chosen, progress=progress)["pruning"]
+    elif method == "plain":
+        result = _plain_pruning(model, batches, chosen, progress)
+    else:
+        raise ValueError(f"method must be 'cached' or 'plain', got {method!r}")
     if metric_fn is not None:
-        assert base_metric is not None  # measured above whenever metric_fn is given
-        result.update(
-            base_metric=base_metric, metric=metrics, delta_metric=[m - base_metric for m in metrics]
-        )
+        result.update(_metric_curve(model, metric_fn, chosen, progress))
     return result
+
+
+def check_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+    """0-based layer indices (default all); ValueError naming the valid range when one is out of it."""
+    total = len(decoder_layers(model))
+    if layers is None:
+        return list(range(total))
+    bad = [i for i in layers if not 0 <= int(i) < total]
+    if bad:
+        raise ValueError(f"layers {[i + 1 for i in bad]} out of range: the model has layers 1..{total}")
+    return sorted({int(i) for i in layers})
+
+
+def _plain_pruning(model: nn.Module, batches: Sequence[Batch], layers: list[int], progress: bool) -> dict:
+    with Progress(len(layers) + 1, "pruning (plain)", disable=not progress) as bar:
+        base = evaluate_loss(model, batches)
+        bar.update()
+        losses = []
+        for idx in layers:
+            with pruned_layers(model, [idx]):
+                losses.append(evaluate_loss(model, batches))
+            bar.update()
+    result: dict = {
+        "base_loss": base,
+        "base_ppl": _ppl(base),
+        "layers": [i + 1 for i in layers],
+        "loss": losses,
+    }
+    result["ppl"] = [_ppl(v) for v in losses]
+    result["delta_ppl"] = [p - result["base_ppl"] for p in result["ppl"]]
+    result["method"] = "plain"
+    return result
+
+
+def _metric_curve(model: nn.Module, metric_fn: MetricFn, layers: list[int], progress: bool) -> dict:
+    with Progress(len(layers) + 1, "pruning: downstream metric", disable=not progress) as bar:
+        base_metric = float(metric_fn(model))
+        bar.update()
+        metrics = []
+        for idx in layers:
+            with pruned_layers(model, [idx]):
+                metrics.append(float(metric_fn(model)))
+            bar.update()
+    return {"base_metric": base_metric, "metric": metrics, "delta_metric": [m - base_metric for m in metrics]}
 
 
 def layer_grad_norms(model: nn.Module, batches: Iterable[Batch]) -> dict:
@@ -266,21 +336,42 @@ def run_diagnostics(
     which: Sequence[str] = DIAGNOSTICS,
     grad_batches: int = 1,
     metric_fn: MetricFn | None = None,
+    layers: Sequence[int] | None = None,
+    progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, dict]:
-    """Run the selected diagnostics (names in ``DIAGNOSTICS``); returns ``{name: result}``."""
+    """Run the selected diagnostics (names in ``DIAGNOSTICS``); returns ``{name: result}``.
+
+    ``layers`` (0-based) restricts the removal analyses (pruning, skip effect); pruning and the skip effect
+    share one prefix-cached sweep when both are asked for.
+    """
     unknown = sorted(set(which) - set(DIAGNOSTICS))
     if unknown:
         raise ValueError(f"unknown diagnostics {unknown}; valid: {', '.join(DIAGNOSTICS)}")
+    batches = _prepared(model, batches)
+    chosen = check_layers(model, layers)
+    show = {"progress": progress}
     runners: dict[str, Callable[[], dict]] = {
         "variance": lambda: layer_variance(model, batches),
         "angular": lambda: angular_distances(model, batches),
-        "pruning": lambda: layer_pruning(model, batches, metric_fn),
         "grad_norms": lambda: layer_grad_norms(model, batches[: max(1, grad_batches)]),
+        "block_influence": lambda: block_influence(model, batches, **show),
+        "logit_lens": lambda: logit_lens(model, batches, **show),
+        "sublayer": lambda: sublayer_contribution(model, batches, **show),
     }
-    out = {}
+    out: dict[str, dict] = {}
+    if "pruning" in which or "skip_effect" in which:
+        if log:
+            log("  " + " + ".join(n for n in ("pruning", "skip_effect") if n in which) + " ...")
+        removal = removal_analyses(model, batches, layers=chosen, skip_effect="skip_effect" in which, **show)
+        if "pruning" in which:
+            out["pruning"] = removal["pruning"]
+            if metric_fn is not None:
+                out["pruning"].update(_metric_curve(model, metric_fn, chosen, progress))
+        if "skip_effect" in which:
+            out["skip_effect"] = removal["skip_effect"]
     for name in DIAGNOSTICS:
-        if name in which:
+        if name in which and name in runners:
             if log:
                 log(f"  {name} ...")
             out[name] = runners[name]()
