@@ -26,7 +26,65 @@ DEVICES = ("auto", "cpu", "cuda")
 SOURCES = ("sample", "files", "c4", "shards")
 TEXT_UNITS = ("line", "paragraph", "file")
 
-NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln")
+# The depth zoo's axes (equations: cod_train/model/modeling.py, README "Normalization and residual schemes").
+NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln", "reordered_ln",
+              "hybrid_ln", "hybrid_ln_star")
+QK_NORMS = ("none", "head", "full")
+NORM_FNS = ("rmsnorm", "layernorm", "dyt", "derf")
+RESIDUALS = ("plain", "layerscale", "rezero", "depth_scaled", "gpas")
+HYBRID_NORM_TYPES = ("hybrid_ln", "hybrid_ln_star")
+
+
+def resolved_qk_norm(norm_type: str, qk_norm: str | None) -> str:
+    """`qk_norm: null` = the placement's own: per-head q/k/v norms for HybridNorm, none otherwise."""
+    if qk_norm is None:
+        return "head" if norm_type in HYBRID_NORM_TYPES else "none"
+    return qk_norm
+
+
+def resolved_embed_norm(norm_type: str, embed_norm: bool | None) -> bool:
+    """`embed_norm: null` = on for peri_ln only (the Peri-LN paper treats it as optional)."""
+    return norm_type == "peri_ln" if embed_norm is None else embed_norm
+
+
+def resolved_embed_scale(norm_fn: str, embed_scale: bool | None) -> bool:
+    """`embed_scale: null` = on for dyt / derf (the authors' LLaMA / GPT code: a learnable scalar, init sqrt(d),
+    multiplies the embedding output), off otherwise."""
+    return norm_fn in ("dyt", "derf") if embed_scale is None else embed_scale
+
+
+def _choice_problems(norm_type: str, qk_norm: str | None, norm_fn: str, residual: str) -> list[str]:
+    axes = {"norm_type": (norm_type, NORM_TYPES), "norm_fn": (norm_fn, NORM_FNS), "residual": (residual, RESIDUALS)}
+    if qk_norm is not None:
+        axes["qk_norm"] = (qk_norm, QK_NORMS)
+    return [f"unknown {key} {value!r}; valid: {', '.join(valid)}" for key, (value, valid) in axes.items()
+            if value not in valid]
+
+
+def combination_problems(*, norm_type: str, qk_norm: str | None, norm_fn: str, residual: str,
+                         norm_bias: bool = False, depth_hparams: bool = False, scaled_init: bool = False,
+                         **_: object) -> list[str]:
+    """Combinations of the axes that make no sense, each with what does combine. Everything else composes."""
+    problems = _choice_problems(norm_type, qk_norm, norm_fn, residual)
+    if problems:
+        return problems
+    if norm_type in HYBRID_NORM_TYPES and resolved_qk_norm(norm_type, qk_norm) == "none":
+        problems.append(f"norm_type={norm_type} normalizes q, k and v by definition, so qk_norm=none does not "
+                        "combine with it; use qk_norm=head (the default for HybridNorm) or qk_norm=full")
+    if residual == "depth_scaled" and norm_type == "deepnorm":
+        problems.append("residual=depth_scaled does not combine with norm_type=deepnorm (both rescale the residual "
+                        "stream by depth: DeepNorm up-weights x by (2L)^(1/4)); depth_scaled combines with every "
+                        "other placement: " + ", ".join(t for t in NORM_TYPES if t != "deepnorm"))
+    if norm_bias and norm_fn == "rmsnorm":
+        problems.append("norm_bias=true needs a norm function with a bias: norm_fn=layernorm, dyt or derf "
+                        "(RMSNorm has none)")
+    if depth_hparams and residual != "depth_scaled":
+        problems.append("depth_hparams=true (the CompleteP learning-rate / Adam-epsilon rules) belongs to "
+                        "residual=depth_scaled; set residual=depth_scaled or depth_hparams=false")
+    if depth_hparams and scaled_init:
+        problems.append("depth_hparams=true keeps the init independent of depth (CompleteP), so scaled_init=true "
+                        "does not combine with it")
+    return problems
 
 
 def config_problems(
@@ -42,7 +100,7 @@ def config_problems(
     mix_ln_ratio: float,
     initializer_range: float = 0.02,
     embedding_init_std: float | None = None,
-    **_: object,
+    **scheme: Any,
 ) -> list[str]:
     """Every problem with a model shape, as sentences that say what to change. Empty when valid."""
     problems = []
@@ -60,14 +118,14 @@ def config_problems(
     for key, value in sizes.items():
         if not isinstance(value, int) or value <= 0:
             problems.append(f"{key} must be a positive integer, got {value!r}")
-    if norm_type not in NORM_TYPES:
-        problems.append(f"unknown norm_type {norm_type!r}; valid: {', '.join(NORM_TYPES)}")
+    problems += combination_problems(norm_type=norm_type, **scheme)
     if not (isinstance(mix_ln_ratio, (int, float)) and 0.0 <= mix_ln_ratio <= 1.0):
         problems.append(f"mix_ln_ratio must be in [0, 1], got {mix_ln_ratio!r}")
     if initializer_range is not None and initializer_range < 0:
         problems.append(f"initializer_range must be >= 0, got {initializer_range}")
     if embedding_init_std is not None and embedding_init_std < 0:
         problems.append(f"embedding_init_std must be >= 0, got {embedding_init_std}")
+    problems += _scheme_number_problems(**scheme)
     if problems:  # the divisibility checks below need positive sizes
         return problems
     if hidden_size % num_attention_heads:
@@ -83,6 +141,20 @@ def config_problems(
         problems.append(f"head dim {hidden_size // num_attention_heads} must be even for RoPE")
     return problems
 
+
+
+def _scheme_number_problems(*, depth_alpha: float = 1.0, depth_base_layers: int = 1, norm_alpha_attn: float = 0.8,
+                            norm_alpha_mlp: float = 0.2, norm_alpha_final: float = 0.2, **_: object) -> list[str]:
+    problems = []
+    if depth_alpha < 0:
+        problems.append(f"depth_alpha must be >= 0 (0.5 = depth-muP, 1.0 = CompleteP), got {depth_alpha}")
+    if depth_base_layers < 1:
+        problems.append(f"depth_base_layers must be >= 1, got {depth_base_layers}")
+    for key, value in (("norm_alpha_attn", norm_alpha_attn), ("norm_alpha_mlp", norm_alpha_mlp),
+                       ("norm_alpha_final", norm_alpha_final)):
+        if value <= 0:
+            problems.append(f"{key} must be > 0, got {value}")
+    return problems
 
 
 @dataclass
@@ -102,8 +174,21 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
     embedding_init_std: float | None = None
-    norm_type: str = "pre_ln"
+    norm_type: str = "pre_ln"  # placement: NORM_TYPES
     mix_ln_ratio: float = 0.25
+    embed_norm: bool | None = None  # norm on the embedding output; null = on for peri_ln only
+    qk_norm: str | None = None  # none | head | full (RMSNorm of q and k before RoPE); null = head for hybrid_ln*
+    norm_fn: str = "rmsnorm"  # rmsnorm | layernorm | dyt | derf: the function of every block and final norm
+    norm_bias: bool = False  # layernorm / dyt / derf: a learnable per-channel bias (beta)
+    norm_alpha_attn: float = 0.8  # dyt / derf initial alpha of the attention-side norms (DyT LLaMA-7B values)
+    norm_alpha_mlp: float = 0.2  # ... of the MLP-side norms
+    norm_alpha_final: float = 0.2  # ... of the final norm (and the embedding norm)
+    embed_scale: bool | None = None  # learnable scalar (init sqrt(d)) on the embedding output; null = on for dyt/derf
+    residual: str = "plain"  # plain | layerscale | rezero | depth_scaled | gpas: how each branch joins the stream
+    layerscale_init: float = 0.1  # layerscale: initial value of the per-channel branch gains
+    depth_alpha: float = 1.0  # depth_scaled: branch x (L / depth_base_layers)^(-alpha); 0.5 depth-muP, 1 CompleteP
+    depth_base_layers: int = 1  # depth_scaled: the depth L_base the other hyperparameters were tuned at
+    depth_hparams: bool = False  # depth_scaled: CompleteP's per-depth learning-rate and Adam-eps rules (optim.py)
     scaled_init: bool = False
     fused_loss: bool = True  # chunked linear + cross-entropy: never all fp32 logits at once
     loss_chunk_size: int = 0  # rows of logits per chunk; 0 = automatic (256 on CPU, 2048 on GPU)

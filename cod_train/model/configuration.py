@@ -11,7 +11,27 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
-from cod_train.config import NORM_TYPES, config_problems  # noqa: F401  (NORM_TYPES re-exported)
+from cod_train.config import (  # noqa: F401  (NORM_TYPES re-exported)
+    HYBRID_NORM_TYPES,
+    NORM_TYPES,
+    config_problems,
+    resolved_embed_norm,
+    resolved_embed_scale,
+    resolved_qk_norm,
+)
+
+# The norms each placement builds in a layer, with the side (attn | mlp) that picks a DyT / Derf initial alpha.
+# No placement builds a norm it does not use (an unused parameter breaks DDP and wastes optimizer state).
+PLACEMENT_NORMS: dict[str, tuple[tuple[str, str], ...]] = {
+    "pre_ln": (("input_layernorm", "attn"), ("post_attention_layernorm", "mlp")),
+    "post_ln": (("input_layernorm", "attn"), ("post_attention_layernorm", "mlp")),
+    "lns": (("input_layernorm", "attn"), ("post_attention_layernorm", "mlp")),
+    "deepnorm": (("input_layernorm", "attn"), ("post_attention_layernorm", "mlp")),
+    "sandwich": (("input_layernorm", "attn"), ("post_attn_out_norm", "attn"),
+                 ("post_attention_layernorm", "mlp"), ("post_mlp_out_norm", "mlp")),
+    "reordered": (("post_attn_out_norm", "attn"), ("post_mlp_out_norm", "mlp")),
+    "hybrid": (("post_attention_layernorm", "mlp"),),
+}
 
 
 @strict
@@ -27,6 +47,9 @@ class CodLlamaConfig(LlamaConfig):
         0 = `cod_train.model.loss.default_chunk_size` (256 rows on CPU, 2048 on GPU).
     use_kernels: on CUDA, use Liger Kernel's fused RMSNorm / RoPE / SwiGLU / linear+cross-entropy when
         `liger_kernel` is installed (`cod_train.model.kernels`); ignored on CPU or without the package.
+    embed_norm, qk_norm, norm_fn, norm_bias, norm_alpha_*, embed_scale, residual, layerscale_init, depth_alpha,
+        depth_base_layers, depth_hparams: the depth-zoo axes, documented on `cod_train.config.ModelConfig`
+        (null = the placement's or norm function's own choice: `resolved_*` below).
     """
 
     model_type = "cod_llama"
@@ -38,6 +61,19 @@ class CodLlamaConfig(LlamaConfig):
     fused_loss: bool = True
     loss_chunk_size: int = 0
     use_kernels: bool = False
+    embed_norm: bool | None = None
+    qk_norm: str | None = None
+    norm_fn: str = "rmsnorm"
+    norm_bias: bool = False
+    norm_alpha_attn: float = 0.8
+    norm_alpha_mlp: float = 0.2
+    norm_alpha_final: float = 0.2
+    embed_scale: bool | None = None
+    residual: str = "plain"
+    layerscale_init: float = 0.1
+    depth_alpha: float = 1.0
+    depth_base_layers: int = 1
+    depth_hparams: bool = False
 
     def validate_architecture(self) -> None:
         problems = config_problems(**self.to_dict())
@@ -52,10 +88,36 @@ class CodLlamaConfig(LlamaConfig):
     def layer_placement(self, depth: int) -> str:
         """The sub-layer arrangement of the layer at 1-based `depth`.
 
-        Returns one of pre_ln, post_ln, lns, deepnorm, sandwich (peri_ln layers are sandwich layers).
+        Returns a key of `PLACEMENT_NORMS`: pre_ln, post_ln, lns, deepnorm, sandwich (peri_ln layers are
+        sandwich layers), reordered, hybrid (HybridNorm* makes its first layer pre_ln, with the q/k/v norms).
         """
         if self.norm_type == "mix_ln":
             return "post_ln" if depth <= self.num_post_ln_layers else "pre_ln"
-        if self.norm_type in ("sandwich_ln", "peri_ln"):
-            return "sandwich"
-        return self.norm_type
+        if self.norm_type == "hybrid_ln_star" and depth == 1:
+            return "pre_ln"
+        return {"sandwich_ln": "sandwich", "peri_ln": "sandwich", "reordered_ln": "reordered",
+                "hybrid_ln": "hybrid", "hybrid_ln_star": "hybrid"}.get(self.norm_type, self.norm_type)
+
+    @property
+    def resolved_qk_norm(self) -> str:
+        return resolved_qk_norm(self.norm_type, self.qk_norm)
+
+    @property
+    def v_norm(self) -> bool:
+        """HybridNorm normalizes v as well as q and k (same granularity as `qk_norm`)."""
+        return self.norm_type in HYBRID_NORM_TYPES
+
+    @property
+    def has_embed_norm(self) -> bool:
+        return resolved_embed_norm(self.norm_type, self.embed_norm)
+
+    @property
+    def has_embed_scale(self) -> bool:
+        return resolved_embed_scale(self.norm_fn, self.embed_scale)
+
+    @property
+    def branch_scale(self) -> float:
+        """`depth_scaled`: every branch output times (L / depth_base_layers)^(-depth_alpha); 1.0 otherwise."""
+        if self.residual != "depth_scaled":
+            return 1.0
+        return (self.num_hidden_layers / self.depth_base_layers) ** -self.depth_alpha

@@ -21,13 +21,43 @@ def matmul_params(config: PretrainedConfig) -> int:
     return L * per_layer + config.vocab_size * d
 
 
+def norm_params(config: PretrainedConfig, dim: int) -> int:
+    """Parameters of one block norm of `config.norm_fn` over `dim` channels (`cod_train.model.norms`)."""
+    fn = getattr(config, "norm_fn", "rmsnorm")
+    bias = dim if getattr(config, "norm_bias", False) and fn != "rmsnorm" else 0
+    return dim + bias + {"rmsnorm": 0, "layernorm": 0, "dyt": 1, "derf": 2}[fn]
+
+
+def _layer_extra_params(config: PretrainedConfig, depth: int) -> int:
+    """Norms, q/k/v norms and residual gains of the layer at `depth` (everything but the projections)."""
+    from cod_train.model.configuration import PLACEMENT_NORMS
+
+    d = config.hidden_size
+    n = len(PLACEMENT_NORMS[config.layer_placement(depth)]) * norm_params(config, d)
+    qk = config.resolved_qk_norm
+    if qk != "none":
+        hd = getattr(config, "head_dim", None) or d // config.num_attention_heads
+        kv = config.num_key_value_heads or config.num_attention_heads
+        widths = [config.num_attention_heads * hd, kv * hd] + ([kv * hd] if config.v_norm else [])
+        n += len(widths) * hd if qk == "head" else sum(widths)
+    n += {"layerscale": 2 * d, "rezero": 2, "gpas": 1}.get(config.residual, 0)
+    return n
+
+
 def total_params(config: PretrainedConfig) -> int:
-    """Exact parameter count of `CodLlamaForCausalLM(config)` without building it."""
+    """Exact parameter count of `CodLlamaForCausalLM(config)` without building it (a LlamaConfig counts as
+    `pre_ln` with RMSNorm)."""
     d, L, V = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    norms_per_layer = 4 if getattr(config, "norm_type", "pre_ln") in ("sandwich_ln", "peri_ln") else 2
-    extra = d if getattr(config, "norm_type", "pre_ln") == "peri_ln" else 0
     embedding = 0 if config.tie_word_embeddings else V * d  # tied: shares lm_head's matrix
-    return matmul_params(config) + embedding + L * norms_per_layer * d + d + extra
+    if not hasattr(config, "layer_placement"):
+        if getattr(config, "norm_type", None) is None:
+            return matmul_params(config) + embedding + (2 * L + 1) * d
+        from cod_train.model.configuration import CodLlamaConfig
+
+        config = CodLlamaConfig.from_dict(dict(vars(config)))  # a duck-typed config.json (cod-report)
+    extra = sum(_layer_extra_params(config, depth) for depth in range(1, L + 1))
+    extra += norm_params(config, d) * (1 + int(config.has_embed_norm)) + int(config.has_embed_scale)
+    return matmul_params(config) + embedding + extra
 
 
 def flops_per_token(config: PretrainedConfig, seq_len: int) -> int:

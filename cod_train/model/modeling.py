@@ -1,23 +1,45 @@
-"""A LLaMA-style decoder whose normalization placement is a config choice.
+"""A LLaMA-style decoder whose residual-stream normalization and scaling are config choices (the depth zoo).
 
-x is the residual stream entering layer l (l = 1..L); N1 = `input_layernorm`, N2 = `post_attention_layernorm`.
+x is the residual stream entering layer l (l = 1..L). N1 = `input_layernorm`, N2 = `post_attention_layernorm`,
+Na = `post_attn_out_norm`, Nm = `post_mlp_out_norm`; each N is the `norm_fn` (rmsnorm | layernorm | dyt |
+derf, `cod_train.model.norms`). `x (+) f` is the residual join of the `residual` axis (below).
 
-    pre_ln       h = x + Attn(N1(x))                   y = h + MLP(N2(h))
-    post_ln      h = N1(x + Attn(x))                   y = N2(h + MLP(h))
-    mix_ln       layers l <= floor(mix_ln_ratio * L) are post_ln, the rest pre_ln
-    lns          h = x + Attn(N1(x) / sqrt(l))         y = h + MLP(N2(h) / sqrt(l))
-    deepnorm     h = N1(a*x + Attn(x))                 y = N2(a*h + MLP(h)),  a = (2L)^(1/4)
-    sandwich_ln  h = x + Na(Attn(N1(x)))               y = h + Nm(MLP(N2(h)))
-    peri_ln      sandwich_ln plus a norm on the embedding output
+Placement (`norm_type`), one function each in `PLACEMENTS`:
 
-The final norm `model.norm` follows the last layer, unscaled, in every placement. Parameter names are
-those of `transformers.LlamaForCausalLM`; the extra norms are `post_attn_out_norm` (Na),
-`post_mlp_out_norm` (Nm) and `model.embed_norm`. The model knows nothing about parallelism.
+    pre_ln          h = x (+) Attn(N1(x))                  y = h (+) MLP(N2(h))
+    post_ln         h = N1(x (+) Attn(x))                  y = N2(h (+) MLP(h))
+    mix_ln          layers l <= floor(mix_ln_ratio * L) are post_ln, the rest pre_ln
+    lns             h = x (+) Attn(N1(x) / sqrt(l))        y = h (+) MLP(N2(h) / sqrt(l))
+    deepnorm        post_ln with x (+) f = a*x + f,  a = (2L)^(1/4)
+    sandwich_ln     h = x (+) Na(Attn(N1(x)))              y = h (+) Nm(MLP(N2(h)))
+    peri_ln         sandwich_ln plus `embed_norm` (a norm on the embedding output)
+    reordered_ln    h = x (+) Na(Attn(x))                  y = h (+) Nm(MLP(h))          (OLMo 2)
+    hybrid_ln       h = x (+) Attn_qkv(x)                  y = N2(h) (+) MLP(N2(h))      (HybridNorm)
+    hybrid_ln_star  hybrid_ln, but layer 1 is pre_ln with Attn_qkv                      (HybridNorm*)
+
+QK-norm (`qk_norm`): q = Nq(x Wq), k = Nk(x Wk) (RMSNorm) before RoPE, over each head's head_dim (`head`,
+Qwen3) or over the whole projection width (`full`, OLMo 2); Attn_qkv also normalizes v the same way.
+
+Residual join (`residual`), f = the branch output:
+
+    plain           x (+) f = x + f
+    layerscale      x + g * f,             g per channel (`attn_gain` / `mlp_gain`), init `layerscale_init`
+    rezero          x + g * f,             g one scalar per branch, init 0
+    depth_scaled    x + (L / L_base)^(-alpha) * f       (alpha 0.5 depth-muP, 1.0 CompleteP)
+    gpas            z = x + f, then z - SiLU(g) * stopgrad(z); one gate g per layer (`gpas_gate`), init 0,
+                    shared by both sub-layers; in post-norm layers the gate scales the skip before the add:
+                    N(a * (x - SiLU(g) * stopgrad(x)) + f)   (the GPAS authors' code)
+
+The final norm `model.norm` follows the last layer, unscaled, in every placement; `embed_scale` (a learnable
+scalar, init sqrt(d)) multiplies the embedding output when on (default for dyt / derf). Parameter names are those
+of `transformers.LlamaForCausalLM`; every added parameter has a name of its own. The model knows nothing about
+parallelism.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -31,8 +53,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from cod_train.core.constants import IGNORE_INDEX
 from cod_train.model import kernels
-from cod_train.model.configuration import CodLlamaConfig
+from cod_train.model.configuration import PLACEMENT_NORMS, CodLlamaConfig
 from cod_train.model.loss import causal_lm_loss
+from cod_train.model.norms import DynamicTanh, Gain, LayerNorm, RMSNorm, embed_scale, make_norm
 
 # transformers >= 5.24 calls the KV cache `cache` (forward kwarg and output field); earlier v5 releases call it
 # `past_key_values`. Both are accepted and the output uses the installed release's name (no deprecation warning).
@@ -48,28 +71,6 @@ def resolve_cache(cache: Cache | None, past_key_values: Cache | None, extra: dic
     if stray:
         raise TypeError(f"unexpected KV cache argument {stray[0]!r}: pass it as `cache` (or `past_key_values`)")
     return cache if cache is not None else past_key_values
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, use_kernels: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-        self.use_kernels = use_kernels  # resolved `kernels.wanted(config)`
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if kernels.active(self.use_kernels, x):
-            return kernels.rms_norm(x, self.weight, self.eps)
-        # weight * (x / rms(x)) with fp32 statistics whatever the activation dtype, rounded to x's dtype before
-        # the weight multiply, as LlamaRMSNorm (logits match it). `F.rms_norm` is one fused kernel where torch
-        # has one, and saves fewer tensors for the backward than the five-op composite.
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-
-
-def rms_norm(config: CodLlamaConfig) -> RMSNorm:
-    return RMSNorm(config.hidden_size, config.rms_norm_eps, kernels.wanted(config))
 
 
 def rope_cos_sin(
@@ -95,7 +96,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with RoPE through `F.scaled_dot_product_attention`."""
+    """Grouped-query attention with RoPE through `F.scaled_dot_product_attention`, and the optional RMSNorms of
+    q and k (`qk_norm`: `q_norm`, `k_norm`, transformers' Qwen3 / Olmo2 names) and of v (HybridNorm: `v_norm`)."""
 
     def __init__(self, config: CodLlamaConfig, layer_idx: int):
         super().__init__()
@@ -109,13 +111,33 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=bias)
         self.use_kernels = kernels.wanted(config)
+        self.qk_norm = config.resolved_qk_norm
+        if self.qk_norm != "none":
+            per_head = self.qk_norm == "head"
+            width = {"q": self.n_heads * self.head_dim, "k": self.n_kv_heads * self.head_dim,
+                     "v": self.n_kv_heads * self.head_dim}
+            for name in ("q", "k", "v") if config.v_norm else ("q", "k"):
+                norm = RMSNorm(self.head_dim if per_head else width[name], config.rms_norm_eps)
+                setattr(self, f"{name}_norm", norm)
+
+    def _project(self, x: torch.Tensor, name: str, heads: int) -> torch.Tensor:
+        """x W, normalized per `qk_norm` where this projection has a norm, as [B, heads, T, head_dim]."""
+        b, t, _ = x.shape
+        y = getattr(self, f"{name}_proj")(x)
+        norm = getattr(self, f"{name}_norm", None)
+        if norm is not None and self.qk_norm == "full":
+            y = norm(y)
+        y = y.view(b, t, heads, self.head_dim)
+        if norm is not None and self.qk_norm == "head":
+            y = norm(y)
+        return y.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
                 past_key_values: Cache | None = None) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self._project(x, "q", self.n_heads)
+        k = self._project(x, "k", self.n_kv_heads)
+        v = self._project(x, "v", self.n_kv_heads)
         if kernels.active(self.use_kernels, q):
             q, k = kernels.rope(q, k, *rope)
         else:
@@ -145,7 +167,56 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+AttnFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def pre_ln(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
+    h = b.join(x, attn(b.input_layernorm(x)), b.attn_gain)
+    return b.join(h, b.mlp(b.post_attention_layernorm(h)), b.mlp_gain)
+
+
+def lns(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
+    s = b.lns_scale
+    h = b.join(x, attn(b.input_layernorm(x) * s), b.attn_gain)
+    return b.join(h, b.mlp(b.post_attention_layernorm(h) * s), b.mlp_gain)
+
+
+def post_ln(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
+    """Also DeepNorm, whose `skip` up-weights x by (2L)^(1/4)."""
+    h = b.input_layernorm(b.skip(x) + b.branch(attn(x), b.attn_gain))
+    return b.post_attention_layernorm(b.skip(h) + b.branch(b.mlp(h), b.mlp_gain))
+
+
+def sandwich(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
+    h = b.join(x, b.post_attn_out_norm(attn(b.input_layernorm(x))), b.attn_gain)
+    return b.join(h, b.post_mlp_out_norm(b.mlp(b.post_attention_layernorm(h))), b.mlp_gain)
+
+
+def reordered(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
+    h = b.join(x, b.post_attn_out_norm(attn(x)), b.attn_gain)
+    return b.join(h, b.post_mlp_out_norm(b.mlp(h)), b.mlp_gain)
+
+
+def hybrid(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
+    """Attention normalizes q, k, v inside (no pre-norm); the MLP is Post-Norm with the skip taken after N2."""
+    h = b.join(x, attn(x), b.attn_gain)
+    n = b.post_attention_layernorm(h)
+    return b.join(n, b.mlp(n), b.mlp_gain)
+
+
+PLACEMENTS: dict[str, Callable[[DecoderLayer, torch.Tensor, AttnFn], torch.Tensor]] = {
+    "pre_ln": pre_ln, "lns": lns, "post_ln": post_ln, "deepnorm": post_ln, "sandwich": sandwich,
+    "reordered": reordered, "hybrid": hybrid,
+}
+
+
 class DecoderLayer(GradientCheckpointingLayer):
+    # the norms its placement builds (`PLACEMENT_NORMS`), set by name in __init__
+    input_layernorm: nn.Module
+    post_attention_layernorm: nn.Module
+    post_attn_out_norm: nn.Module
+    post_mlp_out_norm: nn.Module
+
     def __init__(self, config: CodLlamaConfig, layer_idx: int):
         super().__init__()
         L = config.num_hidden_layers
@@ -153,15 +224,23 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.placement = config.layer_placement(self.depth)
         self.self_attn = Attention(config, layer_idx)
         self.mlp = MLP(config)
-        self.input_layernorm = rms_norm(config)
-        self.post_attention_layernorm = rms_norm(config)
-        if self.placement == "sandwich":
-            self.post_attn_out_norm = rms_norm(config)
-            self.post_mlp_out_norm = rms_norm(config)
+        for name, site in PLACEMENT_NORMS[self.placement]:
+            setattr(self, name, make_norm(config, config.hidden_size, site))
         # Plain Python floats, not buffers: `to_empty()` (meta-device init) would wipe a buffer.
         self.lns_scale = 1.0 / math.sqrt(self.depth) if self.placement == "lns" else 1.0
         self.residual_scale = (2.0 * L) ** 0.25 if self.placement == "deepnorm" else 1.0
+        self.branch_scale = config.branch_scale
+        self.attn_gain, self.mlp_gain = self._gains(config)
+        self.gpas_gate = Gain(1, 0.0) if config.residual == "gpas" else None
         self._set_init_stds(config)
+
+    @staticmethod
+    def _gains(config: CodLlamaConfig) -> tuple[Gain | None, Gain | None]:
+        if config.residual == "layerscale":
+            return Gain(config.hidden_size, config.layerscale_init), Gain(config.hidden_size, config.layerscale_init)
+        if config.residual == "rezero":
+            return Gain(1, 0.0), Gain(1, 0.0)
+        return None, None
 
     def _set_init_stds(self, config: CodLlamaConfig) -> None:
         """Per-projection init std, read by `CodLlamaPreTrainedModel._init_weights`."""
@@ -176,22 +255,31 @@ class DecoderLayer(GradientCheckpointingLayer):
                 # nn.Module.__setattr__ is typed Tensor | Module, yet any attribute may be set on a module
                 proj.init_std = getattr(proj, "init_std", std) / math.sqrt(2.0 * L)  # type: ignore[assignment]
 
+    def branch(self, f: torch.Tensor, gain: Gain | None) -> torch.Tensor:
+        """The branch output as it joins the stream: depth-scaled and / or times its LayerScale / ReZero gain."""
+        f = f * self.branch_scale if self.branch_scale != 1.0 else f
+        return gain(f) if gain is not None else f
+
+    def _gpas(self, z: torch.Tensor) -> torch.Tensor:
+        if self.gpas_gate is None:
+            return z
+        return z - F.silu(self.gpas_gate.weight) * z.detach()
+
+    def join(self, x: torch.Tensor, f: torch.Tensor, gain: Gain | None) -> torch.Tensor:
+        """x (+) f where no norm follows the sum: GPAS scales the sum."""
+        return self._gpas(x + self.branch(f, gain))
+
+    def skip(self, x: torch.Tensor) -> torch.Tensor:
+        """The skip path inside a post-norm: a*x with DeepNorm's a; GPAS scales x before the add."""
+        x = self._gpas(x)
+        return self.residual_scale * x if self.residual_scale != 1.0 else x
+
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
                 past_key_values: Cache | None = None, **kwargs: Any) -> torch.Tensor:
         def attn(h: torch.Tensor) -> torch.Tensor:
             return self.self_attn(h, rope, mask, past_key_values)
 
-        if self.placement in ("post_ln", "deepnorm"):
-            a = self.residual_scale
-            h = self.input_layernorm(a * x + attn(x) if a != 1.0 else x + attn(x))
-            return self.post_attention_layernorm(a * h + self.mlp(h) if a != 1.0 else h + self.mlp(h))
-        if self.placement == "sandwich":
-            h = x + self.post_attn_out_norm(attn(self.input_layernorm(x)))
-            return h + self.post_mlp_out_norm(self.mlp(self.post_attention_layernorm(h)))
-        s = self.lns_scale  # 1.0 under pre_ln
-        h = x + attn(self.input_layernorm(x) * s if s != 1.0 else self.input_layernorm(x))
-        n2 = self.post_attention_layernorm(h)
-        return h + self.mlp(n2 * s if s != 1.0 else n2)
+        return PLACEMENTS[self.placement](self, x, attn)
 
 
 class CodLlamaPreTrainedModel(PreTrainedModel):
@@ -212,8 +300,8 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             std = cfg.embedding_init_std if cfg.embedding_init_std is not None else cfg.initializer_range
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm):
-            init.ones_(module.weight)
+        elif isinstance(module, (RMSNorm, LayerNorm, DynamicTanh, Gain)):
+            module.reset_parameters()
 
     @torch.no_grad()
     def reset_weights(self) -> None:
@@ -249,10 +337,12 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
     def __init__(self, config: CodLlamaConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        if config.norm_type == "peri_ln":
-            self.embed_norm = rms_norm(config)
+        if config.has_embed_scale:
+            self.embed_scale = embed_scale(config.hidden_size)
+        if config.has_embed_norm:
+            self.embed_norm = make_norm(config, config.hidden_size, "final")
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = rms_norm(config)
+        self.norm = make_norm(config, config.hidden_size, "final")
         self.post_init()
 
     def forward(
@@ -278,6 +368,8 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
                      else torch.arange(past_len, past_len + x.shape[1], device=x.device)[None])
         rope = rope_cos_sin(self.config, positions, x.dtype)
         mask = build_attention_mask(attention_mask, past_len, x.shape[1], x.device)
+        if hasattr(self, "embed_scale"):
+            x = self.embed_scale(x)
         if hasattr(self, "embed_norm"):
             x = self.embed_norm(x)
         hidden_states = [x] if output_hidden_states else None
