@@ -1,4 +1,5 @@
-"""The body of ``cod-export`` (usage: ``cod_train/cli/export.py``): a training checkpoint -> an HF directory."""
+"""The body of ``cod-export`` (usage: ``cod_train/cli/export.py``): a training checkpoint -> an HF directory
+that loads without cod-train (``format=auto``), optionally with a GGUF file, uploaded with ``push_to_hub=``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ class ExportConfig:
     out: str | None = None  # default: run_dir/hf
     run_dir: str | None = None
     dtype: str = "auto"  # auto = as trained
+    format: str = "auto"  # auto | llama | qwen3 | olmo2 | remote_code | cod_llama | gguf (engine/export.py)
+    gguf_type: str = "f16"  # format=gguf: f32 | f16 | q8_0
+    push_to_hub: str | None = None  # a Hub repo id (org/name): upload the export there
+    private: bool = False  # push_to_hub: create the repo private
 
 
 def output_dir(cfg: ExportConfig) -> Path:
@@ -28,18 +33,41 @@ def output_dir(cfg: ExportConfig) -> Path:
     raise ConfigError("give out=DIR (or run_dir=DIR to write DIR/hf)")
 
 
-def run_export(cfg: ExportConfig) -> Path:
-    import torch
-
-    from cod_train.engine.export import export_checkpoint
+def _check(cfg: ExportConfig) -> None:
+    from cod_train.engine.export import FORMATS, GGUF_TYPES
 
     if not cfg.checkpoint:
         raise ConfigError("checkpoint=PATH is required (a checkpoint directory or a run directory)")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r} is unknown; possible: {', '.join(FORMATS)}")
+    if cfg.gguf_type not in GGUF_TYPES:
+        raise ConfigError(f"gguf_type={cfg.gguf_type!r} is unknown; possible: {', '.join(GGUF_TYPES)}")
+
+
+def run_export(cfg: ExportConfig) -> Path:
+    import torch
+
+    from cod_train.engine.export import ExportOptions, export_checkpoint
+
+    _check(cfg)
+    out_dir = output_dir(cfg)
+    if cfg.push_to_hub:
+        from cod_train.engine.hub_upload import check_hub_access
+
+        check_hub_access(cfg.push_to_hub)  # before any work: offline or no token fails here, in seconds
     dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
-    out = export_checkpoint(cfg.checkpoint, output_dir(cfg), dtype=dtype)
+    options = ExportOptions(gguf_type=cfg.gguf_type, repo_id=cfg.push_to_hub,
+                            run_dir=Path(cfg.run_dir) if cfg.run_dir else None)
+    assert cfg.checkpoint is not None  # _check
+    out = export_checkpoint(cfg.checkpoint, out_dir, dtype=dtype, fmt=cfg.format, options=options)
     print(f"exported {cfg.checkpoint} -> {out}", flush=True)
+    if cfg.push_to_hub:
+        from cod_train.engine.hub_upload import upload
+
+        url = upload(out, cfg.push_to_hub, private=cfg.private)
+        print(f"uploaded {out} -> {url}", flush=True)
     return out
 
 

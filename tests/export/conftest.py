@@ -1,0 +1,76 @@
+"""Helpers of the export tests: one tiny model per scheme the model supports, and loading exports in a
+Python where cod_train cannot be imported."""
+
+from __future__ import annotations
+
+import site
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cod_train import config as cfgmod
+from cod_train.config import ConfigError, ModelConfig
+from cod_train.model import build_model
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
+BASE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=64)
+VOCAB = 96
+# every axis the model has (read at test time, so new schemes are covered): value lists in cod_train.config
+AXES = {"residual": "RESIDUALS", "qk_norm": "QK_NORMS", "norm_fn": "NORM_FNS"}
+
+
+def schemes() -> dict[str, dict]:
+    """id -> ModelConfig overrides: every norm_type, and every value of every other axis on Pre-LN (the residual
+    axis also on LNS, whose folds combine)."""
+    out = {nt: {"norm_type": nt} for nt in cfgmod.NORM_TYPES}
+    for key, const in AXES.items():
+        for value in getattr(cfgmod, const, ()):
+            for nt in ("pre_ln", "lns") if key == "residual" else ("pre_ln",):
+                out.setdefault(f"{nt}-{key}={value}", {"norm_type": nt, key: value})
+    valid = {}
+    for name, overrides in out.items():
+        try:
+            ModelConfig(**BASE, **overrides).validate()
+        except (ConfigError, TypeError):
+            continue
+        valid[name] = overrides
+    return valid
+
+
+def tiny(seed: int = 0, **overrides):
+    """A tiny model with random norm weights and gains (ones and zeros would hide a wrong fold)."""
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(**BASE, **overrides), VOCAB).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.copy_(0.5 + torch.rand_like(p))
+    return model
+
+
+def site_packages() -> str:
+    return next(p for p in site.getsitepackages() if Path(p, "torch").is_dir())
+
+
+def load_isolated(jobs: list[dict], tmp: Path, timeout: float = 240) -> dict:
+    """Run ``isolated.py`` on ``jobs`` with ``python -I -S`` (no cod_train importable); its results."""
+    torch.save(jobs, tmp / "jobs.pt")
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf_home"), "OMP_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore", "TRANSFORMERS_VERBOSITY": "error", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-I", "-S", str(HERE / "isolated.py"), site_packages(),
+                           str(tmp / "jobs.pt"), str(tmp / "results.pt")], cwd=tmp, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"isolated loader exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    results = torch.load(tmp / "results.pt", weights_only=False)
+    assert results["has_cod_train"] is False, "cod_train was importable in the isolated Python"
+    return results
+
+
+def rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got.float() - want.float()).abs().max() / want.float().abs().max())
