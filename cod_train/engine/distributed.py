@@ -136,7 +136,30 @@ def init_distributed(dist_cfg: DistributedConfig, device: str = "auto") -> DistE
         else:
             kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
             dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
+    _make_host_group(backend)
     return DistEnv(rank, world, local_rank, local_world, dev, backend, initialized=True)
+
+
+_HOST_GROUP: list[Any] = []  # [group]: the CPU group for host_all_reduce (None = the default group is one)
+
+
+def _make_host_group(backend: str) -> None:
+    # A collective: every rank creates it here, at the same point, once per process group.
+    if not _HOST_GROUP:
+        _HOST_GROUP.append(None if backend == "gloo" else dist.new_group(backend="gloo"))
+
+
+def host_all_reduce(values: list[float], env: DistEnv) -> list[float]:
+    """Sum small host-side numbers (token counts, flags) over every rank through a CPU (gloo) group.
+
+    No device work is involved, so nothing waits for the device's queue: the same sum through NCCL and a
+    ``.item()`` would stall the host until every kernel queued so far has run."""
+    if not (env.initialized and env.world_size > 1):
+        return list(values)
+    _make_host_group(env.backend)
+    summed = torch.tensor(values, dtype=torch.float64)  # exact for counts below 2**53
+    dist.all_reduce(summed, group=_HOST_GROUP[0])
+    return summed.tolist()
 
 
 def destroy_distributed(wait_for_others: bool = True) -> None:
@@ -147,6 +170,7 @@ def destroy_distributed(wait_for_others: bool = True) -> None:
         if wait_for_others and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+    _HOST_GROUP.clear()
 
 
 def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:

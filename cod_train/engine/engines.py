@@ -6,8 +6,8 @@ Per optimizer step the loop does::
         with engine.accumulate(last=i == n - 1), engine.autocast():
             loss = engine.model(**micro).loss
         engine.backward(loss)
-    norm = engine.clip_grad_norm()          # None where the engine clips inside its step (DeepSpeed)
-    norm = engine.optimizer_step(lr) or norm   # or engine.skip_step() after a non-finite loss
+    norm = engine.clip_grad_norm()                # a device tensor; None where the engine clips in its step
+    norm = engine.optimizer_step(lr, skip) or norm  # skip: 0-d bool device tensor (non-finite loss or norm)
 
 Checkpoint formats (``engine.format``): ``torch`` (single/DDP: ``model.safetensors`` + ``optimizer.pt``),
 ``dcp`` (FSDP2: ``dcp/``, torch.distributed.checkpoint, reshardable), ``deepspeed`` (``deepspeed/``,
@@ -69,7 +69,7 @@ class Engine:
 
     def __init__(self, model: nn.Module, dist_cfg: DistributedConfig, env: DistEnv, *,
                  optimizer_fn: OptimizerFactory, precision: str, micro_batch_size: int,
-                 grad_accum_steps: int, grad_clip: float):
+                 grad_accum_steps: int, grad_clip: float, resume_world_size: int | None = None):
         self.module = model  # the plain model (what diagnostics and exports see)
         self.env = env
         self.dist_cfg = dist_cfg
@@ -77,6 +77,8 @@ class Engine:
         self.grad_clip = grad_clip
         self.micro_batch_size = micro_batch_size
         self.grad_accum_steps = grad_accum_steps
+        # resuming from a checkpoint written by another number of processes (DeepSpeed: a universal checkpoint)
+        self.resume_reshards = resume_world_size is not None and resume_world_size != env.world_size
         self.model: nn.Module = model  # what the loop calls
         self.optimizer: torch.optim.Optimizer
         self.setup(optimizer_fn)
@@ -108,28 +110,37 @@ class Engine:
     def grads(self) -> list[torch.Tensor]:
         return [p.grad for p in self.module.parameters() if p.grad is not None]
 
-    def clip_grad_norm(self) -> float | None:
-        """Global gradient norm before clipping; clips to ``grad_clip`` when it is > 0."""
+    def clip_grad_norm(self) -> torch.Tensor | None:
+        """Global gradient norm before clipping, as a device tensor (no host sync); clips to ``grad_clip``."""
         grads = self.grads()
         if not grads:
-            return 0.0
+            return torch.zeros((), device=self.env.device)
         norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
             norm = norm.full_tensor()
         if self.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(
                 [p for p in self.module.parameters() if p.grad is not None], self.grad_clip, norm, foreach=True)
-        return float(norm)
+        return norm
 
-    def optimizer_step(self, lr: float) -> float | None:
+    def optimizer_step(self, lr: float, skip: torch.Tensor) -> torch.Tensor | None:
+        """Apply the step unless ``skip`` (a 0-d bool device tensor) is true; returns the engine's own grad norm
+        where it computes one (DeepSpeed), else None.
+
+        A fused Adam skips on the device (``found_inf``, the protocol GradScaler uses: parameters, moments and
+        the step count stay as they were), so no step waits for the host; other optimizers read ``skip`` on
+        the host."""
         set_lr(self.optimizer, lr)
-        self.optimizer.step()
+        if all(group.get("fused") for group in self.optimizer.param_groups):
+            self.optimizer.found_inf = skip.float()  # type: ignore[attr-defined]
+            try:
+                self.optimizer.step()
+            finally:
+                del self.optimizer.found_inf  # type: ignore[attr-defined]
+        elif not bool(skip):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return None
-
-    def skip_step(self) -> None:
-        """Drop this step's gradients without touching parameters or optimizer state."""
-        self.optimizer.zero_grad(set_to_none=True)
 
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
@@ -229,7 +240,9 @@ class FSDPEngine(Engine):
         reshard = self.dist_cfg.reshard_after_forward
         for layer in decoder_layers(self.module):
             fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
-        fully_shard(self.module, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+        # The root's parameters (embedding, final norm, lm_head) are used again as soon as the backward starts:
+        # resharding them after the forward would only buy an immediate second all-gather.
+        fully_shard(self.module, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
         if on_meta:
             materialize(self.module, self.env.device)
         self.model = self.module
@@ -273,7 +286,7 @@ class FSDPEngine(Engine):
 
 
 def deepspeed_config(dist_cfg: DistributedConfig, env: DistEnv, *, precision: str, micro_batch_size: int,
-                     grad_accum_steps: int, grad_clip: float) -> dict[str, Any]:
+                     grad_accum_steps: int, grad_clip: float, load_universal: bool = False) -> dict[str, Any]:
     """The DeepSpeed JSON config for our settings (a torch optimizer is passed in, so no ``optimizer`` key)."""
     if dist_cfg.zero_stage not in (1, 2, 3):
         raise ConfigError(f"distributed.zero_stage must be 1, 2 or 3, got {dist_cfg.zero_stage}")
@@ -290,6 +303,8 @@ def deepspeed_config(dist_cfg: DistributedConfig, env: DistEnv, *, precision: st
         # which keeps everything in bf16, is refused in DistributedConfig.check_precision.
         "bf16": {"enabled": precision != "fp32", "check_grad_overflow": True},
         "zero_allow_untested_optimizer": True,
+        # read once, at deepspeed.initialize: whether load_checkpoint() expects DeepSpeed's universal format
+        "checkpoint": {"load_universal": load_universal},
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -310,7 +325,8 @@ class DeepSpeedEngine(Engine):
         self.module.to(self.env.device)
         config = deepspeed_config(self.dist_cfg, self.env, precision=self.precision,
                                   micro_batch_size=self.micro_batch_size,
-                                  grad_accum_steps=self.grad_accum_steps, grad_clip=self.grad_clip)
+                                  grad_accum_steps=self.grad_accum_steps, grad_clip=self.grad_clip,
+                                  load_universal=self.resume_reshards)
         optimizer = optimizer_fn(self.module)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(
             model=self.module, optimizer=optimizer, config=config, dist_init_required=False)
@@ -323,19 +339,16 @@ class DeepSpeedEngine(Engine):
     def backward(self, loss: torch.Tensor) -> None:
         self.ds.backward(loss, scale_wrt_gas=False)  # the loop's loss is already the global-batch mean
 
-    def clip_grad_norm(self) -> float | None:
+    def clip_grad_norm(self) -> torch.Tensor | None:
         return None  # DeepSpeed clips inside step() (``gradient_clipping``)
 
-    def optimizer_step(self, lr: float) -> float | None:
-        set_lr(self.optimizer, lr)
+    def optimizer_step(self, lr: float, skip: torch.Tensor) -> torch.Tensor | None:
+        # DeepSpeed decides on the host inside step() (its overflow check); this read costs no extra wait.
+        # After a non-finite loss its overflow check drops the update; lr=0 keeps the parameters put either way.
+        set_lr(self.optimizer, 0.0 if bool(skip) else lr)
         self.ds.step()
         norm = self.ds.get_global_grad_norm()
-        return None if norm is None else float(norm)
-
-    def skip_step(self) -> None:
-        # Gradients after a non-finite loss are non-finite, so DeepSpeed's overflow check drops the update;
-        # lr=0 makes sure the parameters stay put either way.
-        self.optimizer_step(0.0)
+        return None if norm is None else torch.as_tensor(float(norm))
 
     def save(self, path: Path) -> None:
         self.ds.save_checkpoint(str(path / "deepspeed"), tag="state", save_latest=False)
@@ -348,17 +361,13 @@ class DeepSpeedEngine(Engine):
     def load(self, path: Path, meta: dict[str, Any]) -> None:
         _expect_format(path, meta, self.format)
         universal = int(meta.get("world_size", self.env.world_size)) != self.env.world_size
+        if universal != self.resume_reshards:  # set-up was told another checkpoint than the one resumed
+            raise RunError(f"checkpoint {path} has world size {meta.get('world_size')}, but the engine was set up "
+                           f"for {'another' if self.resume_reshards else 'the same'} world size")
         if universal:
             path = _universal_checkpoint(path, self.env)
-        # Private API: DeepSpeed (0.19) reads "universal or not" only from ``engine._config`` (the public
-        # ``load_universal_checkpoint()`` is a getter; the ``checkpoint.load_universal`` config key is read at
-        # ``deepspeed.initialize``, before we know the checkpoint's world size), so it is flipped around this load.
-        self.ds._config.load_universal_checkpoint = universal
-        try:
-            load_path, _ = self.ds.load_checkpoint(str(path / "deepspeed"), tag="state",
-                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
-        finally:
-            self.ds._config.load_universal_checkpoint = False
+        load_path, _ = self.ds.load_checkpoint(str(path / "deepspeed"), tag="state",
+                                               load_optimizer_states=True, load_lr_scheduler_states=False)
         if load_path is None:
             raise RunError(f"DeepSpeed could not load the checkpoint in {path}: its model states under "
                            "deepspeed/state are missing or unreadable")
@@ -384,27 +393,60 @@ def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+UNIVERSAL_WAIT_S = 12 * 3600.0  # the longest the other ranks wait for rank 0's conversion
+
+
 def _universal_checkpoint(path: Path, env: DistEnv) -> Path:
     """Convert a DeepSpeed checkpoint to DeepSpeed's universal format (to resume on another world size).
 
-    Rank 0 converts once into ``path/universal/deepspeed/state`` (written to a temp dir, then renamed);
-    returns the directory to pass to :meth:`DeepSpeedEngine.load` instead of ``path``.
+    Rank 0 converts once into ``path/universal/deepspeed/state`` (a temp dir, then renamed); returns the
+    directory to pass to ``load_checkpoint`` instead of ``path``. The other ranks wait for the result on the
+    file system, not in a collective: a conversion of a large checkpoint can outlast the process group's
+    timeout, and a failed one is reported on every rank (``.universal_failed`` holds rank 0's error).
     """
-    import argparse
-    import shutil
-
-    out = path / "universal"
+    out, failed = path / "universal", path / ".universal_failed"
+    if env.is_main:
+        failed.unlink(missing_ok=True)  # a marker left by an earlier attempt
+    barrier(env)  # nobody reads a stale marker
     if env.is_main and not out.is_dir():
-        from deepspeed.checkpoint import ds_to_universal
-
-        tmp = path / ".tmp_universal"
-        shutil.rmtree(tmp, ignore_errors=True)
-        args = argparse.Namespace(
-            input_folder=str(path / "deepspeed" / "state"), output_folder=str(tmp / "deepspeed" / "state"),
-            num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True,
-            inject_missing_state=True)
-        log.info("converting %s to a universal checkpoint for a different world size", path)
-        ds_to_universal.main(args)
-        tmp.rename(out)
+        try:
+            _convert_to_universal(path, out)
+        except Exception as err:  # noqa: BLE001 - reported to every rank, re-raised here
+            failed.write_text(f"{type(err).__name__}: {err}")
+            raise RunError(f"converting {path} to a universal checkpoint failed: {err}") from err
+    _wait_for(out, failed, UNIVERSAL_WAIT_S)
     barrier(env)
     return out
+
+
+def _convert_to_universal(path: Path, out: Path) -> None:
+    import argparse
+    import os
+    import shutil
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    tmp = path / ".tmp_universal"
+    shutil.rmtree(tmp, ignore_errors=True)
+    workers = max(1, min(8, (os.cpu_count() or 2) // 2))
+    args = argparse.Namespace(
+        input_folder=str(path / "deepspeed" / "state"), output_folder=str(tmp / "deepspeed" / "state"),
+        num_extract_workers=workers, num_merge_workers=workers, keep_temp_folder=False, strict=True,
+        inject_missing_state=True)
+    log.info("converting %s to a universal checkpoint for a different world size (%d workers)", path, workers)
+    ds_to_universal.main(args)
+    tmp.rename(out)
+
+
+def _wait_for(out: Path, failed: Path, timeout_s: float, poll_s: float = 2.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not out.is_dir():
+        if failed.is_file():
+            raise RunError(f"converting {out.parent} to a universal checkpoint failed on rank 0: "
+                           f"{failed.read_text().strip()}")
+        if time.monotonic() > deadline:
+            raise RunError(f"rank 0 did not finish converting {out.parent} to a universal checkpoint within "
+                           f"{timeout_s / 3600:.0f} h")
+        time.sleep(poll_s)

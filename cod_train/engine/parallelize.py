@@ -72,11 +72,14 @@ def parallelize(
     micro_batch_size: int = 1,
     grad_accum_steps: int = 1,
     grad_clip: float = 0.0,
+    resume_world_size: int | None = None,
 ) -> Engine:
     """Apply activation checkpointing, then ``torch.compile`` (option), then the engine's wrapper.
 
     ``optimizer_fn(module)`` builds the torch optimizer once the parameters are final (FSDP2 builds it on the
     sharded DTensors; DeepSpeed receives it — never DeepSpeed's own FusedAdam, which compiles for minutes).
+    ``resume_world_size``: the world size of the checkpoint the run will resume from, if any (DeepSpeed must
+    know at set-up whether it loads a universal checkpoint).
     """
     if dist_cfg.engine not in ENGINES:
         raise ConfigError(f"distributed.engine must be one of {tuple(ENGINES)}, got {dist_cfg.engine!r}")
@@ -88,4 +91,5 @@ def parallelize(
     return ENGINES[dist_cfg.engine](
         model, dist_cfg, env, optimizer_fn=optimizer_fn, precision=precision,
         micro_batch_size=micro_batch_size, grad_accum_steps=grad_accum_steps, grad_clip=grad_clip,
+        resume_world_size=resume_world_size,
     )

@@ -61,7 +61,24 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return _functional().liger_swiglu(gate, up)
 
 
+@functools.cache
+def fp32_weight_grad() -> bool:
+    """Liger's fused linear cross-entropy takes `accum_dtype` (liger-kernel >= 0.8): the `lm_head` gradient can
+    be accumulated in fp32 over the chunks even when the weight is bf16 (bf16-pure). Older releases accumulate
+    in the weight's dtype."""
+    import inspect
+
+    return "accum_dtype" in inspect.signature(_functional().liger_fused_linear_cross_entropy).parameters
+
+
+def linear_cross_entropy_fits(weight: torch.Tensor) -> bool:
+    """Liger's fused loss accumulates this weight's gradient in fp32 (else the caller uses its own fused loss)."""
+    return weight.dtype == torch.float32 or fp32_weight_grad()
+
+
 def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum over `targets != -100` of CE(hidden @ weight^T, target), logits never materialized in full."""
+    """Sum over `targets != -100` of CE(hidden @ weight^T, target), logits never materialized in full; the
+    weight gradient is accumulated in fp32 (see `linear_cross_entropy_fits`)."""
+    extra = {"accum_dtype": torch.float32} if weight.dtype != torch.float32 else {}
     return _functional().liger_fused_linear_cross_entropy(hidden, weight, targets, ignore_index=IGNORE_INDEX,
-                                                          reduction="sum")
+                                                          reduction="sum", **extra)

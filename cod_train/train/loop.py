@@ -14,7 +14,6 @@ over the global batch, whatever the micro-batch size and the number of processes
 from __future__ import annotations
 
 import logging
-import math
 import os
 import pickle
 import signal
@@ -31,8 +30,14 @@ from torch import nn
 from cod_train.config import DistributedConfig, LoggerConfig, TrainConfig, flatten_config
 from cod_train.core.constants import IGNORE_INDEX
 from cod_train.core.errors import ConfigError, RunError
-from cod_train.engine.checkpoint import TrainState, load_checkpoint, resolve_resume, save_checkpoint
-from cod_train.engine.distributed import DistEnv, all_reduce, barrier
+from cod_train.engine.checkpoint import (
+    TrainState,
+    load_checkpoint,
+    read_meta,
+    resolve_resume,
+    save_checkpoint,
+)
+from cod_train.engine.distributed import DistEnv, all_reduce, barrier, host_all_reduce
 from cod_train.engine.engines import Engine
 from cod_train.engine.export import save_hf
 from cod_train.engine.parallelize import parallelize
@@ -45,6 +50,7 @@ from cod_train.train.metrics import (
     peak_memory_gb,
 )
 from cod_train.train.optim import build_optimizer, lr_at
+from cod_train.train.step_stats import StepStats
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -197,8 +203,12 @@ class Trainer:
         self.engine: Engine = parallelize(
             model, cfg.distributed, env, optimizer_fn=lambda m: build_optimizer(m, self.tcfg),
             precision=self.tcfg.precision, micro_batch_size=self.micro,
-            grad_accum_steps=self.accum, grad_clip=self.tcfg.grad_clip)
+            grad_accum_steps=self.accum, grad_clip=self.tcfg.grad_clip,
+            resume_world_size=read_meta(self.resume_from).get("world_size") if self.resume_from else None)
         self.state = TrainState()
+        self.stats = StepStats(env.device)
+        self._longest_nonfinite_run = 0
+        self._window = (time.perf_counter(), 0)  # (start, steps) of the tokens/s measurement
         self.last_diag: dict[str, Any] = {}
         self.last_saved_step = -1
         self.last_eval: dict[str, float] | None = None
@@ -219,12 +229,14 @@ class Trainer:
             raise RunError(f"checkpoint {self.resume_from} could not be loaded ({type(err).__name__}: {first}); "
                            "resume from an earlier one (resume=PATH) or start over (resume=none)") from None
         self.last_saved_step = self.state.step
+        self.stats = StepStats(self.env.device, self.state.nonfinite_total, self.state.nonfinite_in_a_row)
         self.logger.truncate_after(self.state.step)
         if data_state is not None and hasattr(self.train_data, "load_state_dict"):
             self.train_data.load_state_dict(data_state)
         self.info(f"resumed from {self.resume_from} at step {self.state.step}")
 
     def save(self) -> Path:
+        self.read_stats()  # the checkpoint's metadata holds the non-finite counters
         data_state = self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None
         path = save_checkpoint(self.engine, self.ckpt_root, self.state, data_state=data_state,
                                tokenizer=self.tokenizer, keep_last=self.tcfg.keep_last,
@@ -239,13 +251,15 @@ class Trainer:
 
     # -- one step --
     def stop_requested(self, stop: StopSignal) -> bool:
-        flag = torch.tensor([1.0 if stop.received is not None else 0.0], device=self.env.device)
-        return bool(all_reduce(flag, self.env).item() > 0)
+        return host_all_reduce([1.0 if stop.received is not None else 0.0], self.env)[0] > 0
 
-    def forward_backward(self, batch: Batch) -> tuple[float, int, Batch]:
+    def forward_backward(self, batch: Batch) -> tuple[torch.Tensor, int, Batch]:
+        """Forward and backward over the micro-batches; returns the global mean loss (a device tensor), the
+        valid tokens in the global batch and the first micro-batch."""
         micro = split_micro_batches(batch, self.micro)
+        # Counted from the host copy of the labels and summed on the CPU group: no wait for the device.
         local_valid = sum(int((m["labels"] != IGNORE_INDEX).sum()) for m in micro)
-        valid = int(all_reduce(torch.tensor([float(local_valid)], device=self.env.device), self.env).item())
+        valid = int(host_all_reduce([float(local_valid)], self.env)[0])
         items = loss_divisor(valid, self.env.world_size)
         loss_sum = torch.zeros((), device=self.env.device)
         for i, mb in enumerate(micro):
@@ -258,34 +272,37 @@ class Trainer:
                                         use_cache=False)
             self.engine.backward(out.loss)
             loss_sum += out.loss.detach().float()
-        loss = all_reduce(loss_sum, self.env).item() / self.env.world_size
-        return loss, valid, micro[0]
+        return all_reduce(loss_sum, self.env) / self.env.world_size, valid, micro[0]
 
     def step(self, batch: Batch) -> dict[str, Any]:
+        """One optimizer step, without reading anything back from the device (see ``step_stats``)."""
         lr = lr_at(self.state.step, self.tcfg)
-        self.last_diag = {}
         loss, valid, first_micro = self.forward_backward(batch)
-        row: dict[str, Any] = {"loss": loss, "lr": lr}
-        if not math.isfinite(loss):
-            self.engine.skip_step()
-            self.state.nonfinite_total += 1
-            self.state.nonfinite_in_a_row += 1
-            row.update(skipped=True, grad_norm=None)
-            log.warning("step %d: non-finite loss %s; step skipped (%d in a row)", self.state.step + 1, loss,
-                        self.state.nonfinite_in_a_row)
-        else:
-            self.state.nonfinite_in_a_row = 0
-            # Before clipping, so per-layer grad norms are the raw ones under every engine
-            # (DeepSpeed clips inside its own step).
-            self.last_diag = self.diagnostics(first_micro)
-            row.update(self.last_diag)
-            grad_norm = self.engine.clip_grad_norm()
-            grad_norm = self.engine.optimizer_step(lr) or grad_norm
-            row["grad_norm"] = grad_norm
+        # Before clipping, so per-layer grad norms are the raw ones under every engine
+        # (DeepSpeed clips inside its own step).
+        self.last_diag = self.diagnostics(first_micro)
+        grad_norm = self.engine.clip_grad_norm()
+        finite = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss) & torch.isfinite(grad_norm)
+        engine_norm = self.engine.optimizer_step(lr, ~finite)
+        self.stats.update(loss, engine_norm if engine_norm is not None else grad_norm, ~finite)
         self.state.step += 1
         self.state.tokens += int(batch["input_ids"].numel()) * self.env.world_size
-        row.update(step=self.state.step, tokens=self.state.tokens, valid_tokens=valid,
-                   nonfinite_skipped=self.state.nonfinite_total)
+        return {"lr": lr, "step": self.state.step, "tokens": self.state.tokens, "valid_tokens": valid,
+                **self.last_diag}
+
+    def read_stats(self) -> dict[str, Any]:
+        """The device-side step statistics as metrics (a host sync); updates the counters in ``state``."""
+        got = self.stats.read()
+        new = got.nonfinite_total - self.state.nonfinite_total
+        self.state.nonfinite_total, self.state.nonfinite_in_a_row = got.nonfinite_total, got.nonfinite_in_a_row
+        if new:
+            log.warning("%d non-finite step(s) skipped up to step %d (%d in a row now); parameters and optimizer "
+                        "state were left as they were", new, self.state.step, got.nonfinite_in_a_row)
+        self._longest_nonfinite_run = got.longest_nonfinite_run
+        row: dict[str, Any] = {"loss": got.loss, "grad_norm": got.grad_norm,
+                               "nonfinite_skipped": got.nonfinite_total}
+        if got.skipped:
+            row["skipped"] = True
         return row
 
     def diagnostics(self, batch: Batch) -> dict[str, Any]:
@@ -338,7 +355,7 @@ class Trainer:
         interactive = sys.stderr.isatty()
         bar = tqdm(total=tcfg.max_steps, initial=self.state.step, disable=not self.env.is_main,
                    desc="train", unit="step", dynamic_ncols=True, mininterval=1.0 if interactive else 30.0)
-        window_start, window_steps = time.perf_counter(), 0
+        self._window = (time.perf_counter(), 0)
         try:
             with StopSignal() as stop:
                 while self.state.step < tcfg.max_steps:
@@ -347,39 +364,52 @@ class Trainer:
                         break
                     batch = next(self.train_data)
                     row = self.step(batch)
-                    window_steps += 1
+                    self._window = (self._window[0], self._window[1] + 1)
                     bar.update(1)
-                    step = self.state.step
-                    if self.state.nonfinite_in_a_row >= tcfg.max_nonfinite_in_a_row:
-                        self.logger.log(row)
+                    if not self.after_step(row, batch, bar):
                         stopped = "nonfinite"
                         break
-                    if step % tcfg.log_every == 0 or step == tcfg.max_steps or step == 1:
-                        now = time.perf_counter()
-                        self.throughput(row, window_steps, now - window_start, batch["input_ids"].shape[1])
-                        window_start, window_steps = now, 0
-                        self.logger.log(row)
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                        tok_s=f"{row['tokens_per_s']:.0f}", refresh=False)
-                    elif self.last_diag:  # a diagnostics step between log steps: its own row
-                        self.logger.log({"step": step, **self.last_diag})
-                    if tcfg.eval_every and step % tcfg.eval_every == 0:
-                        self.evaluate()
-                    if tcfg.ckpt_every and step % tcfg.ckpt_every == 0:
-                        self.save()
-                    if tcfg.eval_every and step % tcfg.eval_every == 0 or tcfg.ckpt_every and step % tcfg.ckpt_every == 0:
-                        window_start = time.perf_counter()  # keep eval/save time out of tokens/s
             bar.close()
             return self.finish(stopped)
         finally:
             bar.close()
             self.logger.close()
 
+    def after_step(self, row: dict[str, Any], batch: Batch, bar: Any) -> bool:
+        """Log, evaluate and checkpoint as the step number says; False = stop (too many non-finite steps).
+
+        The device's step statistics are read only here, on logging, eval and checkpoint steps."""
+        tcfg, step = self.tcfg, self.state.step
+        log_now = step % tcfg.log_every == 0 or step == tcfg.max_steps or step == 1
+        eval_now = bool(tcfg.eval_every) and step % tcfg.eval_every == 0
+        save_now = bool(tcfg.ckpt_every) and step % tcfg.ckpt_every == 0
+        if log_now or eval_now or save_now:
+            row.update(self.read_stats())
+            if self._longest_nonfinite_run >= tcfg.max_nonfinite_in_a_row:
+                self.logger.log(row)
+                return False
+        if log_now:
+            now = time.perf_counter()
+            self.throughput(row, self._window[1], now - self._window[0], batch["input_ids"].shape[1])
+            self._window = (now, 0)
+            self.logger.log(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", tok_s=f"{row['tokens_per_s']:.0f}",
+                            refresh=False)
+        elif self.last_diag:  # a diagnostics step between log steps: its own row
+            self.logger.log({"step": step, **self.last_diag})
+        if eval_now:
+            self.evaluate()
+        if save_now:
+            self.save()
+        if eval_now or save_now:
+            self._window = (time.perf_counter(), self._window[1])  # keep eval/save time out of tokens/s
+        return True
+
     def finish(self, stopped: str) -> TrainResult:
         ckpt, hf_dir = None, None
         if stopped == "nonfinite":
-            log.error("stopping: %d non-finite losses in a row; the last good checkpoint is kept",
-                      self.state.nonfinite_in_a_row)
+            log.error("stopping: %d non-finite steps in a row; the last good checkpoint is kept",
+                      self._longest_nonfinite_run)
         elif self.last_saved_step != self.state.step:
             ckpt = self.save()
         if stopped == "max_steps":

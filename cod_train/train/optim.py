@@ -35,7 +35,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if name not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer must be one of {tuple(OPTIMIZERS)}, got {cfg.optimizer!r}")
     return OPTIMIZERS[name](param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            eps=cfg.eps, foreach=True)
+                            eps=cfg.eps, fused=True)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -87,3 +87,37 @@ def test_kernels_match_plain_on_cuda(tiny_model):
     fast.load_state_dict(plain.state_dict())
     ids = torch.randint(0, 96, (2, 16), device="cuda")
     _assert_same_step(_step(fast, ids), _step(plain, ids), rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("has_accum_dtype", [True, False])
+def test_liger_loss_accumulates_a_bf16_lm_head_gradient_in_fp32(monkeypatch, has_accum_dtype):
+    """A bf16 lm_head (bf16-pure) goes to Liger's fused loss only with ``accum_dtype=float32``; a Liger release
+    without that parameter would accumulate the gradient in bf16, so our own fused loss (fp32) is used instead."""
+    from types import SimpleNamespace
+
+    from cod_train.model.loss import causal_lm_loss
+
+    calls: list[dict] = []
+
+    def with_accum(h, w, t, ignore_index=-100, reduction="mean", accum_dtype=None):
+        calls.append({"accum_dtype": accum_dtype})
+        return (h.float() @ w.float().t()).logsumexp(-1).sum()
+
+    def without_accum(h, w, t, ignore_index=-100, reduction="mean"):
+        calls.append({})
+        return (h.float() @ w.float().t()).logsumexp(-1).sum()
+
+    fake = SimpleNamespace(liger_fused_linear_cross_entropy=with_accum if has_accum_dtype else without_accum)
+    monkeypatch.setattr(kernels, "_functional", lambda: fake)
+    kernels.fp32_weight_grad.cache_clear()
+    try:
+        h = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+        w = torch.randn(11, 8, dtype=torch.bfloat16)
+        t = torch.randint(0, 11, (2, 3))
+        causal_lm_loss(h, w, t, 6.0, use_kernels=True)
+        assert calls == ([{"accum_dtype": torch.float32}] if has_accum_dtype else [])
+        calls.clear()
+        causal_lm_loss(h.float(), w.float(), t, 6.0, use_kernels=True)  # fp32 weight: Liger either way
+        assert len(calls) == 1 and calls[0].get("accum_dtype") is None
+    finally:
+        kernels.fp32_weight_grad.cache_clear()

@@ -62,3 +62,31 @@ def test_fused_loss_under_bf16_autocast_is_close():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         fused = causal_lm_loss(h[None], w, t[None], chunk_size=16)
     torch.testing.assert_close(fused, _plain(h, w, t, 64), rtol=2e-2, atol=2e-2)
+
+
+def _scale_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """|alpha - 1| for the least-squares alpha with got ~ alpha * want: a systematic scale error, which
+    per-element rounding (unbiased) does not produce."""
+    got, want = got.double().flatten(), want.double().flatten()
+    return abs(float(got @ want / (want @ want)) - 1.0)
+
+
+def test_bf16_fused_gradients_are_not_scaled_by_a_rounded_one_over_n():
+    """bf16 weights and hidden states (bf16-pure): the gradients of sum/N must not be off by bf16(1/N) * N."""
+    n = 6967.0  # bf16(1/6967) * 6967 = 1.0033: a 0.33% scale error if 1/N were rounded to bf16
+    assert abs(torch.tensor(1.0 / n, dtype=torch.bfloat16).item() * n - 1.0) > 2e-3
+    torch.manual_seed(0)
+    # the reference starts from the bf16-rounded inputs: only the loss's own arithmetic differs
+    h = torch.randn(512, 64, dtype=torch.float64).to(torch.bfloat16).double()
+    w = (torch.randn(200, 64, dtype=torch.float64) * 0.3).to(torch.bfloat16).double()
+    t = torch.randint(0, 200, (1, 512))
+    ref_h, ref_w = (x.clone().requires_grad_(True) for x in (h, w))
+    want_h, want_w = torch.autograd.grad(_plain(ref_h[None], ref_w, t, n), (ref_h, ref_w))
+    bh, bw = (x.to(torch.bfloat16).requires_grad_(True) for x in (h, w))
+    got_h, got_w = torch.autograd.grad(causal_lm_loss(bh[None], bw, t, n, chunk_size=128), (bh, bw))
+    assert got_h.dtype == got_w.dtype == torch.bfloat16
+    # measured: 6e-4 / 4e-5 (bf16 logits); with 1/N rounded to bf16 and a bf16 [V, d] temporary per chunk
+    # (the code before): 3.4e-3 / 1.5e-4
+    assert _scale_error(got_h, want_h) < 2e-3
+    assert _scale_error(got_w, want_w) < 8e-5
+    torch.testing.assert_close(got_w.double(), want_w, rtol=2e-2, atol=2e-2 * want_w.abs().max().item())
