@@ -53,6 +53,22 @@ def resolved_embed_scale(norm_fn: str, embed_scale: bool | None) -> bool:
     return norm_fn in ("dyt", "derf") if embed_scale is None else embed_scale
 
 
+def scheme_name(norm_type: str, qk_norm: str | None = None, norm_fn: str = "rmsnorm", residual: str = "plain",
+                depth_alpha: float = 1.0, depth_hparams: bool = False) -> str:
+    """A run's scheme in one word for its run directory: the placement, then each axis off its default
+    (``lns``, ``lns+gpas+qk_head``, ``pre_ln+dyt``, ``pre_ln+depth0.5``, ``pre_ln+depth1_hp``)."""
+    parts = [norm_type]
+    if residual == "depth_scaled":
+        parts.append(f"depth{depth_alpha:g}" + ("_hp" if depth_hparams else ""))
+    elif residual != "plain":
+        parts.append(residual)
+    if norm_fn != "rmsnorm":
+        parts.append(norm_fn)
+    if qk_norm is not None and qk_norm != resolved_qk_norm(norm_type, None):
+        parts.append(f"qk_{qk_norm}")
+    return "+".join(parts)
+
+
 def _choice_problems(norm_type: str, qk_norm: str | None, norm_fn: str, residual: str) -> list[str]:
     axes = {"norm_type": (norm_type, NORM_TYPES), "norm_fn": (norm_fn, NORM_FNS), "residual": (residual, RESIDUALS)}
     if qk_norm is not None:

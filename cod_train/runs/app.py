@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from cod_train.config import to_typed
+from cod_train.config import scheme_name, to_typed
 from cod_train.core.errors import ConfigError, RunError
 
 T = TypeVar("T")
@@ -83,6 +83,8 @@ def _short_dirname(text: str, limit: int = 100) -> str:
 
 if not OmegaConf.has_resolver("cod_short"):
     OmegaConf.register_new_resolver("cod_short", _short_dirname)
+if not OmegaConf.has_resolver("cod_scheme"):  # run_dir: runs/<model>-<placement>[+<each axis off its default>]
+    OmegaConf.register_new_resolver("cod_scheme", scheme_name)
 
 
 def _sweep_run_dir(raw: DictConfig) -> None:
