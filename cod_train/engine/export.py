@@ -249,6 +249,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.
     src = Path(checkpoint).expanduser()
     ckpt = None if is_hf_directory(src) else find_checkpoint(checkpoint)
     fmt = resolve_format(_source_config(src, ckpt), fmt)
+    if fmt == "gguf":
+        from cod_train.engine.gguf_export import tokenizer_problem
+
+        problem = tokenizer_problem((src if ckpt is None else ckpt / "tokenizer") / "tokenizer.json")
+        if problem:
+            raise ConfigError(f"format=gguf: {problem}")
     if ckpt is None:
         model = AutoModelForCausalLM.from_pretrained(str(src), dtype=dtype or "auto").eval()
         try:
