@@ -76,9 +76,9 @@ def _add_tokenizer(writer: Any, out: Path, vocab_size: int) -> None:
     for key, add in (("eos_token", writer.add_eos_token_id), ("bos_token", writer.add_bos_token_id),
                      ("pad_token", writer.add_pad_token_id)):
         value = tok_cfg.get(key)
-        token = value.get("content") if isinstance(value, dict) else value
-        if isinstance(token, str) and token in vocab:
-            add(vocab[token])
+        content = value.get("content") if isinstance(value, dict) else value
+        if isinstance(content, str) and content in vocab:
+            add(vocab[content])
     writer.add_add_bos_token(False)
 
 
