@@ -53,7 +53,7 @@ def _param_dtype(precision: str, override: str = "auto") -> torch.dtype | None:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: CompleteP's per-depth rule (train/optim.py)
 
 
 def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

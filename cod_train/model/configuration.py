@@ -116,6 +116,15 @@ class CodLlamaConfig(LlamaConfig):
         return resolved_embed_scale(self.norm_fn, self.embed_scale)
 
     @property
+    def depth_hparam_scales(self) -> tuple[float, float]:
+        """CompleteP's optimizer rules (`depth_hparams`), m = L / depth_base_layers: the learning rate of every
+        parameter inside the blocks x m^(alpha - 1), Adam's eps x m^(-alpha). (1.0, 1.0) when off."""
+        if not self.depth_hparams:
+            return 1.0, 1.0
+        m = self.num_hidden_layers / self.depth_base_layers
+        return m ** (self.depth_alpha - 1.0), m ** -self.depth_alpha
+
+    @property
     def branch_scale(self) -> float:
         """`depth_scaled`: every branch output times (L / depth_base_layers)^(-depth_alpha); 1.0 otherwise."""
         if self.residual != "depth_scaled":

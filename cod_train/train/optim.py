@@ -4,7 +4,9 @@ Parameters with fewer than two dimensions (norm gains, biases) get no weight dec
 included, get ``train.weight_decay`` (0 in the papers, so the split only matters when it is set).
 ``adamw`` = decoupled decay (torch AdamW); ``adam`` = torch Adam with no decay at all when
 ``weight_decay == 0``, L2 decay otherwise. The schedule is a pure function of the step, so it needs no
-state of its own in checkpoints and is the same for every engine.
+state of its own in checkpoints and is the same for every engine. With `model.depth_hparams` (CompleteP,
+arXiv 2505.01618, m = L / `model.depth_base_layers`) the decoder blocks' parameters learn at lr x m^(alpha - 1)
+and Adam's eps is eps x m^(-alpha); embeddings, `lm_head` and the final norm keep the base learning rate.
 """
 
 from __future__ import annotations
@@ -20,22 +22,39 @@ from cod_train.core.errors import ConfigError
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
+def depth_hparam_scales(model: nn.Module) -> tuple[float, float]:
+    """(learning-rate scale of the decoder blocks' parameters, Adam-eps scale) of `model.depth_hparams`
+    (CompleteP); (1.0, 1.0) for any other model. Wrappers with a `.module` (DDP) are looked through."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
+    scales = getattr(config, "depth_hparam_scales", (1.0, 1.0))
+    return float(scales[0]), float(scales[1])
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for _, param in model.named_parameters():
+    """Decay / no-decay groups; with CompleteP's rules the decoder blocks' parameters form groups of their own
+    whose `lr_scale` multiplies the scheduled learning rate (`engine.set_lr`)."""
+    lr_scale, _ = depth_hparam_scales(model)
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            in_block = lr_scale != 1.0 and ".layers." in f".{name}"
+            groups.setdefault((param.ndim >= 2, in_block), []).append(param)
+    out = []
+    for decay, in_block in sorted(groups, reverse=True):
+        group = {"params": groups[decay, in_block], "weight_decay": weight_decay if decay else 0.0}
+        if in_block:
+            group["lr_scale"] = lr_scale
+        out.append(group)
+    return out
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     name = cfg.optimizer.lower()
     if name not in OPTIMIZERS:
         raise ConfigError(f"train.optimizer must be one of {tuple(OPTIMIZERS)}, got {cfg.optimizer!r}")
+    eps = cfg.eps * depth_hparam_scales(model)[1]
     return OPTIMIZERS[name](param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            eps=cfg.eps, fused=True)
+                            eps=eps, fused=True)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
