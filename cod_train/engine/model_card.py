@@ -130,8 +130,11 @@ def write_card(out: Path, config: Any, fmt: str, options: Any, final_dir: Path, 
     norm = str(getattr(config, "norm_type", None) or (run_cfg.get("model") or {}).get("norm_type") or "pre_ln")
     title = options.repo_id or (run_dir.name if run_dir else final_dir.name)
     repo = options.repo_id or str(final_dir)
+    how = {"remote_code": "the generated `modeling_cod_llama.py` (imports only torch and transformers)",
+           "cod_llama": "cod-train's own classes"}.get(fmt, "a class transformers ships; the scheme's extra factors "
+                                                          "are folded into the weights exactly")
     lines = [_front_matter(norm, fmt, run_cfg), f"# {title}", "",
-             f"Exported by cod-train as `{fmt}`: `{architecture}`.", "",
+             f"Exported by cod-train as `{fmt}`: `{architecture}`, {how}.", "",
              *_architecture(config, norm), *_training(run_dir, run_cfg), *_evals(run_dir),
              *_usage(fmt, repo, sorted(p.name for p in out.glob("*.gguf")))]
     path = out / "README.md"

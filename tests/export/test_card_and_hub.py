@@ -1,0 +1,67 @@
+"""The model card of an export, and push_to_hub's fast, clean refusal when the Hub cannot be reached."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from huggingface_hub import ModelCard
+
+from cod_train.engine.export import save_hf
+
+from .conftest import tiny
+
+
+def _fake_run(root):
+    (root / "config.yaml").parent.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text("model:\n  norm_type: lns\ndata:\n  source: c4\n  hub_dataset: allenai/c4\n"
+                                      "  tokenizer: t5-base\n  seq_len: 256\ntrain:\n  max_steps: 7\n"
+                                      "  global_batch_size: 4\n  lr: 0.001\n  precision: fp32\n")
+    rows = [{"step": 1, "loss": 5.0, "tokens": 1024}, {"step": 7, "loss": 4.0, "tokens": 7168}]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "eval.json").write_text(json.dumps({"perplexity": {"eval_ppl": 123.5}, "downstream": {
+        "arc_easy": {"acc": 0.31, "n": 20}}}))
+
+
+def test_model_card_describes_the_run(tmp_path):
+    run = tmp_path / "run"
+    _fake_run(run)
+    save_hf(tiny(norm_type="lns"), run / "hf")
+    card = ModelCard.load(run / "hf" / "README.md")
+    assert card.data.library_name == "transformers" and "lns" in card.data.tags
+    assert card.data.datasets == ["allenai/c4"]
+    text = card.text
+    assert "N1(x) / sqrt(l)" in text and "LlamaForCausalLM" in text  # placement equation, exported class
+    assert "| num_hidden_layers | 4 |" in text and "7,168" in text  # sizes, tokens seen
+    assert "123.5" in text and "| arc_easy | acc | 0.31 |" in text  # eval.json
+    assert "max_steps: 7" in text  # the run's config
+    assert "trust_remote_code" not in text
+
+
+def test_remote_code_card_says_how_to_load(tmp_path):
+    save_hf(tiny(norm_type="post_ln"), tmp_path / "x")
+    text = (tmp_path / "x" / "README.md").read_text()
+    assert "trust_remote_code=True" in text and "custom_code" in text
+
+
+def test_push_to_hub_offline_fails_fast_with_nothing_written(tmp_path, monkeypatch, capsys):
+    from cod_train.cli import export
+
+    src = tmp_path / "src"
+    save_hf(tiny(norm_type="pre_ln"), src)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(sys, "argv", ["cod-export", f"checkpoint={src}", f"out={tmp_path / 'out'}",
+                                      "push_to_hub=me/tiny-model"])
+    capsys.readouterr()
+    t0 = time.monotonic()
+    try:
+        export.main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    elapsed = time.monotonic() - t0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and elapsed < 2.0, (code, elapsed)
+    assert len(lines) == 1 and "push_to_hub=me/tiny-model" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
+    assert not (tmp_path / "out").exists()
