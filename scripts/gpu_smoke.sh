@@ -14,7 +14,8 @@
 # fell by at least $MIN_DROP, every step logged, finite eval loss, hf/ exported). Then: fused_loss (chunked
 # loss == plain loss and gradients on CUDA, bf16-mixed and bf16-pure), liger_kernels (SKIPPED when liger_kernel
 # is not importable), generate (greedy generate() with cache == without cache == a manual argmax loop, on the
-# exported hf/), bench (scripts/bench.py, ours vs LlamaForCausalLM at 130m and 1b -> $OUT/bench.json).
+# exported hf/), host_syncs_single (no synchronizing CUDA call inside an optimizer step between logging steps,
+# torch.cuda.set_sync_debug_mode), bench (scripts/bench.py, ours vs LlamaForCausalLM at 130m and 1b -> $OUT/bench.json).
 # Writes $OUT/smoke_summary.json (status and wall time per step) and prints a table. Exit 0 when nothing
 # failed, 1 when a step FAILED (a `FAILED: step NAME` line each), 2 when no GPU is visible.
 #
@@ -367,6 +368,47 @@ train() {
 }
 train_step() { local name=$1; shift; step "train_$name" --needs data train "$name" "$@"; }
 
+host_syncs() {  # no synchronizing CUDA call inside an optimizer step (torch.cuda.set_sync_debug_mode), per engine
+  local engine=$1 run_dir=$RUNS/host_syncs_$1
+  rm -rf "$run_dir"
+  "${TIMEOUT[@]}" "$PY" - "$engine" "$run_dir" "$SEQ" <<'PY'
+import sys, warnings
+import torch
+from cod_train.train import loop
+
+engine, run_dir, seq = sys.argv[1:4]
+syncs: list[str] = []
+step = loop.Trainer.step
+
+def watched_step(self, batch):  # only the step: logging steps read the device on purpose, after it
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            return step(self, batch)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        syncs.extend(str(w.message)[:160] for w in caught if "synchroniz" in str(w.message))
+
+loop.Trainer.step = watched_step
+sys.argv = ["cod-pretrain", "model=llama_130m", "data=sample", f"data.seq_len={seq}", "device=cuda",
+            f"run_dir={run_dir}", "resume=none", "logger=none", "train.max_steps=12", "train.global_batch_size=16",
+            "train.micro_batch_size=8", "train.log_every=5", "train.eval_every=0", "train.ckpt_every=0",
+            "train.diag_every=0", "train.export_hf=false", "train.precision=bf16-mixed", f"distributed={engine}"]
+from cod_train.cli.pretrain import main
+try:
+    main()
+except SystemExit as e:
+    if e.code not in (0, None):
+        raise
+print(f"{len(syncs)} synchronizing calls inside 12 optimizer steps ({engine})")
+for s in sorted(set(syncs))[:5]:
+    print("  ", s)
+sys.exit(1 if syncs else 0)
+PY
+  detail "no synchronizing CUDA call inside an optimizer step ($engine)"
+}
+
 fused_loss() {  # chunked fused loss == plain loss and gradients on CUDA (GPU chunk size, bf16 paths)
   "$PY" - <<'PY'
 import os, sys
@@ -587,6 +629,7 @@ if (( PREPARE )); then finish; fi
 train_step single_bf16-mixed python train.precision=bf16-mixed distributed=single
 step generate --needs train_single_bf16-mixed generate "$RUNS/single_bf16-mixed/hf"
 step fused_loss fused_loss
+step host_syncs_single --needs data host_syncs single
 train_step single_bf16-pure python train.precision=bf16-pure distributed=single
 train_step act_ckpt_full python train.precision=bf16-mixed distributed=single distributed.activation_checkpointing=full
 train_step compile python train.precision=bf16-mixed distributed=single distributed.compile=true

@@ -72,4 +72,19 @@ def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
             destroy_distributed(wait_for_others=False)
             raise
         destroy_distributed()
+    pass_on_stop_signal(result.stop_signal)
     return EXIT_NONFINITE if result.stopped == "nonfinite" else EXIT_OK
+
+
+def pass_on_stop_signal(signum: int | None) -> None:
+    """Hand the signal that stopped the run to the handler a launcher installed for it, now that the
+    checkpoint is written and the process group is gone.
+
+    submitit (``hydra/launcher=slurm``) installs a SIGUSR2 handler that, on task 0, resubmits the same command
+    and requeues the job (``scontrol requeue``), then exits; the training loop took the signal over while it
+    ran, so without this the job would end at its time limit instead of continuing with ``resume=auto``.
+    With no such handler (the default action, or ignored), nothing happens and the command exits 0."""
+    import signal
+
+    if signum is not None and callable(signal.getsignal(signum)):
+        signal.raise_signal(signum)

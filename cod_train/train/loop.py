@@ -97,6 +97,7 @@ class TrainResult:
     last_eval: dict[str, float] | None
     nonfinite_total: int
     hf_dir: Path | None = None
+    stop_signal: int | None = None  # the signal that stopped the run (stopped == "sigterm")
 
 
 # --- validation (before any work) -----------------------------------------------------------------
@@ -208,6 +209,7 @@ class Trainer:
         self.state = TrainState()
         self.stats = StepStats(env.device)
         self._longest_nonfinite_run = 0
+        self._stop_signal: int | None = None
         self._window = (time.perf_counter(), 0)  # (start, steps) of the tokens/s measurement
         self.last_diag: dict[str, Any] = {}
         self.last_saved_step = -1
@@ -360,7 +362,7 @@ class Trainer:
             with StopSignal() as stop:
                 while self.state.step < tcfg.max_steps:
                     if self.stop_requested(stop):
-                        stopped = "sigterm"
+                        stopped, self._stop_signal = "sigterm", stop.received
                         break
                     batch = next(self.train_data)
                     row = self.step(batch)
@@ -419,7 +421,8 @@ class Trainer:
         if ckpt is None and self.last_saved_step >= 0:
             ckpt = self.ckpt_root / f"step_{self.last_saved_step:07d}"
         return TrainResult(step=self.state.step, tokens=self.state.tokens, stopped=stopped, checkpoint=ckpt,
-                           last_eval=self.last_eval, nonfinite_total=self.state.nonfinite_total, hf_dir=hf_dir)
+                           last_eval=self.last_eval, nonfinite_total=self.state.nonfinite_total, hf_dir=hf_dir,
+                           stop_signal=self._stop_signal)
 
 
 def _fresh_copy(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:

@@ -169,6 +169,10 @@ def test_fsdp_reduce_scatters_once_per_step_under_accumulation(tmp_path, referen
     assert counts["skip"]["reduce_scatter"] == [units] * 6
     assert counts["nosync"]["reduce_scatter"] == [4 * units] * 6
     assert counts["one"]["reduce_scatter"] == [units] * 6
+    # parameters: each block all-gathers in forward and again in backward (resharded after forward); the root
+    # (embedding, final norm, lm_head) once, kept unsharded from its forward into the backward
+    assert counts["one"]["all_gather"] == [2 * 2 + 1] * 6
+    assert counts["skip"]["all_gather"] == [4 * (2 * 2 + 1)] * 6
     for name in specs:
         assert_same_losses(losses(tmp_path / name), reference[0], range(1, 7))
     assert_same_weights(tmp_path / "skip", tmp_path / "nosync")

@@ -127,3 +127,30 @@ def test_sigterm_saves_and_stops(tmp_path, signum):
     assert latest_checkpoint(tmp_path / "checkpoints").name == "step_0000002"
     assert [r["diag/probe"] for r in metric_rows(tmp_path) if "diag/probe" in r] == [1.0, 2.0]
     assert signal.getsignal(signum) == previous  # restored
+
+
+def test_a_launchers_signal_handler_runs_once_after_the_checkpoint(tmp_path):
+    """submitit's SIGUSR2 handler requeues the job: the loop takes the signal over while it trains (save first),
+    then ``pass_on_stop_signal`` hands it to that handler, exactly once, once the checkpoint exists."""
+    from cod_train.runs.lifecycle import pass_on_stop_signal
+
+    calls: list[tuple[int, bool]] = []
+    checkpoints = tmp_path / "checkpoints"
+
+    def launcher_handler(signum, frame):
+        calls.append((signum, latest_checkpoint(checkpoints) is not None))
+
+    def send_usr2(model, step, batch):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGUSR2)
+        return {}
+
+    previous = signal.signal(signal.SIGUSR2, launcher_handler)
+    try:
+        result = run(f"run_dir={tmp_path}", "train.max_steps=50", "train.ckpt_every=0", "train.diag_every=1",
+                     diagnostics_fn=send_usr2)
+        assert result.stopped == "sigterm" and result.stop_signal == signal.SIGUSR2 and calls == []
+        pass_on_stop_signal(result.stop_signal)
+        assert calls == [(signal.SIGUSR2, True)]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
