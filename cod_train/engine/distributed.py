@@ -89,21 +89,35 @@ def _launcher_env() -> dict[str, str]:
     return _slurm_env()
 
 
+def parse_device(name: str) -> torch.device:
+    """``auto`` = the GPU when one is visible, else the CPU; ``cpu``, ``cuda`` or ``cuda:N``. A ConfigError for
+    any other name and for a CUDA device that is not visible."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        dev = torch.device("meta")  # refused below
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA device is visible; use device=cpu or device=auto")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={name} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return dev
+
+
 def _pick_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
-        index = local_rank % torch.cuda.device_count()  # one GPU visible per task (SLURM): index 0
-        torch.cuda.set_device(index)
-        # DeepSpeed selects its device from $LOCAL_RANK itself: make it the one chosen here, or task 5 of a
-        # node whose tasks each see one GPU asks for cuda:5 ("invalid device ordinal").
-        os.environ["LOCAL_RANK"] = str(index)
-        return torch.device("cuda", torch.cuda.current_device())
-    if device != "cpu":
-        raise ConfigError(f"device must be auto, cpu or cuda, got {device!r}")
-    return torch.device("cpu")
+    dev = parse_device(device)
+    if dev.type != "cuda":
+        return dev
+    # one GPU visible per task (SLURM): index 0
+    index = dev.index if dev.index is not None else local_rank % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    # DeepSpeed selects its device from $LOCAL_RANK itself: make it the one chosen here, or task 5 of a
+    # node whose tasks each see one GPU asks for cuda:5 ("invalid device ordinal").
+    os.environ["LOCAL_RANK"] = str(index)
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def init_distributed(dist_cfg: DistributedConfig, device: str = "auto") -> DistEnv:

@@ -256,11 +256,11 @@ def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]
 def run(cfg: AnalyzeConfig) -> list[Path]:
     import torch
 
-    from cod_train.runs.models import resolve_device
+    from cod_train.engine.distributed import parse_device
 
     sources, labels, out_dir = validate(cfg)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = parse_device(cfg.device)
     per_model = []
     for source, label in zip(sources, labels, strict=True):
         start = time.perf_counter()

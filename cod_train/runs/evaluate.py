@@ -75,11 +75,12 @@ def load(cfg: EvalConfig, source: Any) -> tuple[Any, Any]:
     """The model (eval mode, on the configured device) and its tokenizer."""
     import torch
 
-    from cod_train.runs.models import load_model, resolve_device, tokenizer_for
+    from cod_train.engine.distributed import parse_device
+    from cod_train.runs.models import load_model, tokenizer_for
 
     tokenizer = tokenizer_for(source, cfg.tokenizer, cfg.checkpoint)
     model = load_model(source, dtype=getattr(torch, cfg.dtype))
-    return model.to(resolve_device(cfg.device)).eval(), tokenizer
+    return model.to(parse_device(cfg.device)).eval(), tokenizer
 
 
 def perplexity(cfg: EvalConfig, model: Any, tokenizer: Any) -> dict[str, Any] | None:

@@ -82,13 +82,6 @@ def resolve_checkpoint(spec: str) -> ModelSource:
     raise ConfigError(f"checkpoint={spec!r}: no such directory (and not a hub name like 'org/model')")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` = the GPU when one is visible, else the CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load the model of ``source`` on CPU in eval mode."""
     import cod_train.model  # noqa: F401  (registers cod_llama with the Auto classes)

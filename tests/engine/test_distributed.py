@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from cod_train.config import ConfigError, DistributedConfig
 from cod_train.engine import distributed
@@ -92,3 +93,15 @@ def test_one_visible_gpu_per_task_maps_every_local_rank_to_it(monkeypatch):
     device = distributed._pick_device("cuda", 5)
     assert device == torch.device("cuda", 0) and chosen == [0]
     assert os.environ["LOCAL_RANK"] == "0"  # what DeepSpeed's set_device(int(LOCAL_RANK)) will use
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals of a machine without a GPU")
+@pytest.mark.parametrize("name", ["cuda", "cuda:0", "tpu", "gpu", "cuda:x"])
+def test_device_names_are_checked_before_any_work(name):
+    """Every command reads ``device=`` through one parser: a name that is not a device, or a GPU that is not
+    there, is a one-line user error (exit 2), not a traceback from the first ``.to()``."""
+    from cod_train.engine.distributed import parse_device
+
+    with pytest.raises(ConfigError, match="device"):
+        parse_device(name)
+    assert parse_device("auto") == parse_device("cpu") == torch.device("cpu")
