@@ -40,6 +40,7 @@ INFERENCE_NEUTRAL = frozenset({
     "norm_type", "mix_ln_ratio", "scaled_init", "embedding_init_std", "fused_loss", "loss_chunk_size",
     "use_kernels", "layerscale_init", "residual", "depth_alpha", "depth_base_layers", "qk_norm", "norm_fn",
     "norm_bias", "embed_norm", "embed_scale", "norm_alpha_attn", "norm_alpha_mlp", "norm_alpha_final",
+    "depth_hparams",
 })
 FOLDED_RESIDUALS = ("plain", "depth_scaled", "layerscale", "rezero")
 
@@ -193,3 +194,65 @@ def max_rel_diff(a: PreTrainedModel, b: PreTrainedModel, vocab: int, length: int
     return float((la - lb).abs().max() / lb.abs().max().clamp_min(1e-30))
 
 
+
+
+# -- import: a shipped checkpoint as a cod-train model (``cod-pretrain init_from=``) --
+
+IMPORTABLE = ("llama", "mistral", "qwen2", "qwen3", "cod_llama")
+
+
+def import_problems(config: PretrainedConfig) -> list[str]:
+    """Why the checkpoint of ``config`` does not map exactly onto a cod-train Pre-LN model (empty: it does)."""
+    mt = getattr(config, "model_type", None)
+    if mt not in IMPORTABLE:
+        return [f"model_type {mt!r} is not one of {', '.join(IMPORTABLE)}"]
+    if mt == "cod_llama":
+        return []
+    c, problems = config, []
+    rope = getattr(c, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default":
+        problems.append(f"RoPE scaling {rope.get('rope_type')!r} (cod-train computes plain RoPE)")
+    if getattr(c, "hidden_act", "silu") != "silu":
+        problems.append(f"activation {c.hidden_act!r} (cod-train's MLP is SwiGLU with silu)")
+    window = getattr(c, "sliding_window", None)
+    if window and (mt == "mistral" or getattr(c, "use_sliding_window", False)) and window < c.max_position_embeddings:
+        problems.append(f"sliding-window attention ({window} of {c.max_position_embeddings} positions)")
+    if any(t != "full_attention" for t in (getattr(c, "layer_types", None) or ())) and not problems:
+        problems.append("layers other than full attention")
+    head_dim = getattr(c, "head_dim", None)
+    if head_dim and head_dim * c.num_attention_heads != c.hidden_size:
+        problems.append(f"head_dim {head_dim} != hidden_size / num_attention_heads")
+    if getattr(c, "mlp_bias", False):
+        problems.append("MLP biases")
+    if mt == "llama" and getattr(c, "attention_bias", False):
+        problems.append("attention biases")
+    return problems
+
+
+def imported_model_fields(config: PretrainedConfig, fields: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(model config values, CodLlamaConfig overrides)`` of the cod-train model ``config``'s checkpoint
+    maps onto. ``fields`` are the keys of cod-train's model config; what they cannot say goes in overrides."""
+    values = {k: getattr(config, k) for k in fields if k != "name" and hasattr(config, k)}
+    rope = getattr(config, "rope_parameters", None) or {}
+    if "rope_theta" in rope:
+        values["rope_theta"] = float(rope["rope_theta"])
+    overrides: dict[str, Any] = {}
+    if config.model_type != "cod_llama":
+        values.update(norm_type="pre_ln", qk_norm="head" if config.model_type == "qwen3" else "none")
+        if config.model_type == "qwen2":  # q, k, v biases; o_proj's (cod-train has one) starts at zero
+            overrides["attention_bias"] = True
+    return {k: v for k, v in values.items() if k in fields}, overrides
+
+
+def load_imported(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
+    """Fill ``model`` (cod-train) with a shipped checkpoint's ``state``; a bias it lacks must be ``o_proj``'s
+    (Qwen2), set to zero so the function is the checkpoint's."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    zero = [k for k in missing if k.endswith("self_attn.o_proj.bias")]
+    left = [k for k in missing if k not in zero and k not in tied]
+    if left or unexpected:
+        raise ValueError(f"the checkpoint's weights do not map: missing {left[:4]}, unexpected {unexpected[:4]}")
+    with torch.no_grad():
+        for name in zero:
+            model.get_parameter(name).zero_()

@@ -21,8 +21,10 @@ log = logging.getLogger("cod_train")
 def preflight(cfg: PretrainConfig) -> None:
     """The one validation pass: everything that can be checked before any process group, data, tokenizer or
     model exists. The run directory is created last, only for a valid config."""
+    from cod_train.runs.init_from import apply_init_from
     from cod_train.runs.lifecycle import prepare_run_dir
 
+    apply_init_from(cfg)  # model.* and data.tokenizer become the checkpoint's (or a ConfigError)
     cfg.validate()
     prepare_run_dir(cfg)
 
@@ -35,6 +37,12 @@ def build_model_for(cfg: PretrainConfig, vocab_size: int) -> CodLlamaForCausalLM
     if cfg.distributed.engine == "fsdp" and cfg.distributed.meta_init:
         with torch.device("meta"):  # each rank materializes only its shards (after fully_shard)
             return build_model(cfg.model, vocab_size)
+    if cfg.init_from:
+        from cod_train.runs.init_from import apply_init_from, load_init_weights
+
+        model = build_model(cfg.model, vocab_size, **apply_init_from(cfg))
+        load_init_weights(model, cfg.init_from)
+        return model
     return build_model(cfg.model, vocab_size)
 
 

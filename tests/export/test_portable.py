@@ -102,3 +102,24 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch, cap
         lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and all(w in lines[0] for w in words), lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["post_ln"]
+
+
+def test_training_runs_final_export_is_plain_llama(tmp_path):
+    """The end-of-run export (train loop -> save_hf, format auto) of the default scheme and of LNS loads in
+    plain transformers (no cod_train) and computes what the final checkpoint computes."""
+    from cod_train.engine.checkpoint import latest_checkpoint
+    from cod_train.engine.export import build_from_checkpoint
+    from tests.engine.tiny import run
+
+    trained, jobs = [], []
+    for norm_type in ("pre_ln", "lns"):
+        run_dir = tmp_path / norm_type
+        run(f"run_dir={run_dir}", "train.max_steps=2", "train.export_hf=true", f"model.norm_type={norm_type}")
+        config = json.loads((run_dir / "hf" / "config.json").read_text())
+        assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+        trained.append(build_from_checkpoint(latest_checkpoint(run_dir / "checkpoints")))
+        jobs.append({"dir": str(run_dir / "hf"), "ids": IDS % trained[-1].config.vocab_size, "new": 4})
+    for model, job, res in zip(trained, jobs, load_isolated(jobs, tmp_path)["jobs"], strict=True):
+        assert "error" not in res, res.get("error")
+        with torch.no_grad():
+            assert rel_diff(res["logits"], model(input_ids=job["ids"]).logits) <= 1e-5
