@@ -21,15 +21,15 @@ BASE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_atten
             max_position_embeddings=64)
 VOCAB = 96
 # every axis the model has (read at test time, so new schemes are covered): value lists in cod_train.config
-AXES = {"residual": "RESIDUALS", "qk_norm": "QK_NORMS", "norm_fn": "NORM_FNS"}
+AXES = {"residual": ("RESIDUALS", "HYPER_RESIDUALS"), "qk_norm": ("QK_NORMS",), "norm_fn": ("NORM_FNS",)}
 
 
 def schemes() -> dict[str, dict]:
     """id -> ModelConfig overrides: every norm_type, and every value of every other axis on Pre-LN (the residual
     axis also on LNS, whose folds combine)."""
     out = {nt: {"norm_type": nt} for nt in cfgmod.NORM_TYPES}
-    for key, const in AXES.items():
-        for value in getattr(cfgmod, const, ()):
+    for key, consts in AXES.items():
+        for value in (v for const in consts for v in getattr(cfgmod, const, ())):
             for nt in ("pre_ln", "lns") if key == "residual" else ("pre_ln",):
                 out.setdefault(f"{nt}-{key}={value}", {"norm_type": nt, key: value})
     valid = {}
