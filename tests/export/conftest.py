@@ -32,6 +32,11 @@ def schemes() -> dict[str, dict]:
         for value in (v for const in consts for v in getattr(cfgmod, const, ())):
             for nt in ("pre_ln", "lns") if key == "residual" else ("pre_ln",):
                 out.setdefault(f"{nt}-{key}={value}", {"norm_type": nt, key: value})
+    # the shipped architectures other than Llama: OLMo 2 (reordered + full QK-norm), Qwen3 under LNS
+    out.update({"reordered_ln-qk_norm=full": {"norm_type": "reordered_ln", "qk_norm": "full"},
+                "reordered_ln-qk_norm=full-layerscale": {"norm_type": "reordered_ln", "qk_norm": "full",
+                                                         "residual": "layerscale"},
+                "lns-qk_norm=head": {"norm_type": "lns", "qk_norm": "head"}})
     valid = {}
     for name, overrides in out.items():
         try:
