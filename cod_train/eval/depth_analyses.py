@@ -8,7 +8,7 @@ per-layer curve ``key`` comes with ``key_std`` (std of the per-batch values), ``
 - :func:`block_influence` (ShortGPT, arXiv 2403.03853): BI_l = 1 - cos(h_{l-1}, h_l), mean over tokens.
 - :func:`logit_lens`: for l = 0..L, KL(p_L || p_l) with p_l = softmax(lm_head(norm(h_l))), the top-1 agreement
   of p_l with p_L, and the cross-entropy of p_l on the labels. ``settling_layer``: the first layer from which
-  the top-1 agreement stays >= ``SETTLE_TOP1`` (the prediction has settled).
+  the top-1 agreement stays >= 50% (:func:`cod_train.eval.depth_summary.settling_layer`).
 - :func:`sublayer_contribution` (Csordas et al., arXiv 2505.13898): for the attention and MLP sub-layers and the
   whole layer, ||F|| / ||x|| and cos(F, x), where x is the residual stream entering the sub-layer and F the
   change it makes to it (F = stream after - stream before; for pre-norm layers F is exactly the sub-layer's
@@ -21,8 +21,9 @@ per-layer curve ``key`` comes with ``key_std`` (std of the per-batch values), ``
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -32,14 +33,15 @@ from cod_train.eval.depth_cache import final_norm, removal_sweep
 from cod_train.eval.depth_hooks import (
     Batch,
     decoder_layers,
+    first_tensor,
     residual_stream_hooks,
     run_backbone,
     unwrap_model,
     valid_token_mask,
 )
 from cod_train.eval.depth_progress import Progress, layer_numbers, ratio_spread, with_spread
+from cod_train.eval.depth_summary import settling_layer
 
-SETTLE_TOP1 = 0.5
 MetricFn = Callable[[nn.Module], float]
 
 
@@ -54,7 +56,7 @@ def _states(model: nn.Module, batch: Batch) -> list[torch.Tensor]:
     return states
 
 
-def _per_token_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def per_token_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.double(), b.double()
     return (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-30)
 
@@ -75,7 +77,7 @@ def block_influence(model: nn.Module, batches: Sequence[Batch], *, progress: boo
             mask = valid_token_mask(batch).to(states[0].device)
             for layer in range(1, n_layers + 1):
                 sums[b, layer - 1] = float(
-                    (1.0 - _per_token_cos(states[layer - 1], states[layer]))[mask].sum()
+                    (1.0 - per_token_cos(states[layer - 1], states[layer]))[mask].sum()
                 )
             counts[b] = float(mask.sum())
             bar.update()
@@ -121,24 +123,15 @@ def logit_lens(model: nn.Module, batches: Sequence[Batch], *, progress: bool = T
     return out
 
 
-def settling_layer(top1: Sequence[float | None], threshold: float = SETTLE_TOP1) -> int:
-    """The first layer l (1..L) such that the lens top-1 agreement is >= ``threshold`` at l and every later
-    layer (``top1[0]`` is the embedding; ``top1[L]`` is 1 by definition, so the answer is at most L)."""
-    n_layers = len(top1) - 1
-    settle = n_layers
-    for layer in range(n_layers, 0, -1):
-        value = top1[layer]
-        if value is None or value < threshold:
-            break
-        settle = layer
-    return settle
-
-
 def _mid_stream_module(layer: nn.Module) -> nn.Module:
     """The module whose *input* is the residual stream between attention and MLP (see module docstring)."""
     post_norm = getattr(layer, "placement", None) in ("post_ln", "deepnorm")
-    if post_norm or hasattr(layer, "post_feedforward_layernorm"):
-        return cast(nn.Module, layer.mlp)
+    if (
+        post_norm
+        or hasattr(layer, "post_feedforward_layernorm")
+        or not hasattr(layer, "post_attention_layernorm")
+    ):
+        return cast(nn.Module, layer.mlp)  # (reordered_ln: the MLP takes the stream h itself)
     return cast(nn.Module, layer.post_attention_layernorm)
 
 
@@ -151,15 +144,15 @@ def _contributions(x: torch.Tensor, h: torch.Tensor, y: torch.Tensor, mask: torc
     for before, after in ((x, h), (h, y), (x, y)):
         before, change = before.double(), after.double() - before.double()
         ratio = change.norm(dim=-1) / before.norm(dim=-1).clamp(min=1e-30)
-        out += [float(ratio[mask].sum()), float(_per_token_cos(change, before)[mask].sum())]
+        out += [float(ratio[mask].sum()), float(per_token_cos(change, before)[mask].sum())]
     return out
 
 
-def sublayer_sums(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, float]:
-    """``[L, 6]`` sums over the batch's real tokens (columns: ``SUBLAYER_KEYS``) and the number of real tokens."""
+@contextlib.contextmanager
+def sublayer_hooks(model: nn.Module, mask: torch.Tensor, sums: torch.Tensor) -> Iterator[None]:
+    """While inside, every forward adds each layer's ``SUBLAYER_KEYS`` sums over ``mask``'s tokens into
+    ``sums`` (``[L, 6]``); hooks removed on exit."""
     layers = decoder_layers(model)
-    mask = valid_token_mask(batch)
-    sums = torch.zeros(len(layers), len(SUBLAYER_KEYS), dtype=torch.float64)
     seen: dict[tuple[int, str], torch.Tensor] = {}
     handles = []
     for idx, layer in enumerate(layers):
@@ -170,19 +163,27 @@ def sublayer_sums(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, float]:
         def mid(_m: nn.Module, args: tuple, kwargs: dict, idx: int = idx) -> None:
             seen[idx, "h"] = args[0] if args else next(iter(kwargs.values()))
 
-        def post(_m: nn.Module, _a: tuple, _out: Any, idx: int = idx) -> None:
-            seen[idx, "y"] = _out if isinstance(_out, torch.Tensor) else _out[0]
-            x, h, y = seen.pop((idx, "x")), seen.pop((idx, "h")), seen.pop((idx, "y"))
-            sums[idx] = torch.tensor(_contributions(x, h, y, mask.to(x.device)), dtype=torch.float64)
+        def post(_m: nn.Module, _a: tuple, out: Any, idx: int = idx) -> None:
+            x, h = seen.pop((idx, "x")), seen.pop((idx, "h"))
+            y = first_tensor(out)
+            sums[idx] += torch.tensor(_contributions(x, h, y, mask.to(x.device)), dtype=torch.float64)
 
         handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(_mid_stream_module(layer).register_forward_pre_hook(mid, with_kwargs=True))
         handles.append(layer.register_forward_hook(post))
     try:
-        run_backbone(model, batch)
+        yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def sublayer_sums(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, float]:
+    """``[L, 6]`` sums over the batch's real tokens (columns: ``SUBLAYER_KEYS``) and the number of real tokens."""
+    mask = valid_token_mask(batch)
+    sums = torch.zeros(len(decoder_layers(model)), len(SUBLAYER_KEYS), dtype=torch.float64)
+    with sublayer_hooks(model, mask, sums):
+        run_backbone(model, batch)
     return sums, float(mask.sum())
 
 

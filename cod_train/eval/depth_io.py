@@ -12,13 +12,9 @@ import torch
 from torch import nn
 
 from cod_train.config import ConfigError
+from cod_train.eval.depth_names import DIAG_FILES, SUMMARY_FILE
 
-DIAG_FILES = {
-    "variance": "layer_variance",
-    "angular": "angular_distance",
-    "pruning": "layer_pruning",
-    "grad_norms": "grad_norms",
-}
+__all__ = ["DIAG_FILES", "SUMMARY_FILE", "layout_layers", "model_info", "text_batches"]
 
 
 # ----------------------------------------------------------------------------- held-out text
@@ -59,14 +55,19 @@ def text_batches(
     ]
 
 
-def model_info(model: nn.Module, spec: str, label: str) -> dict[str, Any]:
-    """Summary of a loaded model; ConfigError when it lacks the LLaMA layout the diagnostics need."""
+def layout_layers(model: nn.Module, spec: str) -> int:
+    """The number of decoder layers; ConfigError (one line) when the model lacks the LLaMA layout."""
     from cod_train.eval.depth_hooks import num_layers
 
     try:
-        layers = num_layers(model)
+        return num_layers(model)
     except TypeError as err:
         raise ConfigError(f"checkpoint={spec!r}: {err}") from None
+
+
+def model_info(model: nn.Module, spec: str, label: str) -> dict[str, Any]:
+    """Summary of a loaded model; ConfigError when it lacks the LLaMA layout the diagnostics need."""
+    layers = layout_layers(model, spec)
     cfg = getattr(model, "config", None)
     return {
         "label": label,

@@ -50,8 +50,10 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from cod_train.eval.depth_analyses import SUBLAYER_KEYS, per_token_cos, sublayer_hooks
 from cod_train.eval.depth_hooks import (
     Batch,
+    backbone,
     decoder_layers,
     model_device,
     residual_stream_hooks,
@@ -59,6 +61,7 @@ from cod_train.eval.depth_hooks import (
     unwrap_model,
     valid_token_mask,
 )
+from cod_train.eval.depth_summary import settling_layer
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -66,6 +69,11 @@ if TYPE_CHECKING:
 DIAG_PREFIX = "diag/"
 LAYER_VAR_KEY = "diag/layer_var"
 LAYER_GRAD_NORM_KEY = "diag/layer_grad_norm"
+BI_KEY = "diag/bi"  # [L] Block Influence 1 - cos(h_{l-1}, h_l)
+LENS_KL_KEY = "diag/lens_kl"  # [L+1] KL(p_L || lens at l), l = 0 (embedding) .. L
+LENS_TOP1_KEY = "diag/lens_top1"  # [L+1] top-1 agreement of the lens at l with the final prediction
+SETTLING_KEY = "diag/settling_depth"  # scalar: settling layer / L (eval/depth_summary.py)
+# and "diag/attn_ratio", "diag/attn_cos", "diag/mlp_ratio", "diag/mlp_cos": [L] sub-layer contribution
 
 
 DS_ATTRS = ("ds_id", "_hp_mapping")  # DeepSpeed ZeRO-3 / ZeRO-1,2 and bf16-optimizer params
@@ -169,11 +177,12 @@ class TrainingDiagnostics:
 
 
 def training_diagnostics(model: nn.Module, batch: Batch, *, max_rows: int = 4) -> dict[str, Any]:
-    """One-call in-training diagnostics: grad norms from the current ``.grad``, then the variance of each
-    layer's output from a no-grad forward on the first ``max_rows`` rows of ``batch``.
+    """One-call in-training diagnostics: grad norms from the current ``.grad``, then, from one no-grad forward
+    on the first ``max_rows`` rows of ``batch``: the variance of each layer's output, Block Influence, the
+    logit lens (KL to the final distribution, top-1 agreement, settling depth) and the sub-layer ratios
+    (see ``DEPTH_KEYS``).
 
-    Call on every rank after backward, before ``optimizer.step()``. Returns
-    ``{"diag/layer_grad_norm": [L], "diag/layer_var": [L]}``.
+    Call on every rank after backward, before ``optimizer.step()``.
     """
     diag = TrainingDiagnostics(model)
     row = diag.collect(grads=True)
@@ -181,14 +190,87 @@ def training_diagnostics(model: nn.Module, batch: Batch, *, max_rows: int = 4) -
     small = to_device(
         {k: v[:max_rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}, model_device(inner)
     )
-    with torch.no_grad(), diag.capture(small):
+    with torch.no_grad(), diag.capture(small), depth_capture(inner, small) as depth:
         # logits of the last position only: the hooks need the layers, not the lm_head over all tokens
         kwargs = {"input_ids": small["input_ids"], "use_cache": False, "logits_to_keep": 1}
         if "attention_mask" in small:
             kwargs["attention_mask"] = small["attention_mask"]
         inner(**kwargs)
     row.update(diag.collect(grads=False))
+    row.update(depth.row())
     return row
+
+
+class _DepthStats:
+    """What :func:`depth_capture` gathers during one forward (all sums over the real tokens of the batch)."""
+
+    def __init__(self, n_layers: int, mask: torch.Tensor) -> None:
+        self.mask = mask
+        self.states: list[torch.Tensor | None] = [None] * (n_layers + 1)
+        self.sub = torch.zeros(n_layers, len(SUBLAYER_KEYS), dtype=torch.float64)
+        self.lens: dict[str, list[float]] = {}
+        self.in_lens = False
+
+    def row(self) -> dict[str, Any]:
+        count = float(self.mask.sum())
+        out: dict[str, Any] = {}
+        if all(s is not None for s in self.states):
+            states = cast("list[torch.Tensor]", self.states)
+            mask = self.mask.to(states[0].device)
+            out[BI_KEY] = [
+                float((1.0 - per_token_cos(states[i - 1], states[i]))[mask].sum()) / count
+                for i in range(1, len(states))
+            ]
+        for col, key in enumerate(SUBLAYER_KEYS[:4]):
+            out[f"{DIAG_PREFIX}{key}"] = (self.sub[:, col] / count).tolist()
+        if self.lens:
+            out[LENS_KL_KEY] = [v / count for v in self.lens["kl"]]
+            out[LENS_TOP1_KEY] = [v / count for v in self.lens["top1"]]
+            out[SETTLING_KEY] = settling_layer(out[LENS_TOP1_KEY]) / (len(out[LENS_TOP1_KEY]) - 1)
+        return out
+
+
+@contextlib.contextmanager
+def depth_capture(model: nn.Module, batch: Batch) -> Iterator[_DepthStats]:
+    """Hooks for one forward: residual states (Block Influence), sub-layer sums, and the logit lens, computed
+    inside ``lm_head``'s forward hook (so sharded parameters are gathered, as in the model's own forward)."""
+    layers = decoder_layers(model)
+    mask = valid_token_mask(batch)
+    stats = _DepthStats(len(layers), mask)
+    head = cast(nn.Module, unwrap_model(model).lm_head)
+
+    def record(idx: int, hidden: torch.Tensor) -> None:
+        stats.states[idx] = hidden
+
+    def lens_hook(_m: nn.Module, _args: tuple, _out: Any) -> None:
+        if stats.in_lens or any(s is None for s in stats.states):
+            return
+        stats.in_lens = True
+        try:
+            stats.lens = lens_sums(model, cast("list[torch.Tensor]", stats.states), mask)
+        finally:
+            stats.in_lens = False
+
+    handle = head.register_forward_hook(lens_hook)
+    try:
+        with residual_stream_hooks(model, record), sublayer_hooks(model, mask, stats.sub):
+            yield stats
+    finally:
+        handle.remove()
+
+
+def lens_sums(model: nn.Module, states: list[torch.Tensor], mask: torch.Tensor) -> dict[str, list[float]]:
+    """Sums over ``mask``'s tokens of KL(p_L || p_l) and top-1 agreement, l = 0..L, row by row."""
+    head, norm = cast(nn.Module, unwrap_model(model).lm_head), cast(nn.Module, backbone(model).norm)
+    kl, top1 = [0.0] * len(states), [0.0] * len(states)
+    mask = mask.to(states[0].device)
+    for row in range(mask.shape[0]):
+        final = torch.log_softmax(head(norm(states[-1][row])).float(), dim=-1)
+        for layer, state in enumerate(states):
+            logp = torch.log_softmax(head(norm(state[row])).float(), dim=-1)
+            kl[layer] += float((final.exp() * (final - logp)).sum(-1)[mask[row]].double().sum())
+            top1[layer] += float((final.argmax(-1) == logp.argmax(-1))[mask[row]].sum())
+    return {"kl": kl, "top1": top1}
 
 
 def scalarize_diagnostics(row: dict[str, Any]) -> dict[str, float]:

@@ -9,7 +9,7 @@ nothing to draw is not written (the function returns None).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,40 @@ def _finite(values: Sequence[Any]) -> list[float]:
     return [float(v) if v is not None and math.isfinite(float(v)) else math.nan for v in values]
 
 
+def _xs(entry: Entry, n: int, first: int = 1) -> list[int]:
+    """Layer numbers of a curve: the entry's ``layers`` (a subset) when given, else first..first+n-1."""
+    layers = entry.get("layers")
+    return list(layers) if isinstance(layers, list) and len(layers) == n else list(range(first, first + n))
+
+
+def _curve(ax: Any, entry: Entry, key: str, color: str, label: str, *, first: int = 1, scale: float = 1.0,
+           style: str = "-") -> list[float]:  # fmt: skip
+    """One line, with the entry's ``key_lo`` / ``key_hi`` (95% interval over batches) as a band."""
+    ys = [v * scale for v in _finite(entry[key])]
+    xs = _xs(entry, len(ys), first)
+    ax.plot(xs, ys, style, color=color, marker="o", markersize=3, label=label)
+    lo, hi = entry.get(f"{key}_lo"), entry.get(f"{key}_hi")
+    if lo and hi and len(lo) == len(ys):
+        ax.fill_between(xs, [v * scale for v in _finite(lo)], [v * scale for v in _finite(hi)], color=color,
+                        alpha=0.18, linewidth=0)  # fmt: skip
+    return ys
+
+
+def _finish(ax: Any, *, xlabel: str, ylabel: str, title: str, values: Sequence[float], log_y: bool) -> None:
+    finite = [v for v in values if not math.isnan(v)]
+    if log_y and finite and min(finite) > 0 and max(finite) / min(finite) > 20:  # log only for a wide range
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+BAND_NOTE = " (band: 95% interval over batches)"
+
+
 def _per_layer_lines(
     entries: Sequence[Entry], key: str, path: Path, *, title: str, ylabel: str, log_y: bool = True
 ) -> Path | None:
@@ -42,18 +76,12 @@ def _per_layer_lines(
     if not usable:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for entry in usable:
-        ys = _finite(entry[key])
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=entry["label"])
-    values = [v for e in usable for v in _finite(e[key]) if not math.isnan(v)]
-    if log_y and values and min(values) > 0 and max(values) / min(values) > 20:  # log only for a wide range
-        ax.set_yscale("log")
-    ax.set_xlabel("layer l (1 = first)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    values: list[float] = []
+    for idx, entry in enumerate(usable):
+        values += _curve(ax, entry, key, f"C{idx % 10}", entry["label"])
+    banded = any(e.get(f"{key}_lo") for e in usable)
+    _finish(ax, xlabel="layer l (1 = first)", ylabel=ylabel, title=title + (BAND_NOTE if banded else ""),
+            values=values, log_y=log_y)  # fmt: skip
     return _save(fig, path)
 
 
@@ -79,35 +107,123 @@ def plot_pruning(entries: Sequence[Entry], path: Path) -> Path | None:
         return None
     with_metric = [e for e in usable if e.get("delta_metric")]
     ncols = 2 if with_metric else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(7 * ncols, 4.4), squeeze=False)
     ax = axes[0][0]
-    biggest = 0.0
-    for entry in usable:
-        pct = [100.0 * (p / entry["base_ppl"] - 1.0) for p in _finite(entry["ppl"])]
-        biggest = max([biggest, *(abs(v) for v in pct if math.isfinite(v))])
-        ax.plot(range(1, len(pct) + 1), pct, marker="o", markersize=3, label=entry["label"])
+    values: list[float] = []
+    for idx, entry in enumerate(usable):
+        if not entry.get("delta_ppl_pct"):
+            entry = {
+                **entry,
+                "delta_ppl_pct": [100.0 * (p / entry["base_ppl"] - 1.0) for p in _finite(entry["ppl"])],
+            }
+        label = f"{entry['label']} (ppl {entry['base_ppl']:.4g})"
+        values += _curve(ax, entry, "delta_ppl_pct", f"C{idx % 10}", label)
     ax.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-    if biggest > 100:  # some layer is essential: keep small changes readable next to huge ones
+    if max([0.0, *(abs(v) for v in values if math.isfinite(v))]) > 100:  # keep small changes readable
         ax.set_yscale("symlog", linthresh=10)
-    ax.set_xlabel("removed layer l")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("perplexity increase without layer l (%)")
-    ax.set_title("Layer pruning: cost of removing one layer")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    banded = any(e.get("delta_ppl_pct_lo") for e in usable)
+    _finish(ax, xlabel="removed layer l", ylabel="perplexity increase without layer l (%)",
+            title="Layer pruning: cost of removing one layer" + (BAND_NOTE if banded else ""), values=[],
+            log_y=False)  # fmt: skip
     if with_metric:
         ax2 = axes[0][1]
-        for entry in with_metric:
-            ys = _finite(entry["delta_metric"])
-            ax2.plot(range(1, len(ys) + 1), ys, marker="o", markersize=3, label=entry["label"])
+        for idx, entry in enumerate(usable):
+            if entry.get("delta_metric"):
+                _curve(ax2, {**entry, "d": [v * 100 for v in _finite(entry["delta_metric"])]}, "d", f"C{idx % 10}",
+                       entry["label"])  # fmt: skip
         ax2.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
-        ax2.set_xlabel("removed layer l")
-        ax2.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax2.set_ylabel(f"change in {with_metric[0].get('metric_name', 'metric')}")
-        ax2.set_title("Layer pruning: downstream metric")
-        ax2.grid(True, alpha=0.3)
-        ax2.legend(fontsize=8)
+        name = with_metric[0].get("metric_name", "metric")
+        _finish(ax2, xlabel="removed layer l", ylabel=f"change in {name} (percentage points)",
+                title="Layer pruning: downstream metric", values=[], log_y=False)  # fmt: skip
     return _save(fig, path)
+
+
+def plot_block_influence(entries: Sequence[Entry], path: Path, title: str = "Block Influence") -> Path | None:
+    """BI_l = 1 - cos(h_{l-1}, h_l) per layer (ShortGPT): near 0 = the layer barely turns the stream."""
+    ylabel = "BI = 1 - cos(h_{l-1}, h_l), token mean"
+    return _per_layer_lines(entries, "bi", path, title=title, ylabel=ylabel)
+
+
+def plot_logit_lens(entries: Sequence[Entry], path: Path) -> Path | None:
+    """KL(final || lens at layer l) and top-1 agreement, layer 0 (embedding) .. L; dotted: settling layer."""
+    usable = [e for e in entries if e.get("kl") and e.get("top1")]
+    if not usable:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.4))
+    for idx, entry in enumerate(usable):
+        color = f"C{idx % 10}"
+        upto_last = {k: entry[k][:-1] for k in ("kl", "kl_lo", "kl_hi") if entry.get(k)}  # KL at L is 0
+        _curve(ax1, {"layers": list(range(len(upto_last["kl"]))), **upto_last}, "kl", color, entry["label"])
+        _curve(ax2, entry, "top1", color, entry["label"], first=0, scale=100.0)
+        if entry.get("settling_layer") is not None:
+            ax2.axvline(entry["settling_layer"], color=color, linestyle=":", linewidth=1.2)
+    ax1.set_yscale("log")
+    _finish(ax1, xlabel="layer l (0 = embedding output)", ylabel="KL(p_final || p_lens(l)) (nats / token)",
+            title="Logit lens: distance to the final prediction" + BAND_NOTE, values=[], log_y=False)  # fmt: skip
+    ax2.axhline(50.0, color="grey", linewidth=0.8, linestyle="--")
+    _finish(ax2, xlabel="layer l (0 = embedding output)", ylabel="top-1 agreement with the final prediction (%)",
+            title="Logit lens: top-1 agreement (dotted: settling layer)", values=[], log_y=False)  # fmt: skip
+    return _save(fig, path)
+
+
+def plot_sublayer(entries: Sequence[Entry], path: Path) -> Path | None:
+    """||F(x)|| / ||x|| and cos(F(x), x) per layer; attention solid, MLP dashed, one colour per model."""
+    usable = [e for e in entries if e.get("attn_ratio") and e.get("mlp_ratio")]
+    if not usable:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.4))
+    values: list[float] = []
+    for idx, entry in enumerate(usable):
+        color = f"C{idx % 10}"
+        for part, style in (("attn", "-"), ("mlp", "--")):
+            label = f"{entry['label']}: {'attention' if part == 'attn' else 'MLP'}"
+            values += _curve(ax1, entry, f"{part}_ratio", color, label, style=style)
+            _curve(ax2, entry, f"{part}_cos", color, label, style=style)
+    _finish(ax1, xlabel="layer l", ylabel="||F(x)|| / ||x||  (token mean)",
+            title="Sub-layer contribution: relative norm" + BAND_NOTE, values=values, log_y=True)  # fmt: skip
+    ax2.axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
+    _finish(ax2, xlabel="layer l", ylabel="cos(F(x), x)  (token mean)",
+            title="Sub-layer contribution: direction (< 0: erases the stream)", values=[], log_y=False)  # fmt: skip
+    return _save(fig, path)
+
+
+def plot_skip_effect(entries: Sequence[Entry], path: Path) -> Path | None:
+    """Per model a heat map of ||h'_j - h_j|| / ||h_j|| (removed layer l rows, later layer j columns, log
+    colour), and one panel with KL(p_full || p_without_l) per removed layer."""
+    usable = [e for e in entries if e.get("change") and e.get("final_kl")]
+    if not usable:
+        return None
+    from matplotlib.colors import LogNorm
+
+    ncols = len(usable) + 1
+    fig, axes = plt.subplots(1, ncols, figsize=(3.9 * ncols + 1.0, 4.0), squeeze=False, layout="constrained")
+    cells = [v for e in usable for row in e["change"] for v in _finite(row) if v > 0]
+    vmin, vmax = (min(cells), max(cells)) if cells else (1e-4, 1.0)
+    image = None
+    for idx, entry in enumerate(usable):
+        ax = axes[0][idx]
+        grid = [_finite(row) for row in entry["change"]]
+        removed, n_layers = entry["layers"], len(grid[0])
+        image = ax.imshow(grid, norm=LogNorm(vmin=vmin, vmax=max(vmax, vmin * 1.01)), cmap="magma", aspect="auto",
+                          extent=(0.5, n_layers + 0.5, len(grid) - 0.5, -0.5))  # fmt: skip
+        ax.set_yticks(range(len(removed)), [str(r) for r in removed], fontsize=7 if len(removed) > 16 else 9)
+        ax.set_xlabel("later layer j (output compared)")
+        ax.set_ylabel("removed layer l")
+        ax.set_title(entry["label"], fontsize=9)
+    assert image is not None
+    cbar = fig.colorbar(image, ax=axes[0][: len(usable)].tolist(), shrink=0.9)
+    cbar.set_label("||h'_j - h_j|| / ||h_j||  (token mean)")
+    ax = axes[0][-1]
+    for idx, entry in enumerate(usable):
+        _curve(ax, entry, "final_kl", f"C{idx % 10}", entry["label"])
+    ax.set_yscale("log")
+    _finish(ax, xlabel="removed layer l", ylabel="KL(p_full || p_without l) (nats / token)",
+            title="Effect on the output" + BAND_NOTE, values=[], log_y=False)  # fmt: skip
+    fig.suptitle("Skip effect: how much removing layer l changes each later layer")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_angular_heatmaps(entries: Sequence[Entry], path: Path) -> Path | None:
@@ -186,3 +302,15 @@ def plot_loss_curves(runs: Sequence[Entry], path: Path) -> Path | None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
+
+
+PLOTTERS: dict[str, Callable[[Sequence[Entry], Path], Path | None]] = {
+    "layer_variance": plot_layer_variance,
+    "angular_distance": plot_angular_heatmaps,
+    "layer_pruning": plot_pruning,
+    "grad_norms": plot_grad_norms,
+    "block_influence": plot_block_influence,
+    "logit_lens": plot_logit_lens,
+    "sublayer_contribution": plot_sublayer,
+    "skip_effect": plot_skip_effect,
+}  # analysis file stem -> figure

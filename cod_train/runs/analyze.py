@@ -32,7 +32,14 @@ class DownstreamOptions:
 
 @dataclass
 class AnalyzeOptions:
-    diagnostics: list[str] = field(default_factory=lambda: ["variance", "angular", "pruning", "grad_norms"])
+    diagnostics: list[str] = field(
+        default_factory=lambda: ["variance", "angular", "pruning", "grad_norms", "block_influence", "logit_lens",
+                                 "sublayer", "skip_effect"]
+    )  # fmt: skip
+    layers: list[int] = field(
+        default_factory=list
+    )  # 1-based layers to remove (pruning, skip effect); [] = all
+    progress: bool = True  # progress bars with ETA on stderr
     eval_tokens: int = 16384
     micro_batch_size: int = 8
     seq_len: int | None = None  # null = data.seq_len
@@ -83,12 +90,44 @@ def validate(cfg: AnalyzeConfig) -> tuple[list, list[str], Path]:
     for path in cfg.analyze.text_path:
         if not Path(path).is_file():
             raise ConfigError(f"analyze.text_path: {path!r} is not a file")
+        if not Path(path).read_text(encoding="utf-8", errors="replace").strip():
+            raise ConfigError(f"analyze.text_path: {path!r} is empty")
+    if any(int(i) < 1 for i in cfg.analyze.layers):
+        raise ConfigError(f"analyze.layers: layers are numbered from 1, got {list(cfg.analyze.layers)}")
     labels = list(cfg.labels) if cfg.labels else [_default_label(s) for s in sources]
     if len(labels) != len(sources):
         raise ConfigError(f"labels: {len(labels)} labels for {len(sources)} checkpoints")
     if len(set(labels)) != len(labels):
         labels = [f"{label} [{i}]" for i, label in enumerate(labels)]
     return sources, labels, _output_dir(cfg, sources)
+
+
+def check_models(cfg: AnalyzeConfig, sources: list) -> None:
+    """Before any weights are loaded: each local model (its config.json, built on the meta device) has the
+    LLaMA layout and the layers of ``analyze.layers``. Hub models are checked once loaded."""
+    import torch
+
+    import cod_train.model  # noqa: F401  (registers cod_llama with the Auto classes)
+    from cod_train.eval.depth_io import layout_layers
+
+    for source in sources:
+        config_json = Path(source.path) / "config.json" if source.kind != "hub" else None
+        if config_json is None or not config_json.is_file():
+            continue
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(str(config_json.parent))
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        check_layer_range(cfg, layout_layers(skeleton, source.spec), source.spec)
+
+
+def check_layer_range(cfg: AnalyzeConfig, num_layers: int, spec: str) -> None:
+    bad = [i for i in cfg.analyze.layers if int(i) > num_layers]
+    if bad:
+        raise ConfigError(
+            f"analyze.layers: {bad} out of range for checkpoint={spec!r}, which has layers 1..{num_layers}"
+        )
 
 
 def _default_label(source: Any) -> str:
@@ -200,6 +239,7 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
     tokenizer = _tokenizer_for(source, data_cfg)
     model = load_model(source, getattr(torch, cfg.analyze.dtype)).to(device)
     info = model_info(model, source.spec, label)  # checks the layout before any data work
+    check_layer_range(cfg, info["num_layers"], source.spec)
     config: Any = model.config  # an HF config, whatever the model class
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
         raise ConfigError(
@@ -214,6 +254,8 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
         which=cfg.analyze.diagnostics,
         grad_batches=cfg.analyze.grad_batches,
         metric_fn=_metric_fn(cfg, tokenizer),
+        layers=[int(i) - 1 for i in cfg.analyze.layers] or None,
+        progress=cfg.analyze.progress,
         log=print,
     )
     if "pruning" in results and cfg.analyze.downstream.tasks:
@@ -224,22 +266,12 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
 
 
 def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]:
-    """One JSON and one PNG per diagnostic under ``out_dir/analysis``."""
+    """One JSON and one PNG per diagnostic under ``out_dir/analysis``, and ``depth_summary.json``."""
     from cod_train.core.io import atomic_write_json
-    from cod_train.eval.depth_io import DIAG_FILES
-    from cod_train.report.plots import (
-        plot_angular_heatmaps,
-        plot_grad_norms,
-        plot_layer_variance,
-        plot_pruning,
-    )
+    from cod_train.eval.depth_names import DIAG_FILES, SUMMARY_FILE
+    from cod_train.eval.depth_summary import depth_summary
+    from cod_train.report import plots
 
-    plotters = {
-        "variance": plot_layer_variance,
-        "angular": plot_angular_heatmaps,
-        "pruning": plot_pruning,
-        "grad_norms": plot_grad_norms,
-    }
     written = []
     for name, stem in DIAG_FILES.items():
         entries = [m[name] for m in per_model if name in m]
@@ -247,10 +279,24 @@ def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]
             continue
         base = out_dir / "analysis" / stem
         written.append(atomic_write_json(base.with_suffix(".json"), {"diagnostic": stem, "models": entries}))
-        png = plotters[name](entries, base.with_suffix(".png"))
+        png = plots.PLOTTERS[stem](entries, base.with_suffix(".png"))
         if png is not None:
             written.append(png)
+    summaries = [
+        {**_identity(m), **depth_summary(m.get("pruning"), m.get("logit_lens"))}
+        for m in per_model
+        if "pruning" in m or "logit_lens" in m
+    ]
+    if summaries:
+        path = out_dir / "analysis" / f"{SUMMARY_FILE}.json"
+        written.append(atomic_write_json(path, {"diagnostic": SUMMARY_FILE, "models": summaries}))
     return written
+
+
+def _identity(entries: dict[str, dict]) -> dict[str, Any]:
+    first = next(iter(entries.values()))
+    keys = ("label", "checkpoint", "model_type", "norm_type", "num_layers", "params", "eval_tokens")
+    return {k: first.get(k) for k in keys}
 
 
 def run(cfg: AnalyzeConfig) -> list[Path]:
@@ -259,6 +305,7 @@ def run(cfg: AnalyzeConfig) -> list[Path]:
     from cod_train.engine.distributed import parse_device
 
     sources, labels, out_dir = validate(cfg)
+    check_models(cfg, sources)
     torch.manual_seed(cfg.seed)
     device = parse_device(cfg.device)
     per_model = []

@@ -71,8 +71,16 @@ def test_analyze_two_models_writes_json_and_png(tmp_path: Path) -> None:
     )
     written = run(cfg)
     names = sorted(p.name for p in written)
-    stems = ["angular_distance", "grad_norms", "layer_pruning", "layer_variance"]
-    assert names == sorted([f"{s}.json" for s in stems] + [f"{s}.png" for s in stems])
+    stems = ["angular_distance", "grad_norms", "layer_pruning", "layer_variance", "block_influence", "logit_lens",
+             "sublayer_contribution", "skip_effect"]  # fmt: skip
+    expected = [f"{s}.json" for s in stems] + [f"{s}.png" for s in stems] + ["depth_summary.json"]
+    assert names == sorted(expected)
+    summary = json.loads((out / "analysis" / "depth_summary.json").read_text())["models"]
+    assert [m["label"] for m in summary] == ["pre", "lns"]
+    lens = json.loads((out / "analysis" / "logit_lens.json").read_text())["models"]
+    assert [s["settling_depth"] for s in summary] == [m["settling_depth"] for m in lens]
+    skip = json.loads((out / "analysis" / "skip_effect.json").read_text())["models"]
+    assert [len(m["change"]) for m in skip] == [3, 4]
     variance = json.loads((out / "analysis" / "layer_variance.json").read_text())
     assert [m["label"] for m in variance["models"]] == ["pre", "lns"]
     assert [len(m["layer_var"]) for m in variance["models"]] == [3, 4]
@@ -107,6 +115,49 @@ def test_bad_options_fail_before_work(tmp_path: Path) -> None:
     opts.downstream.tasks = ["no_such_task"]
     with pytest.raises(ConfigError, match="unknown downstream task"):
         run(AnalyzeConfig(checkpoint=[str(run_dir)], analyze=opts))
+
+
+def test_bad_input_is_one_line_before_any_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cod_train.runs.models as models
+
+    def no_loading(*_a: object, **_k: object) -> None:
+        raise AssertionError("a model was loaded before the input was checked")
+
+    monkeypatch.setattr(models, "load_model", no_loading)
+    run_dir = write_hf_run(tmp_path, "pre", layers=3)
+    text = text_file(tmp_path)
+    with pytest.raises(ConfigError, match=r"analyze.layers: \[4\] out of range .* has layers 1..3"):
+        run(
+            AnalyzeConfig(
+                checkpoint=[str(run_dir)], analyze=AnalyzeOptions(layers=[2, 4], text_path=[str(text)])
+            )
+        )
+    with pytest.raises(ConfigError, match="numbered from 1"):
+        run(AnalyzeConfig(checkpoint=[str(run_dir)], analyze=AnalyzeOptions(layers=[0])))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    with pytest.raises(ConfigError, match="empty.txt' is empty"):
+        run(AnalyzeConfig(checkpoint=[str(run_dir)], analyze=AnalyzeOptions(text_path=[str(empty)])))
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(
+        tmp_path / "gpt2"
+    )
+    with pytest.raises(ConfigError, match="GPT2LMHeadModel does not have the LLaMA layout"):
+        run(AnalyzeConfig(checkpoint=[str(tmp_path / "gpt2")], analyze=AnalyzeOptions(text_path=[str(text)])))
+
+
+def test_layers_subset_end_to_end(tmp_path: Path) -> None:
+    run_dir = write_hf_run(tmp_path, "pre", layers=4)
+    opts = AnalyzeOptions(diagnostics=["pruning", "skip_effect"], layers=[4, 2], text_path=[str(text_file(tmp_path))],
+                          eval_tokens=128, seq_len=16, progress=False)  # fmt: skip
+    run(AnalyzeConfig(checkpoint=[str(run_dir)], analyze=opts))
+    pruning = json.loads((run_dir / "analysis" / "layer_pruning.json").read_text())["models"][0]
+    assert pruning["layers"] == [2, 4] and len(pruning["ppl"]) == 2
+    skip = json.loads((run_dir / "analysis" / "skip_effect.json").read_text())["models"][0]
+    assert skip["layers"] == [2, 4] and skip["change"][1] == [None] * 4  # nothing after the last layer
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -41,7 +41,9 @@ def test_training_diagnostics_plain_model() -> None:
     batch = make_batches(n=1, rows=6)[0]
     backward(model, batch)
     row = training_diagnostics(model, batch, max_rows=2)
-    assert set(row) == {LAYER_VAR_KEY, LAYER_GRAD_NORM_KEY}
+    depth_keys = {"diag/bi", "diag/lens_kl", "diag/lens_top1", "diag/settling_depth", "diag/attn_ratio",
+                  "diag/attn_cos", "diag/mlp_ratio", "diag/mlp_cos"}  # fmt: skip
+    assert set(row) == {LAYER_VAR_KEY, LAYER_GRAD_NORM_KEY} | depth_keys
     assert row[LAYER_GRAD_NORM_KEY] == pytest.approx(reference_grad_norms(model), rel=1e-5)
     small = {k: v[:2] for k, v in batch.items()}
     assert row[LAYER_VAR_KEY] == pytest.approx(layer_variance(model, [small])["layer_var"], rel=1e-4)
@@ -135,3 +137,23 @@ def test_deepspeed_params_join_the_gradient_gather(monkeypatch: pytest.MonkeyPat
     assert len(calls) == len(params)
     per_layer = [sum(p.numel() for p in layer.parameters()) for layer in model.model.layers]
     assert norms == pytest.approx([math.sqrt(n) for n in per_layer])
+
+
+def test_in_training_depth_stats_equal_the_offline_analyses() -> None:
+    from cod_train.eval.depth_analyses import block_influence, logit_lens, sublayer_contribution
+
+    model = tiny_llama().train()
+    batch = make_batches(n=1, rows=5)[0]
+    batch["labels"][0, 6:] = -100  # a padded row: its padding is excluded in both
+    backward(model, batch)
+    row = training_diagnostics(model, batch, max_rows=3)
+    small = [{k: v[:3] for k, v in batch.items()}]
+    assert row["diag/bi"] == pytest.approx(block_influence(model, small, progress=False)["bi"], rel=1e-5)
+    lens = logit_lens(model, small, progress=False)
+    assert row["diag/lens_kl"] == pytest.approx(lens["kl"], rel=1e-4, abs=1e-9)
+    assert row["diag/lens_top1"] == pytest.approx(lens["top1"])
+    assert row["diag/settling_depth"] == pytest.approx(lens["settling_depth"])
+    sub = sublayer_contribution(model, small, progress=False)
+    for key in ("attn_ratio", "attn_cos", "mlp_ratio", "mlp_cos"):
+        assert row[f"diag/{key}"] == pytest.approx(sub[key], rel=1e-5, abs=1e-9)
+    assert not model.lm_head._forward_hooks and not model.model.layers[0]._forward_pre_hooks
