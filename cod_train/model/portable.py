@@ -162,6 +162,8 @@ def target_config(config: CodLlamaConfig, target: Target) -> PretrainedConfig:
         values["use_sliding_window"] = False
     out = cls(**values)
     out.architectures = [target.architecture]
+    # the scheme it was trained with, for labels (cod-eval, cod-analyze); transformers keeps unknown keys as is
+    out.norm_type = config.norm_type
     return out
 
 

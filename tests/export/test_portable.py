@@ -117,6 +117,7 @@ def test_training_runs_final_export_is_plain_llama(tmp_path):
         run(f"run_dir={run_dir}", "train.max_steps=2", "train.export_hf=true", f"model.norm_type={norm_type}")
         config = json.loads((run_dir / "hf" / "config.json").read_text())
         assert config["model_type"] == "llama" and config["architectures"] == ["LlamaForCausalLM"]
+        assert config["norm_type"] == norm_type  # the trained scheme, for cod-eval / cod-analyze labels
         trained.append(build_from_checkpoint(latest_checkpoint(run_dir / "checkpoints")))
         jobs.append({"dir": str(run_dir / "hf"), "ids": IDS % trained[-1].config.vocab_size, "new": 4})
     for model, job, res in zip(trained, jobs, load_isolated(jobs, tmp_path)["jobs"], strict=True):
