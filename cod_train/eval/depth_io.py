@@ -67,6 +67,8 @@ def layout_layers(model: nn.Module, spec: str) -> int:
 
 def model_info(model: nn.Module, spec: str, label: str) -> dict[str, Any]:
     """Summary of a loaded model; ConfigError when it lacks the LLaMA layout the diagnostics need."""
+    from cod_train.eval.depth_scalars import learned_scalars
+
     layers = layout_layers(model, spec)
     cfg = getattr(model, "config", None)
     return {
@@ -78,4 +80,7 @@ def model_info(model: nn.Module, spec: str, label: str) -> dict[str, Any]:
         ),
         "num_layers": layers,
         "params": sum(p.numel() for p in model.parameters()),
+        "learned_scalars": learned_scalars(
+            model
+        ),  # DyT alphas, GPAS gates, ReZero / LayerScale gains per layer
     }

@@ -3,7 +3,10 @@
 Metric keys (one row in ``metrics.jsonl`` per diagnostic step, next to ``"step"``):
 
 - ``"diag/layer_var"``: list of L floats, variance of each layer's output h_l (all elements, real tokens);
-- ``"diag/layer_grad_norm"``: list of L floats, L2 norm of each layer's parameter gradients.
+- ``"diag/layer_grad_norm"``: list of L floats, L2 norm of each layer's parameter gradients;
+- the learned scalars of the depth zoo (:mod:`cod_train.eval.depth_scalars`), e.g. ``"diag/gpas_gate"``,
+  ``"diag/input_layernorm.alpha"``: lists of L floats (None where a layer has no such parameter), and
+  model-level floats such as ``"diag/embed_scale"``.
 
 wandb cannot plot lists: log :func:`scalarize_diagnostics` of the row there (``diag/layer_var/L01`` ...).
 
@@ -61,6 +64,7 @@ from cod_train.eval.depth_hooks import (
     unwrap_model,
     valid_token_mask,
 )
+from cod_train.eval.depth_scalars import learned_scalars
 from cod_train.eval.depth_summary import settling_layer
 
 if TYPE_CHECKING:
@@ -187,6 +191,7 @@ def training_diagnostics(model: nn.Module, batch: Batch, *, max_rows: int = 4) -
     diag = TrainingDiagnostics(model)
     row = diag.collect(grads=True)
     inner = unwrap_model(model)
+    row.update({f"{DIAG_PREFIX}{k}": v for k, v in learned_scalars(inner).items()})
     small = to_device(
         {k: v[:max_rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}, model_device(inner)
     )
@@ -281,7 +286,8 @@ def scalarize_diagnostics(row: dict[str, Any]) -> dict[str, float]:
         if key.startswith(DIAG_PREFIX) and isinstance(value, (list, tuple)):
             width = max(2, len(str(len(value))))
             for idx, item in enumerate(value, start=1):
-                flat[f"{key}/L{idx:0{width}d}"] = item
+                if item is not None:  # a layer without this parameter (learned scalars)
+                    flat[f"{key}/L{idx:0{width}d}"] = item
         else:
             flat[key] = value
     return flat

@@ -1,0 +1,75 @@
+"""The depth zoo on every engine: a representative subset of schemes trained with 2 processes (gloo, CPU) under
+DDP, FSDP2 (one with activation checkpointing) and DeepSpeed ZeRO-1/2/3 gives the single-process losses at every
+step, and the learned scalars in metrics.jsonl (gathered from shards under FSDP2 / ZeRO-3) equal the single run's
+(to a fraction of one Adam step)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import losses, metric_rows, torchrun
+from tests.engine.tiny import run
+from tests.engine.zoo_driver import diagnostics
+
+DRIVER = str(Path(__file__).with_name("zoo_driver.py"))
+RTOL = 1e-4
+pytestmark = pytest.mark.slow
+
+# diagnostics on the last step only: they run after its loss (a diagnostics forward under FSDP2 shifts the
+# following steps' losses by ~1e-4 relative, with or without the zoo; see the report of issue 11)
+BASE = "train.max_steps=4 train.ckpt_every=0 train.diag_every=4"
+SCHEMES = {  # every placement family, norm function and residual scheme at least once
+    "hybrid_star_dyt_gpas": "model.norm_type=hybrid_ln_star model.norm_fn=dyt model.residual=gpas",
+    "olmo2_layerscale": "model.norm_type=reordered_ln model.qk_norm=full model.residual=layerscale",
+    "mixln_derf_rezero": "model.norm_type=mix_ln model.mix_ln_ratio=0.5 model.norm_fn=derf model.residual=rezero "
+                         "model.qk_norm=head",
+    "lns_completep_ln": "model.norm_type=lns model.residual=depth_scaled model.depth_hparams=true "
+                        "model.norm_fn=layernorm model.norm_bias=true model.embed_scale=true",
+}
+ENGINES = {  # scheme -> engines it runs on (2 processes)
+    "hybrid_star_dyt_gpas": {"ddp": "distributed.engine=ddp",
+                             "fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full",
+                             "zero3": "distributed.engine=deepspeed distributed.zero_stage=3"},
+    "olmo2_layerscale": {"fsdp": "distributed.engine=fsdp", "zero3": "distributed.engine=deepspeed distributed.zero_stage=3"},
+    "mixln_derf_rezero": {"ddp": "distributed.engine=ddp", "zero1": "distributed.engine=deepspeed distributed.zero_stage=1"},
+    "lns_completep_ln": {"fsdp": "distributed.engine=fsdp", "zero2": "distributed.engine=deepspeed distributed.zero_stage=2"},
+}
+
+
+def scalar_rows(run_dir: Path) -> dict[int, dict]:
+    return {row["step"]: {k: v for k, v in row.items() if k.startswith("diag/") and "layer_" not in k}
+            for row in metric_rows(run_dir) if any(k.startswith("diag/") for k in row)}
+
+
+def test_zoo_schemes_give_the_single_process_losses_and_scalars_on_every_engine(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, scheme in SCHEMES.items():
+            run(f"run_dir={tmp_path / name}", *BASE.split(), *scheme.split(), diagnostics_fn=diagnostics)
+    finally:
+        torch.set_num_threads(threads)
+    runs = [f"run_dir={tmp_path / f'{name}-{eng}'} {BASE} {SCHEMES[name]} {spec}"
+            for name, engines in ENGINES.items() for eng, spec in engines.items()]
+    torchrun(DRIVER, *runs, nproc=2, timeout=600)
+    for name, engines in ENGINES.items():
+        want, want_scalars = losses(tmp_path / name), scalar_rows(tmp_path / name)
+        assert want_scalars and all(want_scalars.values()), name  # each scheme has learned scalars
+        for eng in engines:
+            got = losses(tmp_path / f"{name}-{eng}")
+            for step in range(1, 5):
+                assert abs(got[step] - want[step]) <= RTOL * abs(want[step]), (name, eng, step, got, want)
+            got_scalars = scalar_rows(tmp_path / f"{name}-{eng}")
+            assert got_scalars.keys() == want_scalars.keys(), (name, eng)
+            for step, row in want_scalars.items():
+                assert got_scalars[step].keys() == row.keys(), (name, eng)
+                for key, value in row.items():
+                    other = got_scalars[step][key]
+                    pairs = zip(value, other, strict=True) if isinstance(value, list) else [(value, other)]
+                    for a, b in pairs:
+                        # Adam moves a scalar by up to lr = 3e-3 a step: engines may differ by a fraction of that
+                        assert (a is None and b is None) or abs(a - b) <= 1e-3, \
+                            (name, eng, key, value, other)
