@@ -124,3 +124,15 @@ def test_training_runs_final_export_is_plain_llama(tmp_path):
         assert "error" not in res, res.get("error")
         with torch.no_grad():
             assert rel_diff(res["logits"], model(input_ids=job["ids"]).logits) <= 1e-5
+
+
+def test_bf16_export_is_folded_in_fp32_then_rounded(tmp_path):
+    from safetensors.torch import load_file
+
+    model = tiny(norm_type="lns")
+    want = model.model.layers[3].input_layernorm.weight.detach().clone() / 2  # 1/sqrt(4), folded in fp32
+    save_hf(model.to(torch.bfloat16), tmp_path / "x")  # a bf16-pure run's weights: exported in bf16
+    state = load_file(str(tmp_path / "x" / "model.safetensors"))
+    assert {t.dtype for t in state.values()} == {torch.bfloat16}
+    torch.testing.assert_close(state["model.layers.3.input_layernorm.weight"], want.to(torch.bfloat16), rtol=0, atol=0)
+    assert json.loads((tmp_path / "x" / "config.json").read_text())["model_type"] == "llama"
