@@ -190,7 +190,8 @@ def build_from_checkpoint(ckpt: Path) -> nn.Module:
 
 def save_hf(model: nn.Module, out_dir: Path, tokenizer: Any = None, dtype: torch.dtype | None = None,
             fmt: str = "auto", options: ExportOptions | None = None) -> Path:
-    """Write ``model`` (a PreTrainedModel) and ``tokenizer`` as an HF directory of format ``fmt``."""
+    """Write ``model`` (a PreTrainedModel) and ``tokenizer`` as an HF directory of format ``fmt``. ``model`` is
+    cast in place (to fp32 for the fold and its check, then to ``dtype``, default: its own)."""
     from cod_train.data.common import atomic_dir
 
     pm = cast("PreTrainedModel", model)
