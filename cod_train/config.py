@@ -33,6 +33,12 @@ QK_NORMS = ("none", "head", "full")
 NORM_FNS = ("rmsnorm", "layernorm", "dyt", "derf")
 RESIDUALS = ("plain", "layerscale", "rezero", "depth_scaled", "gpas")
 HYBRID_NORM_TYPES = ("hybrid_ln", "hybrid_ln_star")
+# Residual schemes that widen the stream to `hc_streams` copies (cod_train/model/hyper_connections.py), the
+# placements they are defined on (the HC / mHC papers' Pre-Norm blocks; LNS is Pre-LN with scaled norms) and
+# how the streams become one before the final norm (null = the scheme's own: sum for hc, head for mhc).
+HYPER_RESIDUALS = ("hc", "mhc")
+HYPER_PLACEMENTS = ("pre_ln", "lns")
+HC_COLLAPSES = ("sum", "mean", "head")
 
 
 def resolved_qk_norm(norm_type: str, qk_norm: str | None) -> str:
@@ -54,11 +60,14 @@ def resolved_embed_scale(norm_fn: str, embed_scale: bool | None) -> bool:
 
 
 def scheme_name(norm_type: str, qk_norm: str | None = None, norm_fn: str = "rmsnorm", residual: str = "plain",
-                depth_alpha: float = 1.0, depth_hparams: bool = False) -> str:
+                depth_alpha: float = 1.0, depth_hparams: bool = False, hc_dynamic: bool = False,
+                hc_streams: int = 4) -> str:
     """A run's scheme in one word for its run directory: the placement, then each axis off its default
-    (``lns``, ``lns+gpas+qk_head``, ``pre_ln+dyt``, ``pre_ln+depth0.5``, ``pre_ln+depth1_hp``)."""
+    (``lns``, ``lns+gpas+qk_head``, ``pre_ln+dyt``, ``pre_ln+depth0.5``, ``pre_ln+depth1_hp``, ``pre_ln+dhc4``)."""
     parts = [norm_type]
-    if residual == "depth_scaled":
+    if residual in HYPER_RESIDUALS:
+        parts.append(f"{'d' if hc_dynamic and residual == 'hc' else ''}{residual}{hc_streams}")
+    elif residual == "depth_scaled":
         parts.append(f"depth{depth_alpha:g}" + ("_hp" if depth_hparams else ""))
     elif residual != "plain":
         parts.append(residual)
@@ -70,7 +79,7 @@ def scheme_name(norm_type: str, qk_norm: str | None = None, norm_fn: str = "rmsn
 
 
 def _choice_problems(norm_type: str, qk_norm: str | None, norm_fn: str, residual: str) -> list[str]:
-    axes = {"norm_type": (norm_type, NORM_TYPES), "norm_fn": (norm_fn, NORM_FNS), "residual": (residual, RESIDUALS)}
+    axes = {"norm_type": (norm_type, NORM_TYPES), "norm_fn": (norm_fn, NORM_FNS), "residual": (residual, RESIDUALS + HYPER_RESIDUALS)}
     if qk_norm is not None:
         axes["qk_norm"] = (qk_norm, QK_NORMS)
     return [f"unknown {key} {value!r}; valid: {', '.join(valid)}" for key, (value, valid) in axes.items()
@@ -142,6 +151,7 @@ def config_problems(
     if embedding_init_std is not None and embedding_init_std < 0:
         problems.append(f"embedding_init_std must be >= 0, got {embedding_init_std}")
     problems += _scheme_number_problems(**scheme)
+    problems += hyper_problems(norm_type=norm_type, **scheme)
     if problems:  # the divisibility checks below need positive sizes
         return problems
     if hidden_size % num_attention_heads:
@@ -170,6 +180,26 @@ def _scheme_number_problems(*, depth_alpha: float = 1.0, depth_base_layers: int 
                        ("norm_alpha_final", norm_alpha_final)):
         if value <= 0:
             problems.append(f"{key} must be > 0, got {value}")
+    return problems
+
+
+def hyper_problems(*, norm_type: str, residual: str = "plain", hc_streams: int = 4, hc_dynamic: bool = False,
+                   hc_sinkhorn_iters: int = 20, hc_collapse: str | None = None, **_: object) -> list[str]:
+    """The keys of the hyper-connection schemes (residual=hc | mhc) and the placements they combine with."""
+    problems = []
+    if residual in HYPER_RESIDUALS and norm_type not in HYPER_PLACEMENTS:
+        problems.append(f"residual={residual} is defined on Pre-Norm blocks (the HC / mHC papers): it combines with "
+                        f"norm_type={' or '.join(HYPER_PLACEMENTS)}, not with norm_type={norm_type}")
+    if hc_dynamic and residual != "hc":
+        problems.append("hc_dynamic=true (input-dependent HC weights) belongs to residual=hc; mhc is always dynamic")
+    if residual not in HYPER_RESIDUALS and hc_collapse is not None:
+        problems.append(f"hc_collapse={hc_collapse} belongs to residual=hc or mhc")
+    if hc_collapse is not None and hc_collapse not in HC_COLLAPSES:
+        problems.append(f"unknown hc_collapse {hc_collapse!r}; valid: {', '.join(HC_COLLAPSES)}")
+    if not isinstance(hc_streams, int) or hc_streams < 1:
+        problems.append(f"hc_streams must be a positive integer (the HC papers use 2 to 8), got {hc_streams!r}")
+    if not isinstance(hc_sinkhorn_iters, int) or hc_sinkhorn_iters < 1:
+        problems.append(f"hc_sinkhorn_iters must be a positive integer (mHC uses 20), got {hc_sinkhorn_iters!r}")
     return problems
 
 
@@ -205,6 +235,10 @@ class ModelConfig:
     depth_alpha: float = 1.0  # depth_scaled: branch x (L / depth_base_layers)^(-alpha); 0.5 depth-muP, 1 CompleteP
     depth_base_layers: int = 1  # depth_scaled: the depth L_base the other hyperparameters were tuned at
     depth_hparams: bool = False  # depth_scaled: CompleteP's per-depth learning-rate and Adam-eps rules (optim.py)
+    hc_streams: int = 4  # hc / mhc: number n of parallel residual streams
+    hc_dynamic: bool = False  # hc: add the input-dependent terms s * tanh(N(H) W) (DHC); false = static HC (SHC)
+    hc_sinkhorn_iters: int = 20  # mhc: Sinkhorn-Knopp iterations that make the stream-mixing matrix doubly stochastic
+    hc_collapse: str | None = None  # hc / mhc: streams -> one before the final norm: sum | mean | head; null = own
     scaled_init: bool = False
     fused_loss: bool = True  # chunked linear + cross-entropy: never all fp32 logits at once
     loss_chunk_size: int = 0  # rows of logits per chunk; 0 = automatic (256 on CPU, 2048 on GPU)

@@ -13,6 +13,7 @@ from transformers import LlamaConfig
 
 from cod_train.config import (  # noqa: F401  (NORM_TYPES re-exported)
     HYBRID_NORM_TYPES,
+    HYPER_RESIDUALS,
     NORM_TYPES,
     config_problems,
     resolved_embed_norm,
@@ -48,7 +49,7 @@ class CodLlamaConfig(LlamaConfig):
     use_kernels: on CUDA, use Liger Kernel's fused RMSNorm / RoPE / SwiGLU / linear+cross-entropy when
         `liger_kernel` is installed (`cod_train.model.kernels`); ignored on CPU or without the package.
     embed_norm, qk_norm, norm_fn, norm_bias, norm_alpha_*, embed_scale, residual, layerscale_init, depth_alpha,
-        depth_base_layers, depth_hparams: the depth-zoo axes, documented on `cod_train.config.ModelConfig`
+        depth_base_layers, depth_hparams, hc_streams, hc_dynamic, hc_sinkhorn_iters, hc_collapse: the depth-zoo axes, documented on `cod_train.config.ModelConfig`
         (null = the placement's or norm function's own choice: `resolved_*` below).
     """
 
@@ -74,6 +75,10 @@ class CodLlamaConfig(LlamaConfig):
     depth_alpha: float = 1.0
     depth_base_layers: int = 1
     depth_hparams: bool = False
+    hc_streams: int = 4
+    hc_dynamic: bool = False
+    hc_sinkhorn_iters: int = 20
+    hc_collapse: str | None = None
 
     def validate_architecture(self) -> None:
         problems = config_problems(**self.to_dict())
@@ -123,6 +128,19 @@ class CodLlamaConfig(LlamaConfig):
             return 1.0, 1.0
         m = self.num_hidden_layers / self.depth_base_layers
         return m ** (self.depth_alpha - 1.0), m ** -self.depth_alpha
+
+    @property
+    def hyper_streams(self) -> int:
+        """n, the number of residual streams of residual=hc | mhc; 0 for a plain one-stream residual."""
+        return self.hc_streams if self.residual in HYPER_RESIDUALS else 0
+
+    @property
+    def resolved_hc_collapse(self) -> str:
+        """How the streams become one before the final norm: the HC paper sums them, DeepSeek-V4's mHC weights
+        them with a learned head (`hc_head`)."""
+        if self.hc_collapse is not None:
+            return self.hc_collapse
+        return "head" if self.residual == "mhc" else "sum"
 
     @property
     def branch_scale(self) -> float:

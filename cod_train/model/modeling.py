@@ -29,6 +29,9 @@ Residual join (`residual`), f = the branch output:
     gpas            z = x + f, then z - SiLU(g) * stopgrad(z); one gate g per layer (`gpas_gate`), init 0,
                     shared by both sub-layers; in post-norm layers the gate scales the skip before the add:
                     N(a * (x - SiLU(g) * stopgrad(x)) + f)   (the GPAS authors' code)
+    hc, mhc         n = `hc_streams` residual streams H; each sub-layer F reads h = pre^T H and writes
+                    H' = res^T H + post^T F(h) (Hyper-Connections, static or `hc_dynamic`; mHC with a doubly
+                    stochastic res): pre_ln / lns only, `cod_train.model.hyper_connections`
 
 The final norm `model.norm` follows the last layer, unscaled, in every placement; `embed_scale` (a learnable
 scalar, init sqrt(d)) multiplies the embedding output when on (default for dyt / derf). Parameter names are those
@@ -54,6 +57,13 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from cod_train.core.constants import IGNORE_INDEX
 from cod_train.model import kernels
 from cod_train.model.configuration import PLACEMENT_NORMS, CodLlamaConfig
+from cod_train.model.hyper_connections import (
+    HyperConnection,
+    HyperHead,
+    ManifoldHyperConnection,
+    hyper_block,
+    make_hyper_connections,
+)
 from cod_train.model.loss import causal_lm_loss
 from cod_train.model.norms import DynamicTanh, Gain, LayerNorm, RMSNorm, embed_scale, make_norm
 
@@ -232,6 +242,7 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.branch_scale = config.branch_scale
         self.attn_gain, self.mlp_gain = self._gains(config)
         self.gpas_gate = Gain(1, 0.0) if config.residual == "gpas" else None
+        self.attn_hc, self.mlp_hc = make_hyper_connections(config, layer_idx)  # x is then the streams [.., n, d]
         self._set_init_stds(config)
 
     @staticmethod
@@ -279,6 +290,8 @@ class DecoderLayer(GradientCheckpointingLayer):
         def attn(h: torch.Tensor) -> torch.Tensor:
             return self.self_attn(h, rope, mask, past_key_values)
 
+        if self.attn_hc is not None:
+            return hyper_block(self, x, attn)
         return PLACEMENTS[self.placement](self, x, attn)
 
 
@@ -300,7 +313,8 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             std = cfg.embedding_init_std if cfg.embedding_init_std is not None else cfg.initializer_range
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, (RMSNorm, LayerNorm, DynamicTanh, Gain)):
+        elif isinstance(module, (RMSNorm, LayerNorm, DynamicTanh, Gain, HyperConnection, ManifoldHyperConnection,
+                                 HyperHead)):
             module.reset_parameters()
 
     @torch.no_grad()
@@ -343,6 +357,7 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
             self.embed_norm = make_norm(config, config.hidden_size, "final")
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = make_norm(config, config.hidden_size, "final")
+        self.hc_head = HyperHead(config) if config.hyper_streams else None  # the streams -> one before `norm`
         self.post_init()
 
     def forward(
@@ -373,10 +388,14 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         if hasattr(self, "embed_norm"):
             x = self.embed_norm(x)
         hidden_states = [x] if output_hidden_states else None
+        if self.hc_head is not None:
+            x = self.hc_head.expand(x, self.config.hc_streams)
         for layer in self.layers:
             x = layer(x, rope, mask, past_key_values)
-            if hidden_states is not None:
-                hidden_states.append(x)
+            if hidden_states is not None:  # hyper-connections: the streams as one, as the final norm sees them
+                hidden_states.append(self.hc_head(x) if self.hc_head is not None else x)
+        if self.hc_head is not None:
+            x = self.hc_head(x)
         x = self.norm(x)
         cache_out: dict[str, Any] = {CACHE_FIELD: past_key_values if use_cache else None}
         return BaseModelOutputWithPast(

@@ -1,0 +1,293 @@
+"""Hyper-Connections (residual=hc, static and dynamic) and mHC (residual=mhc) against a plain float64 formulation
+written here from the papers (streams as a Python list, the HC matrix entries indexed by hand, Sinkhorn-Knopp from
+exp()), with every connection weight moved off its init; HC at init against the Pre-LN model; the mHC block and
+head against transformers' own DeepseekV4HyperConnection / DeepseekV4HyperHead; generate, save/load, meta init,
+activation checkpointing, compile; refusals."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+from transformers.models.deepseek_v4.configuration_deepseek_v4 import DeepseekV4Config
+from transformers.models.deepseek_v4.modeling_deepseek_v4 import (
+    DeepseekV4HyperConnection,
+    DeepseekV4HyperHead,
+)
+
+from cod_train.config import ConfigError, ModelConfig
+from cod_train.model import CodLlamaForCausalLM, build_model
+from cod_train.model.hyper_connections import hyper_sublayer, sinkhorn
+from tests.model.test_depth_zoo import perturb
+from tests.model.test_hf_compat import _left_padded_prompt, _manual_greedy
+from tests.model.zoo_reference import attention, mlp, norm, params
+
+SHAPE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64)
+EPS = 1e-6  # mHC's eps (H_pre offset, softmax offset, Sinkhorn denominators): the DeepSeek-V4 / Megatron value
+
+
+def make(**overrides) -> CodLlamaForCausalLM:
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**{**SHAPE, **overrides}), 96)
+
+
+def perturb_hc(model: CodLlamaForCausalLM, seed: int = 2) -> None:
+    """Norm weights and every connection weight off its init (HC's one-hot / identity / ones, DHC's zeros)."""
+    perturb(model, seed)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            r = torch.randn(p.shape, generator=g)
+            if name.endswith("static_alpha"):
+                p.add_(0.3 * r)
+            elif name.endswith(("dynamic_alpha_fn", "dynamic_beta_fn")):  # tanh off zero but not saturated
+                p.copy_(0.1 * r)
+            elif name.endswith(("attn_hc.fn", "mlp_hc.fn", "hc_head.hc_fn")):
+                p.copy_(0.1 * r)
+            elif name.endswith(("attn_hc.base", "mlp_hc.base", "hc_head.hc_base")):
+                p.copy_(0.5 * r)
+
+
+# -- the plain formulation (float64, one sequence; H is a list of n streams [T, d]) --
+
+def plain_sinkhorn(z, iters):
+    """Row-normalized exp (+eps), then column / row normalizations, as the mHC paper's Sinkhorn-Knopp."""
+    m = torch.exp(z - z.max(-1, keepdim=True).values)
+    m = m / m.sum(-1, keepdim=True) + EPS
+    for it in range(iters):
+        m = m / (m.sum(-2, keepdim=True) + EPS)
+        if it < iters - 1:
+            m = m / (m.sum(-1, keepdim=True) + EPS)
+    return m
+
+
+def unit_rms(flat, cfg):
+    return flat / torch.sqrt(flat.pow(2).mean(-1, keepdim=True) + cfg.rms_norm_eps)
+
+
+def connection(H, sd, p, cfg):
+    """(A_m [T, n], B [T, n], A_r [T, n, n]) with A_r[t, j, i] = weight of stream j in new stream i."""
+    n, T = len(H), H[0].shape[0]
+    if cfg.residual == "hc":
+        alpha = sd[p + "static_alpha"].expand(T, n, n + 1).clone()
+        beta = sd[p + "static_beta"].expand(T, n).clone()
+        if cfg.hc_dynamic:  # Algorithm 2: each stream's normalized vector gives its row of [A_m | A_r] and its B
+            for j in range(n):
+                hn = norm(H[j], sd, p + "norm", cfg)
+                alpha[:, j] = alpha[:, j] + sd[p + "dynamic_alpha_scale"] * torch.tanh(hn @ sd[p + "dynamic_alpha_fn"])
+                beta[:, j] = beta[:, j] + sd[p + "dynamic_beta_scale"] * torch.tanh(hn @ sd[p + "dynamic_beta_fn"])
+        return alpha[:, :, 0], beta, alpha[:, :, 1:]
+    m = unit_rms(torch.cat(H, dim=-1), cfg) @ sd[p + "fn"].T
+    b, a = sd[p + "base"], sd[p + "scale"]
+    pre = torch.sigmoid(a[0] * m[:, :n] + b[:n]) + EPS
+    post = 2 * torch.sigmoid(a[1] * m[:, n:2 * n] + b[n:2 * n])
+    res = plain_sinkhorn((a[2] * m[:, 2 * n:] + b[2 * n:]).view(T, n, n), cfg.hc_sinkhorn_iters)
+    return pre, post, res
+
+
+def sublayer(H, sd, p, cfg, F):
+    Am, B, Ar = connection(H, sd, p, cfg)
+    n = len(H)
+    h = sum(Am[:, j, None] * H[j] for j in range(n))
+    f = F(h)
+    return [sum(Ar[:, j, i, None] * H[j] for j in range(n)) + B[:, i, None] * f for i in range(n)]
+
+
+def collapse(H, sd, cfg):
+    n = len(H)
+    if cfg.resolved_hc_collapse == "sum":
+        return sum(H)
+    if cfg.resolved_hc_collapse == "mean":
+        return sum(H) / n
+    m = unit_rms(torch.cat(H, dim=-1), cfg) @ sd["model.hc_head.hc_fn"].T
+    w = torch.sigmoid(sd["model.hc_head.hc_scale"] * m + sd["model.hc_head.hc_base"]) + EPS
+    return sum(w[:, j, None] * H[j] for j in range(n))
+
+
+def hc_reference_logits(model, ids, sd=None):
+    cfg = model.config
+    sd = params(model) if sd is None else sd
+    x = sd["model.embed_tokens.weight"][ids]
+    if "model.embed_scale.weight" in sd:  # on by default with dyt / derf
+        x = x * sd["model.embed_scale.weight"]
+    H = [x] * cfg.hc_streams
+    for idx in range(cfg.num_hidden_layers):
+        p = f"model.layers.{idx}."
+        s = 1 / math.sqrt(idx + 1) if cfg.norm_type == "lns" else 1.0
+        H = sublayer(H, sd, p + "attn_hc.", cfg, lambda h, p=p, s=s: attention(
+            norm(h, sd, p + "input_layernorm", cfg) * s, sd, p + "self_attn.", cfg))
+        H = sublayer(H, sd, p + "mlp_hc.", cfg,
+                     lambda h, p=p, s=s: mlp(norm(h, sd, p + "post_attention_layernorm", cfg) * s, sd, p + "mlp."))
+    return norm(collapse(H, sd, cfg), sd, "model.norm", cfg) @ sd["lm_head.weight"].T
+
+
+SCHEMES = [
+    ("pre_ln", dict(residual="hc")),
+    ("lns", dict(residual="hc", hc_streams=2)),
+    ("pre_ln", dict(residual="hc", hc_dynamic=True, hc_collapse="mean")),
+    ("lns", dict(residual="hc", hc_dynamic=True, norm_fn="layernorm", hc_streams=3)),
+    ("pre_ln", dict(residual="mhc")),
+    ("lns", dict(residual="mhc", hc_streams=2, hc_collapse="sum", qk_norm="head")),
+    ("pre_ln", dict(residual="mhc", hc_sinkhorn_iters=5, hc_collapse="mean", norm_fn="dyt")),
+]
+IDS = [f"{nt}-" + "-".join(f"{k}={v}" for k, v in ax.items()) for nt, ax in SCHEMES]
+
+
+@pytest.mark.parametrize("norm_type,axes", SCHEMES, ids=IDS)
+def test_scheme_matches_the_plain_formulation(norm_type, axes):
+    model = make(norm_type=norm_type, **axes)
+    perturb_hc(model)
+    model.eval()
+    ids = torch.randint(0, 96, (9,))
+    want = hc_reference_logits(model, ids)
+    torch.testing.assert_close(model(input_ids=ids[None]).logits[0].double(), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("axes", [dict(residual="hc", hc_dynamic=True), dict(residual="mhc", hc_streams=3)])
+def test_gradients_match_the_plain_formulation(axes):
+    """Through Sinkhorn-Knopp and the tanh terms into every connection parameter."""
+    model = make(**axes)
+    perturb_hc(model)
+    ids = torch.randint(0, 96, (9,))
+    sd = params(model, requires_grad=True)
+    hc_reference_logits(model, ids, sd).pow(2).mean().backward()
+    model(input_ids=ids[None]).logits.double().pow(2).mean().backward()
+    # fp32 against float64, relative to the gradient's largest entry (a wrong term is off by O(1); fp32 rounding
+    # of small gradients reaches ~3e-4 of their size, or ~1e-8 of the model's largest gradient)
+    floor = 1e-6 * max(g.grad.abs().max().item() for g in sd.values())
+    for name, p in model.named_parameters():
+        want = sd[name].grad
+        assert (p.grad.double() - want).abs().max() <= 1e-3 * want.abs().max() + floor, name
+
+
+@pytest.mark.parametrize("axes", [dict(hc_collapse="mean"), dict(hc_collapse="mean", hc_dynamic=True),
+                                  dict(hc_streams=3, norm_type="lns", hc_collapse="mean"),
+                                  dict(rms_norm_eps=1e-30)])
+def test_hc_at_init_gives_the_pre_ln_logits(axes):
+    """The paper's Pre-Norm-equivalent init: every stream stays a copy, each sub-layer reads one of them. The sum
+    collapse is n x the Pre-LN stream, which the final RMSNorm undoes up to its eps (hence eps ~ 0 there)."""
+    hc = make(residual="hc", **axes)
+    base = make(**{k: v for k, v in axes.items() if k in ("norm_type", "rms_norm_eps")})
+    missing, unexpected = hc.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all("_hc." in k for k in missing)
+    ids = torch.randint(0, 96, (2, 9))
+    torch.testing.assert_close(hc(input_ids=ids).logits, base(input_ids=ids).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_sinkhorn_is_doubly_stochastic_and_converges_to_the_paper_s():
+    """Columns are normalized last: they sum to 1 whatever the logits. Rows converge with the iterations: within
+    1e-5 after the default 20 at logits of spread 0.5, after 50 at spread 1 (spread 2+ needs hundreds: see
+    docs/design.md, mHC)."""
+    g = torch.Generator().manual_seed(0)
+    for n, scale, iters in ((2, 0.5, 20), (4, 0.5, 20), (8, 0.5, 20), (2, 1.0, 50), (4, 1.0, 50), (8, 1.0, 20)):
+        z = scale * torch.randn(256, n, n, generator=g, dtype=torch.float64)
+        m = sinkhorn(z.float(), iters)
+        assert (m.sum(-1) - 1).abs().max() < 1e-5 and (m.sum(-2) - 1).abs().max() < 1e-5, (n, scale)
+        assert (m > 0).all()
+        torch.testing.assert_close(m.double(), plain_sinkhorn(z, iters), rtol=1e-5, atol=1e-6)
+    wide = sinkhorn(3.0 * torch.randn(256, 4, 4, generator=g), 20)
+    assert (wide.sum(-2) - 1).abs().max() < 1e-5  # columns still exact; rows are not (~5e-2)
+
+
+def _v4_config(cfg) -> DeepseekV4Config:
+    return DeepseekV4Config(hidden_size=cfg.hidden_size, hc_mult=cfg.hc_streams, hc_sinkhorn_iters=cfg.hc_sinkhorn_iters,
+                            hc_eps=EPS, rms_norm_eps=cfg.rms_norm_eps)
+
+
+def test_mhc_block_and_head_equal_transformers_deepseek_v4():
+    model = make(residual="mhc")
+    perturb_hc(model)
+    ours, head = model.model.layers[1].mlp_hc, model.model.hc_head
+    v4 = DeepseekV4HyperConnection(_v4_config(model.config))
+    v4_head = DeepseekV4HyperHead(_v4_config(model.config))
+    v4.load_state_dict({"fn": ours.fn, "base": ours.base, "scale": ours.scale})
+    v4_head.load_state_dict({k: v for k, v in head.state_dict().items()})
+    streams = torch.randn(2, 5, 4, 32)
+    post, comb, collapsed = v4(streams)
+    mlp = model.model.layers[1].mlp
+    with torch.no_grad():
+        got = hyper_sublayer(ours, streams, mlp)
+        # DeepseekV4DecoderLayer.forward's update: post * F(collapsed) + comb^T @ streams
+        want = post.unsqueeze(-1) * mlp(collapsed).unsqueeze(-2) + torch.matmul(comb.transpose(-1, -2), streams)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        pre, our_post, res = ours(streams)
+        torch.testing.assert_close((res, our_post), (comb, post))
+        torch.testing.assert_close(head(streams), v4_head(streams))
+
+
+ZOO = [("pre_ln", dict(residual="hc", hc_dynamic=True)), ("lns", dict(residual="mhc", hc_streams=2))]
+
+
+@pytest.mark.parametrize("norm_type,axes", ZOO)
+def test_generate_with_cache_equals_manual_greedy(norm_type, axes):
+    model = make(norm_type=norm_type, **axes)
+    perturb_hc(model)
+    model.eval()
+    prompt, mask = _left_padded_prompt()
+    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    cached = model.generate(prompt, **kw)
+    assert torch.equal(cached, model.generate(prompt, use_cache=False, **kw))
+    assert torch.equal(cached, _manual_greedy(model, prompt, mask, 8))
+
+
+@pytest.mark.parametrize("norm_type,axes", ZOO)
+def test_save_load_round_trip_and_meta_init(norm_type, axes, tmp_path):
+    model = make(norm_type=norm_type, **axes)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    perturb_hc(model)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(loaded) is CodLlamaForCausalLM and loaded.config.hc_streams == model.config.hc_streams
+    for (n1, a), (n2, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert n1 == n2 and torch.equal(a, b), n1
+    with torch.device("meta"):
+        meta = build_model(ModelConfig(**{**SHAPE, "norm_type": norm_type, **axes}), 96)
+    meta.to_empty(device="cpu")
+    meta.reset_weights()
+    for name, value in meta.state_dict().items():
+        if "static_" in name or "dynamic_" in name or value.ndim <= 1:  # deterministic inits, HC's one-hots included
+            assert torch.equal(value, fresh[name]), name
+    fn = meta.model.layers[0].attn_hc
+    if hasattr(fn, "fn"):  # mHC's projection: normal(0, initializer_range), not left empty
+        assert abs(fn.fn.std().item() - 0.02) < 0.003
+
+
+@pytest.mark.parametrize("norm_type,axes", ZOO)
+def test_block_compiles_without_graph_breaks_and_checkpointing_keeps_gradients(norm_type, axes):
+    torch._dynamo.reset()
+    model = make(norm_type=norm_type, **axes)
+    perturb_hc(model)
+    n = model.config.hc_streams
+    x = torch.randn(2, 6, n, 32, requires_grad=True)
+    rope = (torch.ones(1, 6, 8), torch.zeros(1, 6, 8))
+    for layer in model.model.layers:
+        compiled = torch.compile(layer, fullgraph=True, backend="eager")  # fullgraph: a graph break is an error
+        compiled(x, rope).sum().backward()
+    ids = torch.randint(0, 96, (2, 9))
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    want = {k: p.grad.clone() for k, p in model.named_parameters()}
+    model.zero_grad()
+    model.train()
+    model.gradient_checkpointing_enable()
+    model(input_ids=ids, labels=ids).loss.backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[k], msg=k)
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (dict(residual="hc", norm_type="post_ln"), "residual=hc is defined on Pre-Norm blocks (the HC / mHC papers): "
+     "it combines with norm_type=pre_ln or lns, not with norm_type=post_ln"),
+    (dict(residual="mhc", norm_type="peri_ln"), "residual=mhc is defined on Pre-Norm blocks"),
+    (dict(residual="mhc", norm_type="mix_ln"), "not with norm_type=mix_ln"),
+    (dict(residual="mhc", hc_dynamic=True), "hc_dynamic=true (input-dependent HC weights) belongs to residual=hc"),
+    (dict(hc_collapse="mean"), "hc_collapse=mean belongs to residual=hc or mhc"),
+    (dict(residual="hc", hc_collapse="max"), "unknown hc_collapse 'max'; valid: sum, mean, head"),
+    (dict(residual="hc", hc_streams=0), "hc_streams must be a positive integer"),
+    (dict(residual="mhc", hc_sinkhorn_iters=0), "hc_sinkhorn_iters must be a positive integer"),
+])
+def test_unsupported_combinations_are_refused_up_front(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        ModelConfig(**overrides).validate()
+    assert needle in str(err.value)
