@@ -304,6 +304,31 @@ def plot_loss_curves(runs: Sequence[Entry], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_training_depth(runs: Sequence[Entry], path: Path) -> Path | None:
+    """Depth utilization over training, one colour per run: the logit-lens settling depth and the mean Block
+    Influence over layers at each diagnostic step. Entry: ``{"label", "settling_depth": [(step, value)],
+    "mean_bi": [(step, value)]}``."""
+    usable = [r for r in runs if r.get("settling_depth") or r.get("mean_bi")]
+    if not usable:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.2))
+    for idx, run in enumerate(usable):
+        color = f"C{idx % 10}"
+        for ax, key in ((ax1, "settling_depth"), (ax2, "mean_bi")):
+            points = run.get(key) or []
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], color=color, marker="o", markersize=3,
+                        label=run["label"])  # fmt: skip
+    ax1.set_ylim(0, 1.05)
+    _finish(ax1, xlabel="training step", ylabel="settling layer / L (1 = only the last layer settles it)",
+            title="In training: logit-lens settling depth", values=[], log_y=False)  # fmt: skip
+    _finish(ax2, xlabel="training step", ylabel="mean over layers of BI = 1 - cos(h_{l-1}, h_l)",
+            title="In training: mean Block Influence", values=[], log_y=False)  # fmt: skip
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, path)
+
+
 PLOTTERS: dict[str, Callable[[Sequence[Entry], Path], Path | None]] = {
     "layer_variance": plot_layer_variance,
     "angular_distance": plot_angular_heatmaps,

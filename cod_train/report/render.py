@@ -13,20 +13,32 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cod_train.eval.depth_summary import PRUNE_THRESHOLD_PCT, depth_summary
 from cod_train.report import plots
 from cod_train.report.runs import RunData
 
 DASH = "—"
 ANALYSIS_SECTIONS = (
-    ("layer_variance", "Per-layer output variance", plots.plot_layer_variance,
+    ("layer_variance", "Per-layer output variance",
      "Variance of the residual stream after each layer; under Pre-LN it grows with depth, LNS bounds it."),
-    ("angular_distance", "Angular distance between layers", plots.plot_angular_heatmaps,
+    ("angular_distance", "Angular distance between layers",
      "arccos(cos(h_l, h_{l+n}))/pi on the last token; near 0 = the block of n layers barely changes it."),
-    ("layer_pruning", "Layer pruning", plots.plot_pruning,
+    ("layer_pruning", "Layer pruning",
      "Perplexity increase when one layer is removed; near 0 = the layer can be dropped at little cost."),
-    ("grad_norms", "Gradient norm per layer", plots.plot_grad_norms,
-     "L2 norm of each layer's parameter gradients on held-out text."),
+    ("grad_norms", "Gradient norm per layer", "L2 norm of each layer's parameter gradients on held-out text."),
+    ("block_influence", "Block Influence (ShortGPT)",
+     "BI_l = 1 - cos(h_{l-1}, h_l) over all tokens; near 0 = the layer barely turns the residual stream."),
+    ("logit_lens", "Logit lens",
+     "The final norm and lm_head applied to each layer's output: KL to the final prediction and top-1 "
+     "agreement with it; the dotted line is the settling layer (agreement >= 50% from there on)."),
+    ("sublayer_contribution", "Sub-layer contribution (Csordas et al.)",
+     "||F(x)|| / ||x|| and cos(F(x), x) of the attention (solid) and MLP (dashed) sub-layers: how much each "
+     "writes into the residual stream, and whether it adds to it (cos > 0) or erases it (cos < 0)."),
+    ("skip_effect", "Skip effect",
+     "Removing layer l: relative change of each later layer's output, and KL of the final distribution."),
 )  # fmt: skip
+NOISE_CURVES = (("layer_pruning", "delta_ppl_pct", "pruning cost (%)"), ("block_influence", "bi", "Block Influence"),
+                ("logit_lens", "kl", "logit-lens KL"))  # fmt: skip
 
 
 def human(n: float | None, digits: int = 1) -> str:
@@ -58,6 +70,7 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
                 "eval_ppl_source": ppl_src,
                 "downstream": run.downstream,
                 "tokens_per_s": run.tokens_per_s,
+                **run_depth_summary(run),
                 "status": run.status,
                 "missing": run.missing,
                 "notes": run.notes,
@@ -67,19 +80,39 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    head = "| run | variant | layers | params | tokens | final eval ppl | downstream avg acc (%) | tokens/s | status |"
+    head = ("| run | variant | layers | params | tokens | final eval ppl | depth util. | settling depth "
+            "| downstream avg acc (%) | tokens/s | status |")  # fmt: skip
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         ppl = _num(r["eval_ppl"]) + (" ‡" if r["eval_ppl_source"] == "metrics.jsonl" else "")
         avg = r["downstream"].get("average")
         lines.append(
             f"| {r['run']} | {r['variant']} | {r['layers'] or DASH} | {human(r['params'])} | {human(r['tokens'], 2)} "
-            f"| {ppl} | {_num(avg * 100 if avg is not None else None)} | {_num(r['tokens_per_s'], ',.0f')} "
+            f"| {ppl} | {_util(r)} | {_num(r['settling_depth'])} "
+            f"| {_num(avg * 100 if avg is not None else None)} | {_num(r['tokens_per_s'], ',.0f')} "
             f"| {r['status']} |"
         )
     if any(r["eval_ppl_source"] == "metrics.jsonl" for r in rows):
         lines += ["", "‡ no eval.json: last in-training eval from metrics.jsonl."]
+    lines += ["", f"Depth util.: fraction of layers whose removal raises perplexity by more than {PRUNE_THRESHOLD_PCT:g}% "
+              "[range counted with each layer's 95% interval]; settling depth: logit-lens settling layer / L "
+              "(docs/depth.md). Both from cod-analyze."]  # fmt: skip
     return lines
+
+
+def _util(row: dict[str, Any]) -> str:
+    util, span = row.get("depth_utilization"), row.get("depth_utilization_range")
+    if util is None:
+        return DASH
+    return f"{util:.2f}" + (f" [{span[0]:.2f}, {span[1]:.2f}]" if span and None not in span else "")
+
+
+def run_depth_summary(run: RunData) -> dict[str, Any]:
+    """The depth-utilization summary of a run's (first) analysed model (eval/depth_summary.py)."""
+    pruning, lens = (
+        next(iter(run.analysis.get(stem) or []), None) for stem in ("layer_pruning", "logit_lens")
+    )
+    return depth_summary(pruning, lens)
 
 
 def _downstream_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -139,6 +172,59 @@ def training_diag_entries(runs: Sequence[RunData], key: str) -> list[dict[str, A
     return out
 
 
+def training_depth_entries(runs: Sequence[RunData]) -> list[dict[str, Any]]:
+    """Per run, over the diagnostic steps: the settling depth and the mean Block Influence over layers."""
+    out = []
+    for run in runs:
+        rows = [r for r in run.diags if isinstance(r.get("step"), (int, float))]
+        settle = [
+            (r["step"], r["diag/settling_depth"])
+            for r in rows
+            if isinstance(r.get("diag/settling_depth"), float)
+        ]
+        bi = [(r["step"], sum(r["diag/bi"]) / len(r["diag/bi"])) for r in rows if r.get("diag/bi")]
+        if settle or bi:
+            out.append({"label": f"{run.label} ({run.variant})", "settling_depth": settle, "mean_bi": bi})
+    return out
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any], key: str) -> tuple[int, int] | None:
+    """(layers whose 95% intervals do not overlap, layers compared) for two entries of the same depth."""
+    lo_a, hi_a, lo_b, hi_b = (e.get(f"{key}_{s}") for e in (a, b) for s in ("lo", "hi"))
+    if not (lo_a and hi_a and lo_b and hi_b) or len(lo_a) != len(lo_b) or a.get("layers") != b.get("layers"):
+        return None
+    pairs = [
+        (x, y, u, v) for x, y, u, v in zip(lo_a, hi_a, lo_b, hi_b, strict=True) if None not in (x, y, u, v)
+    ]
+    return sum(y < u or v < x for x, y, u, v in pairs), len(pairs)
+
+
+def noise_section(runs: Sequence[RunData]) -> list[str]:
+    """For each pair of runs and each banded curve: how many layers differ beyond the 95% intervals."""
+    lines = ["### Differences between variants: signal or noise?", ""]
+    found = []
+    for stem, key, name in NOISE_CURVES:
+        entries = [e for e in analysis_entries(runs, stem) if e.get(f"{key}_lo")]
+        for i, a in enumerate(entries):
+            for b in entries[i + 1 :]:
+                res = _overlap(a, b, key)
+                if res is None:
+                    continue
+                apart, total = res
+                verdict = (
+                    "within noise" if apart == 0 else f"differ beyond noise at {apart} of {total} layers"
+                )
+                found.append(f"- {name}: **{a['label']}** vs **{b['label']}**: {verdict}")
+    if not found:
+        return lines + [
+            "_No two runs of the same depth have curves with intervals (cod-analyze, several batches)._",
+            "",
+        ]
+    note = ("Two curves differ beyond noise at a layer when their bootstrap 95% intervals over held-out batches "
+            "do not overlap (a conservative test; one seed per variant says nothing about seed-to-seed noise).")  # fmt: skip
+    return lines + [note, ""] + found + [""]
+
+
 def _figure(
     lines: list[str], fig_dir: Path, name: str, draw: Callable[[Path], Path | None], empty: str
 ) -> None:
@@ -156,24 +242,29 @@ def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str) -> str:
     _figure(lines, fig_dir, "loss_curves", lambda p: plots.plot_loss_curves(_loss_entries(runs), p),
             "No run has loss rows in metrics.jsonl.")  # fmt: skip
     lines += ["## Depth diagnostics (cod-analyze)", ""]
-    for stem, heading, draw, caption in ANALYSIS_SECTIONS:
+    for stem, heading, caption in ANALYSIS_SECTIONS:
         entries = analysis_entries(runs, stem)
         lines += [f"### {heading}", "", caption, ""]
         absent = [r.label for r in runs if stem not in r.analysis]
         if absent and entries:
             lines += [f"Not available for: {', '.join(absent)}.", ""]
-        _figure(lines, fig_dir, stem, functools.partial(draw, entries),
+        _figure(lines, fig_dir, stem, functools.partial(plots.PLOTTERS[stem], entries),
                 f"No run has analysis/{stem}.json (run cod-analyze).")  # fmt: skip
-    lines += ["## In-training diagnostics (metrics.jsonl, last diagnostic step)", ""]
+    lines += noise_section(runs)
+    lines += ["## In-training diagnostics (metrics.jsonl)", ""]
+    _figure(lines, fig_dir, "train_depth_utilization",
+            lambda p: plots.plot_training_depth(training_depth_entries(runs), p),
+            "No run logged diag/settling_depth or diag/bi (train.diag_every=0, or a run older than these keys).")  # fmt: skip
+    lines += ["Last diagnostic step of each run:", ""]
     for key, name, draw in (
         ("diag/layer_var", "train_layer_variance", plots.plot_layer_variance),
         ("diag/layer_grad_norm", "train_grad_norms", plots.plot_grad_norms),
+        ("diag/bi", "train_block_influence", plots.plot_block_influence),
     ):
-        field = key.removeprefix("diag/")
+        field = {"diag/bi": "bi"}.get(key, key.removeprefix("diag/"))
         entries = [{"label": e["label"], field: e["values"]} for e in training_diag_entries(runs, key)]
-        title = "In training: " + (
-            "output variance per layer" if field == "layer_var" else "gradient norm per layer"
-        )
+        title = "In training: " + {"layer_var": "output variance per layer", "bi": "Block Influence per layer"}.get(
+            field, "gradient norm per layer")  # fmt: skip
         _figure(lines, fig_dir, name, functools.partial(draw, entries, title=title),
                 f"No run logged {key} (train.diag_every=0?).")  # fmt: skip
     return "\n".join(lines)

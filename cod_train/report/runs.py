@@ -18,12 +18,13 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from cod_train.config import ConfigError
+from cod_train.eval.depth_names import DIAG_FILES
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "eval.json", "analysis", "hf", "checkpoints")
-ANALYSIS_FILES = ("layer_variance", "angular_distance", "layer_pruning", "grad_norms")
+ANALYSIS_FILES = tuple(DIAG_FILES.values())
 MAX_DEPTH = 4
 
 

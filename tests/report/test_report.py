@@ -27,6 +27,10 @@ def analysis_files(run: Path, scale: float) -> None:
             "delta_ppl": [20.0, 1.0, 0.5, 0.1],
         },
         "grad_norms": {"layer_grad_norm": [0.5, 0.4, 0.3, 0.2]},
+        "logit_lens": {
+            "kl": [2.0, 1.0, 0.5, 0.1, 0.0],
+            "top1": [0.1, 0.3, 0.6, 0.4, 1.0],
+        },  # settles at layer 4
     }
     (run / "analysis").mkdir(parents=True)
     for stem, fields in data.items():
@@ -50,7 +54,13 @@ def make_run(root: Path, name: str, norm: str, *, steps: int = 30, crashed: bool
                 {"step": step, "eval_loss": 4.8 - step * 0.04, "eval_ppl": 2.7 ** (4.8 - step * 0.04)}
             )
             rows.append(
-                {"step": step, "diag/layer_var": [1.0, 2.0, 3.0, 4.0], "diag/layer_grad_norm": [1, 1, 1, 1]}
+                {
+                    "step": step,
+                    "diag/layer_var": [1.0, 2.0, 3.0, 4.0],
+                    "diag/layer_grad_norm": [1, 1, 1, 1],
+                    "diag/bi": [0.4, 0.2, 0.1, 0.1],
+                    "diag/settling_depth": step / 40,
+                }
             )
     text = "\n".join(json.dumps(r) for r in rows) + "\n"
     if crashed:
@@ -73,7 +83,8 @@ def test_report_with_a_crashed_run(tmp_path: Path) -> None:
     out = tmp_path / "report"
     path = write_report(load_runs([str(good), str(bad)]), out)
     text = path.read_text()
-    assert "| tiny-pre_ln | pre_ln | 4 | 1.2M | 61.44K | 20.09 | 50.00 |" in text
+    # depth util.: 3 of 4 removals cost > 1% (100, 5, 2.5, 0.5 %); settling layer 4 of 4
+    assert "| tiny-pre_ln | pre_ln | 4 | 1.2M | 61.44K | 20.09 | 0.75 | 1.00 | 50.00 |" in text
     assert "| tiny-lns | lns | 4 |" in text and "incomplete (12/30 steps)" in text
     assert "‡" in text.split("| tiny-lns |")[1].split("\n")[0]  # ppl from the in-training eval
     missing = text.split("## Missing or partial files")[1].split("##")[0]
@@ -82,7 +93,8 @@ def test_report_with_a_crashed_run(tmp_path: Path) -> None:
     )
     assert "Not available for: tiny-lns." in text
     for name in ("loss_curves", "layer_variance", "angular_distance", "layer_pruning", "grad_norms",
-                 "train_layer_variance", "train_grad_norms"):  # fmt: skip
+                 "train_layer_variance", "train_grad_norms", "logit_lens", "train_depth_utilization",
+                 "train_block_influence"):  # fmt: skip
         assert f"](figures/{name}.png)" in text
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     summary = json.loads((out / "report.json").read_text())
@@ -97,7 +109,7 @@ def test_run_with_nothing_but_a_truncated_metrics_file(tmp_path: Path) -> None:
     data = load_run(run)
     assert data.status == "no metrics" and data.eval_ppl == (None, "")
     text = write_report([data], tmp_path / "out").read_text()
-    assert "| empty-run | ? | — | — | — | — | — | — | no metrics |" in text
+    assert "| empty-run | ? | — | — | — | — | — | — | — | — | no metrics |" in text
     assert "No run has analysis/layer_variance.json" in text
     assert not (tmp_path / "out" / "figures" / "loss_curves.png").exists()
 
@@ -132,13 +144,17 @@ def test_report_command_and_hydra_config(tmp_path: Path, capsys: pytest.CaptureF
         assert run_typed(report_command, cfg, ReportConfig) == 0
         alias = compose("report", overrides=[f"runs=[{run}]", f"out={tmp_path / 'rep_out'}"])
         assert run_typed(report_command, alias, ReportConfig) == 0
-        both = compose("report", overrides=[f"runs=[{run}]", f"out={tmp_path / 'x'}", f"run_dir={tmp_path / 'y'}"])
+        both = compose(
+            "report", overrides=[f"runs=[{run}]", f"out={tmp_path / 'x'}", f"run_dir={tmp_path / 'y'}"]
+        )
         assert run_typed(report_command, both, ReportConfig) == 2
         bad = compose("report", overrides=[f"runs=[{tmp_path / 'missing'}]", f"out={tmp_path / 'rep2'}"])
         assert run_typed(report_command, bad, ReportConfig) == 2
     assert (tmp_path / "rep" / "report.md").read_text().startswith("# Tiny")
     assert (tmp_path / "rep_out" / "report.md").is_file()
-    assert not (tmp_path / "rep2").exists() and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert (
+        not (tmp_path / "rep2").exists() and not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    )
     err = capsys.readouterr().err
     assert "does not exist" in err and "disagree" in err
 
@@ -147,8 +163,10 @@ def test_an_sft_run_is_labelled_by_its_saved_model(tmp_path: Path) -> None:
     """cod-sft's config.yaml has no `model` block: the variant comes from hf/config.json (Llama = Pre-LN)."""
     from cod_train.report.runs import load_run
 
-    for name, saved, want in [("sft_lns", {"model_type": "cod_llama", "norm_type": "lns"}, "lns"),
-                              ("sft_llama", {"model_type": "llama"}, "pre_ln")]:
+    for name, saved, want in [
+        ("sft_lns", {"model_type": "cod_llama", "norm_type": "lns"}, "lns"),
+        ("sft_llama", {"model_type": "llama"}, "pre_ln"),
+    ]:
         run = tmp_path / name
         (run / "hf").mkdir(parents=True)
         (run / "config.yaml").write_text("checkpoint: runs/x\ntrain:\n  max_steps: 2\n")
@@ -156,3 +174,22 @@ def test_an_sft_run_is_labelled_by_its_saved_model(tmp_path: Path) -> None:
         (run / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
         data = load_run(run)
         assert data.variant == want and data.num_layers == 2 and data.status == "complete"
+
+
+def test_noise_verdicts_from_the_intervals(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, "a", "pre_ln"), make_run(tmp_path, "b", "lns")]
+    bands = {  # run -> (pruning lo, hi), (BI lo, hi)
+        "a": (([0, 1, 1, 0], [5, 3, 3, 1]), ([0.1, 0.1, 0.1, 0.1], [0.2, 0.2, 0.2, 0.2])),
+        "b": (([4, 2, 0, 0.5], [9, 4, 1, 2]), ([0.15, 0.3, 0.0, 0.15], [0.3, 0.4, 0.05, 0.3])),
+    }
+    for run in runs:
+        (prune_lo, prune_hi), (bi_lo, bi_hi) = bands[run.name]
+        entry = {"label": run.name, "base_ppl": 20.0, "ppl": [21.0] * 4, "delta_ppl_pct": [2.0] * 4,
+                 "delta_ppl_pct_lo": prune_lo, "delta_ppl_pct_hi": prune_hi}  # fmt: skip
+        (run / "analysis" / "layer_pruning.json").write_text(json.dumps({"models": [entry]}))
+        bi = {"label": run.name, "bi": [0.15] * 4, "bi_lo": bi_lo, "bi_hi": bi_hi}
+        (run / "analysis" / "block_influence.json").write_text(json.dumps({"models": [bi]}))
+    text = write_report(load_runs([str(r) for r in runs]), tmp_path / "out").read_text()
+    assert "pruning cost (%): **a** vs **b**: within noise" in text  # every pair of intervals overlaps
+    assert "Block Influence: **a** vs **b**: differ beyond noise at 2 of 4 layers" in text  # layers 2 and 3
+    assert "| a | pre_ln | 4 |" in text and "| 0.75 [0.50, 1.00] |" not in text
