@@ -16,6 +16,7 @@ The directory appears whole or not at all (written next to its place, then renam
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -266,6 +267,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.
         tokenizer = _load_tokenizer(ckpt)
         if dtype is None and read_meta(ckpt).get("precision") == "bf16-pure":
             dtype = torch.bfloat16  # as the run's own final export: every engine's checkpoint holds bf16 weights
+    if ckpt is not None and ckpt.parent.name == "checkpoints" and not (options and options.run_dir):
+        options = dataclasses.replace(options or ExportOptions(), run_dir=ckpt.parent.parent)  # for the card
     out = save_hf(model, Path(out_dir), tokenizer, dtype=dtype, fmt=fmt, options=options)
     log.debug("exported %s -> %s (%s)", ckpt or src, out, fmt)
     return out

@@ -11,6 +11,7 @@ matrix whose rows are not a multiple of 32 falls back to f16 under q8_0).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ def write_gguf(out: Path, gguf_type: str = "f16") -> Path:
     """Write ``out/model-<gguf_type>.gguf`` from the Llama export already saved in ``out``."""
     import gguf
 
+    logging.getLogger("gguf").setLevel(logging.WARNING)  # its writer logs every file's layout at INFO
     problem = tokenizer_problem(out / "tokenizer.json")
     if problem:
         raise ConfigError(problem)

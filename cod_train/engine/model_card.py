@@ -79,7 +79,8 @@ def _training(run_dir: Path | None, run_cfg: dict[str, Any]) -> list[str]:
     tokens = _last_tokens(run_dir)
     out = ["## Training", ""]
     if data:
-        out.append(f"- data: `{data.get('source')}` {data.get('paths') or data.get('hub_dataset', '')}, "
+        where = {"c4": data.get("hub_dataset", "allenai/c4"), "sample": "cod-train's bundled text sample"}
+        out.append(f"- data: `{data.get('source')}` ({where.get(str(data.get('source')), data.get('paths'))}), "
                    f"tokenizer `{data.get('tokenizer')}`, sequence length {data.get('seq_len')}")
     if tokens is not None:
         out.append(f"- tokens seen: {tokens:,}")
@@ -131,8 +132,8 @@ def write_card(out: Path, config: Any, fmt: str, options: Any, final_dir: Path, 
     title = options.repo_id or (run_dir.name if run_dir else final_dir.name)
     repo = options.repo_id or str(final_dir)
     how = {"remote_code": "the generated `modeling_cod_llama.py` (imports only torch and transformers)",
-           "cod_llama": "cod-train's own classes"}.get(fmt, "a class transformers ships; the scheme's extra factors "
-                                                          "are folded into the weights exactly")
+           "cod_llama": "cod-train's own classes"}.get(fmt, "a class transformers ships" + (
+               "" if norm == "pre_ln" else f"; {norm}'s extra factors are folded into the weights exactly"))
     lines = [_front_matter(norm, fmt, run_cfg), f"# {title}", "",
              f"Exported by cod-train as `{fmt}`: `{architecture}`, {how}.", "",
              *_architecture(config, norm), *_training(run_dir, run_cfg), *_evals(run_dir),
