@@ -34,6 +34,7 @@ from cod_train.eval.depth_hooks import (
     Batch,
     decoder_layers,
     first_tensor,
+    one_stream,
     residual_stream_hooks,
     run_backbone,
     unwrap_model,
@@ -164,8 +165,8 @@ def sublayer_hooks(model: nn.Module, mask: torch.Tensor, sums: torch.Tensor) -> 
             seen[idx, "h"] = args[0] if args else next(iter(kwargs.values()))
 
         def post(_m: nn.Module, _a: tuple, out: Any, idx: int = idx) -> None:
-            x, h = seen.pop((idx, "x")), seen.pop((idx, "h"))
-            y = first_tensor(out)
+            x, h = one_stream(model, seen.pop((idx, "x"))), seen.pop((idx, "h"))  # hyper-connections: h is
+            y = one_stream(model, first_tensor(out))  # the MLP's read of the streams, x and y their collapse
             sums[idx] += torch.tensor(_contributions(x, h, y, mask.to(x.device)), dtype=torch.float64)
 
         handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))

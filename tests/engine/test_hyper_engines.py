@@ -1,0 +1,58 @@
+"""Hyper-connections on every engine: HC (dynamic) and mHC trained with 2 processes (gloo, CPU) under DDP, FSDP2
+(one with activation checkpointing) and DeepSpeed ZeRO-3 give the single-process losses at every step, and a
+single-process run stopped after 2 steps and resumed gives the uninterrupted run's losses exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import losses, torchrun
+from tests.engine.tiny import run
+from tests.engine.zoo_driver import diagnostics
+
+DRIVER = str(Path(__file__).with_name("zoo_driver.py"))
+RTOL = 1e-4
+pytestmark = pytest.mark.slow
+
+BASE = "train.max_steps=4 train.ckpt_every=0 train.diag_every=2"
+SCHEMES = {
+    "dhc": "model.residual=hc model.hc_dynamic=true model.hc_streams=2",
+    "lns_mhc": "model.norm_type=lns model.residual=mhc model.hc_streams=4",
+}
+ENGINES = {
+    "dhc": {"ddp": "distributed.engine=ddp",
+            "fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full",
+            "zero3": "distributed.engine=deepspeed distributed.zero_stage=3"},
+    "lns_mhc": {"fsdp": "distributed.engine=fsdp", "zero3": "distributed.engine=deepspeed distributed.zero_stage=3"},
+}
+
+
+def test_hyper_connections_give_the_single_process_losses_on_every_engine(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, scheme in SCHEMES.items():
+            run(f"run_dir={tmp_path / name}", *BASE.split(), *scheme.split(), diagnostics_fn=diagnostics)
+    finally:
+        torch.set_num_threads(threads)
+    runs = [f"run_dir={tmp_path / f'{name}-{eng}'} {BASE} {SCHEMES[name]} {spec}"
+            for name, engines in ENGINES.items() for eng, spec in engines.items()]
+    torchrun(DRIVER, *runs, nproc=2, timeout=600)
+    for name, engines in ENGINES.items():
+        want = losses(tmp_path / name)
+        assert sorted(want) == [1, 2, 3, 4], name
+        for eng in engines:
+            got = losses(tmp_path / f"{name}-{eng}")
+            for step in range(1, 5):
+                assert abs(got[step] - want[step]) <= RTOL * abs(want[step]), (name, eng, step, got, want)
+
+
+def test_mhc_resume_is_exact(tmp_path):
+    scheme = SCHEMES["lns_mhc"].split()
+    run(f"run_dir={tmp_path / 'full'}", "train.max_steps=4", "train.ckpt_every=2", *scheme)
+    run(f"run_dir={tmp_path / 'cut'}", "train.max_steps=2", "train.ckpt_every=2", *scheme)
+    run(f"run_dir={tmp_path / 'cut'}", "train.max_steps=4", "train.ckpt_every=2", *scheme)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
