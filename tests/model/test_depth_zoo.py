@@ -289,3 +289,11 @@ def test_hybrid_ln_defaults_to_per_head_qkv_norms():
     assert not hasattr(model.model.layers[0], "input_layernorm")  # HybridNorm: no pre-norm before attention
     star = make(norm_type="hybrid_ln_star").model.layers
     assert hasattr(star[0], "input_layernorm") and not hasattr(star[1], "input_layernorm")
+
+
+@pytest.mark.parametrize("norm_type,axes", ONE_AXIS[::3] + COMBOS)
+def test_parameter_count_without_building_is_exact(norm_type, axes):
+    from cod_train.model import total_params
+
+    model = make(norm_type=norm_type, **axes)
+    assert total_params(model.config) == sum(p.numel() for p in model.parameters())
