@@ -123,7 +123,10 @@ def _write_remote_code(model: PreTrainedModel, out: Path) -> None:
     path.write_text(source, encoding="utf-8")
     module = _import_file(path)
     standalone_config = module.CodLlamaConfig.from_dict({**config.to_dict(), "use_kernels": False})
-    standalone = module.CodLlamaForCausalLM(standalone_config)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # every weight is loaded next
+        standalone = module.CodLlamaForCausalLM(standalone_config)
     standalone.load_state_dict(model.state_dict())
     _verify(model, standalone, "remote-code")
     config.auto_map = dict(AUTO_MAP)

@@ -19,8 +19,11 @@ def check_hub_access(repo_id: str) -> None:
     """A valid repo id, a reachable hub and a token; a one-line ConfigError otherwise."""
     if not REPO_ID.match(repo_id):
         raise ConfigError(f"push_to_hub={repo_id!r} is not a Hub repo id like 'org/name'")
-    hub.require_hub(f"push_to_hub={repo_id}", "export without push_to_hub (the export directory is complete) "
-                    "and upload it later with `hf upload`")
+    reason = hub.offline_reason()
+    if reason:
+        raise ConfigError(f"push_to_hub={repo_id}: the Hugging Face hub is unreachable ({reason}); nothing was "
+                          "exported or uploaded. Export without push_to_hub and upload the directory later "
+                          "(`hf upload`)")
     from huggingface_hub import get_token
 
     if not get_token():

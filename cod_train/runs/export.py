@@ -51,12 +51,12 @@ def run_export(cfg: ExportConfig) -> Path:
 
     from cod_train.engine.export import ExportOptions, export_checkpoint
 
-    _check(cfg)
-    out_dir = output_dir(cfg)
     if cfg.push_to_hub:
         from cod_train.engine.hub_upload import check_hub_access
 
-        check_hub_access(cfg.push_to_hub)  # before any work: offline or no token fails here, in seconds
+        check_hub_access(cfg.push_to_hub)  # first: offline or no token fails here, in about a second
+    _check(cfg)
+    out_dir = output_dir(cfg)
     dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
     options = ExportOptions(gguf_type=cfg.gguf_type, repo_id=cfg.push_to_hub,
                             run_dir=Path(cfg.run_dir) if cfg.run_dir else None)
