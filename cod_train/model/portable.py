@@ -132,7 +132,7 @@ def fold_state(model: PreTrainedModel, target: Target) -> dict[str, torch.Tensor
     """The state dict of ``model`` (a CodLlamaForCausalLM) rewritten as ``target``'s, folds applied."""
     config = model.config
     assert isinstance(config, CodLlamaConfig)
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach() for k, v in model.state_dict().items()}  # the folds below make new tensors
     c = float(getattr(config, "branch_scale", 1.0))
     for i in range(config.num_hidden_layers):
         p, placement = f"model.layers.{i}", config.layer_placement(i + 1)
@@ -177,7 +177,7 @@ def to_target(model: PreTrainedModel, target: Target) -> PreTrainedModel:
 
     with no_init_weights():  # every weight is overwritten below; buffers (RoPE tables) are computed
         out = target.model_class()(out_config)
-    missing, unexpected = out.load_state_dict(state, strict=False)
+    missing, unexpected = out.load_state_dict(state, strict=False, assign=True)  # no copy: shared with model
     tied = set(getattr(out, "all_tied_weights_keys", None) or {})
     if [k for k in missing if k not in tied] or unexpected:
         raise ValueError(f"{target.architecture}: weights do not map: missing {missing[:4]}, unexpected "
