@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
-from cod_train.config import ConfigError
+from cod_train.config import ConfigError, scheme_name
 from cod_train.eval.depth_names import DIAG_FILES
 
 if TYPE_CHECKING:
@@ -54,9 +54,14 @@ class RunData:
         norm = self.model_cfg.get("norm_type") or (self.eval_json or {}).get("model", {}).get("norm_type")
         if norm is None and self.model_cfg.get("model_type") == "llama":
             norm = "pre_ln"  # a plain Llama (e.g. fine-tuned from a hub model) is Pre-LN
+        if not norm:
+            return "?"
+        # the depth-zoo axes off their defaults, as in the run directory's name (lns+gpas+qk_head)
+        axes = ("qk_norm", "norm_fn", "residual", "depth_alpha", "depth_hparams")
+        name = scheme_name(str(norm), **{k: self.model_cfg[k] for k in axes if self.model_cfg.get(k) is not None})
         if norm == "mix_ln" and self.model_cfg.get("mix_ln_ratio") not in (None, 0.25):
-            return f"mix_ln (ratio {self.model_cfg['mix_ln_ratio']})"
-        return str(norm) if norm else "?"
+            return f"{name} (ratio {self.model_cfg['mix_ln_ratio']})"
+        return name
 
     @property
     def num_layers(self) -> int | None:
