@@ -47,14 +47,14 @@ def _check(cfg: ExportConfig) -> None:
 
 
 def run_export(cfg: ExportConfig) -> Path:
+    if cfg.push_to_hub:  # first, before torch is imported: offline or no token fails in about a second
+        from cod_train.core.hub_upload import check_hub_access
+
+        check_hub_access(cfg.push_to_hub)
     import torch
 
     from cod_train.engine.export import ExportOptions, export_checkpoint
 
-    if cfg.push_to_hub:
-        from cod_train.engine.hub_upload import check_hub_access
-
-        check_hub_access(cfg.push_to_hub)  # first: offline or no token fails here, in about a second
     _check(cfg)
     out_dir = output_dir(cfg)
     dtype = None if cfg.dtype == "auto" else getattr(torch, cfg.dtype)
@@ -64,7 +64,7 @@ def run_export(cfg: ExportConfig) -> Path:
     out = export_checkpoint(cfg.checkpoint, out_dir, dtype=dtype, fmt=cfg.format, options=options)
     print(f"exported {cfg.checkpoint} -> {out}", flush=True)
     if cfg.push_to_hub:
-        from cod_train.engine.hub_upload import upload
+        from cod_train.core.hub_upload import upload
 
         url = upload(out, cfg.push_to_hub, private=cfg.private)
         print(f"uploaded {out} -> {url}", flush=True)

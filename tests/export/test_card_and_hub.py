@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -65,3 +66,18 @@ def test_push_to_hub_offline_fails_fast_with_nothing_written(tmp_path, monkeypat
     assert code == 2 and elapsed < 2.0, (code, elapsed)
     assert len(lines) == 1 and "push_to_hub=me/tiny-model" in lines[0] and "HF_HUB_OFFLINE" in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_push_to_hub_offline_is_refused_before_torch_is_imported(tmp_path):
+    """As a fresh command the refusal must not wait for torch and transformers to import (seconds on a busy
+    machine): the hub check comes first, and torch is still absent when the command exits."""
+    import subprocess
+
+    code = ("import sys\n"
+            f"sys.argv = ['cod-export', 'checkpoint={tmp_path}/none', 'out={tmp_path}/out', 'push_to_hub=me/m']\n"
+            "from cod_train.cli.export import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('EXIT', e.code, 'torch' in sys.modules)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "EXIT 2 False" in out.stdout, (out.stdout, out.stderr[-500:])
+    assert "push_to_hub=me/m" in out.stderr and not (tmp_path / "out").exists()
