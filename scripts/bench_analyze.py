@@ -83,6 +83,7 @@ def main() -> None:
         for key, fn in runs.items():
             secs, results[key] = timed(fn)
             times[key].append(secs)
+        print("repeat:", ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
     plain, cached = results["plain"]["ppl"], results["cached"]["ppl"]
     rel = max(abs(a / b - 1) for a, b in zip(cached, plain, strict=True))
     med = {k: statistics.median(v) for k, v in times.items()}

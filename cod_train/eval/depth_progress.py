@@ -7,12 +7,13 @@ into one :class:`Progress`; the bar shows done/total, rate and the estimated tim
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 
 BOOTSTRAP_SAMPLES = 1000
+T = TypeVar("T")
 
 
 class Progress:
@@ -37,6 +38,14 @@ class Progress:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def tracked(items: Sequence[T], desc: str, show: bool = True) -> Iterator[T]:
+    """Iterate over ``items`` with a progress bar (one unit per item)."""
+    with Progress(len(items), desc, disable=not show) as bar:
+        for item in items:
+            yield item
+            bar.update()
 
 
 def spread(per_batch: torch.Tensor, weights: torch.Tensor, *, seed: int = 0) -> dict[str, list]:

@@ -52,7 +52,7 @@ from cod_train.eval.depth_hooks import (
     unwrap_model,
     valid_token_mask,
 )
-from cod_train.eval.depth_progress import Progress
+from cod_train.eval.depth_progress import Progress, tracked
 from cod_train.eval.depth_train import (
     DIAG_PREFIX,
     LAYER_GRAD_NORM_KEY,
@@ -105,7 +105,7 @@ def _prepared(model: nn.Module, batches: Iterable[Batch]) -> list[Batch]:
 
 
 @torch.no_grad()
-def layer_variance(model: nn.Module, batches: Iterable[Batch]) -> dict:
+def layer_variance(model: nn.Module, batches: Iterable[Batch], *, progress: bool = True) -> dict:
     """Variance and std of h_0..h_L over all elements of the real tokens.
 
     Returns ``{"embed_var", "layer_var": [L], "layer_std": [L], "layer_mean_abs": [L]}``; ``layer_var[l-1]``
@@ -118,7 +118,7 @@ def layer_variance(model: nn.Module, batches: Iterable[Batch]) -> dict:
     absum = torch.zeros(n_states, dtype=torch.float64)
     count = torch.zeros(n_states, dtype=torch.float64)
     model.eval()
-    for batch in batches:
+    for batch in tracked(batches, "variance", progress):
         mask = valid_token_mask(batch)
 
         def record(idx: int, hidden: torch.Tensor, mask: torch.Tensor = mask) -> None:
@@ -141,13 +141,13 @@ def layer_variance(model: nn.Module, batches: Iterable[Batch]) -> dict:
 
 
 @torch.no_grad()
-def last_token_states(model: nn.Module, batches: Iterable[Batch]) -> torch.Tensor:
+def last_token_states(model: nn.Module, batches: Iterable[Batch], *, progress: bool = True) -> torch.Tensor:
     """``[N, L+1, D]`` float64: h_0..h_L at each row's last real token, rows of all batches stacked."""
     batches = _prepared(model, batches)
     n_states = len(decoder_layers(model)) + 1
     rows = []
     model.eval()
-    for batch in batches:
+    for batch in tracked(batches, "angular distance", progress):
         last = last_token_index(batch)
         states: list[torch.Tensor | None] = [None] * n_states
 
@@ -179,14 +179,14 @@ def _nan_to_none(rows: torch.Tensor) -> list[list[float | None]]:
     return [[None if math.isnan(v) else v for v in row] for row in rows.tolist()]
 
 
-def angular_distances(model: nn.Module, batches: Iterable[Batch]) -> dict:
+def angular_distances(model: nn.Module, batches: Iterable[Batch], *, progress: bool = True) -> dict:
     """ShortGPT-style angular distances on the last real token.
 
     Returns ``{"distance", "adjacent", "num_samples"}``: ``distance[l][n-1]`` = d(h_l, h_{l+n}) for start
     l = 0..L-1 (0 = embedding output) and block size n = 1..L-l (None where l + n > L);
     ``adjacent[l-1]`` = d(h_{l-1}, h_l), layer l's own change; ``num_samples`` rows averaged.
     """
-    states = last_token_states(model, batches)
+    states = last_token_states(model, batches, progress=progress)
     matrix = angular_distance_matrix(states)
     return {
         "distance": _nan_to_none(matrix),
@@ -288,7 +288,7 @@ def _metric_curve(model: nn.Module, metric_fn: MetricFn, layers: list[int], prog
     return {"base_metric": base_metric, "metric": metrics, "delta_metric": [m - base_metric for m in metrics]}
 
 
-def layer_grad_norms(model: nn.Module, batches: Iterable[Batch]) -> dict:
+def layer_grad_norms(model: nn.Module, batches: Iterable[Batch], *, progress: bool = True) -> dict:
     """Per-layer gradient L2 norms of the mean token loss over ``batches`` (one backward per batch).
 
     Leaves ``.grad`` cleared (set to None) and restores ``requires_grad``. Returns
@@ -307,7 +307,7 @@ def layer_grad_norms(model: nn.Module, batches: Iterable[Batch]) -> dict:
     model.eval()
     loss_total = 0.0
     try:
-        for batch in batches:
+        for batch in tracked(batches, "gradient norms", progress):
             loss_sum, _ = token_losses_sum(model, batch)
             (loss_sum / total_tokens).backward()
             loss_total += float(loss_sum.detach())
@@ -352,9 +352,9 @@ def run_diagnostics(
     chosen = check_layers(model, layers)
     show = {"progress": progress}
     runners: dict[str, Callable[[], dict]] = {
-        "variance": lambda: layer_variance(model, batches),
-        "angular": lambda: angular_distances(model, batches),
-        "grad_norms": lambda: layer_grad_norms(model, batches[: max(1, grad_batches)]),
+        "variance": lambda: layer_variance(model, batches, **show),
+        "angular": lambda: angular_distances(model, batches, **show),
+        "grad_norms": lambda: layer_grad_norms(model, batches[: max(1, grad_batches)], **show),
         "block_influence": lambda: block_influence(model, batches, **show),
         "logit_lens": lambda: logit_lens(model, batches, **show),
         "sublayer": lambda: sublayer_contribution(model, batches, **show),
