@@ -37,7 +37,7 @@ Every weight is computed in fp32; the streams keep the activation dtype. Nothing
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,11 @@ HC_EPS = 1e-6  # mHC: added to H_pre and to the softmax before Sinkhorn, and to 
 DHC_SCALE_INIT = 0.01  # DHC: initial s_a, s_b (the paper's Algorithm 2)
 
 Weights = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # pre [..., n], post [..., n], res [..., n, n]
+Value = Callable[[torch.Tensor], torch.Tensor]  # a parameter -> its full value (gathered where it is sharded)
+
+
+def _as_is(param: torch.Tensor) -> torch.Tensor:
+    return param
 
 
 def sinkhorn(logits: torch.Tensor, iters: int, eps: float = HC_EPS) -> torch.Tensor:
@@ -129,14 +134,18 @@ class ManifoldHyperConnection(nn.Module):
 
     def mappings(self, mix: torch.Tensor) -> Weights:
         """pre, post, res from the projected streams `mix` [..., (n+2) n] (zeros: the input-independent part)."""
-        n = self.n
-        pre_w, post_w, res_w = mix.split([n, n, n * n], dim=-1)
-        pre_b, post_b, res_b = self.base.float().split([n, n, n * n])
-        a_pre, a_post, a_res = self.scale.float().unbind(0)
-        pre = torch.sigmoid(pre_w * a_pre + pre_b) + HC_EPS
-        post = 2.0 * torch.sigmoid(post_w * a_post + post_b)
-        res = sinkhorn((res_w * a_res + res_b).unflatten(-1, (n, n)), self.iters)
-        return pre, post, res
+        return _mhc_mappings(mix, self.base.float(), self.scale.float(), self.iters)
+
+
+def _mhc_mappings(mix: torch.Tensor, base: torch.Tensor, scale: torch.Tensor, iters: int) -> Weights:
+    n = round((base.numel() + 1) ** 0.5) - 1  # base holds (n + 2) n = (n + 1)^2 - 1 entries
+    pre_w, post_w, res_w = mix.split([n, n, n * n], dim=-1)
+    pre_b, post_b, res_b = base.split([n, n, n * n])
+    a_pre, a_post, a_res = scale.unbind(0)
+    pre = torch.sigmoid(pre_w * a_pre + pre_b) + HC_EPS
+    post = 2.0 * torch.sigmoid(post_w * a_post + post_b)
+    res = sinkhorn((res_w * a_res + res_b).unflatten(-1, (n, n)), iters)
+    return pre, post, res
 
 
 class HyperHead(nn.Module):
@@ -170,9 +179,19 @@ class HyperHead(nn.Module):
             return streams.sum(-2)
         if self.mode == "mean":
             return streams.mean(-2)
-        mix = F.linear(_rms(streams.flatten(-2).float(), self.norm_eps), self.hc_fn.float())
-        pre = torch.sigmoid(mix * self.hc_scale.float() + self.hc_base.float()) + HC_EPS
-        return _read(pre, streams)
+        return _read(self.weights(streams), streams)
+
+    def weights(self, streams: torch.Tensor | None = None, value: Value | None = None) -> torch.Tensor:
+        """The collapse weights [..., n] of each stream; without `streams` their input-independent part (`head`:
+        sigmoid(b) + eps). `value`: a parameter's full value (gathered where sharded)."""
+        value = value or _as_is
+        if self.mode != "head":
+            return torch.full((self.n,), 1.0 if self.mode == "sum" else 1.0 / self.n)
+        base, scale = value(self.hc_base).float(), value(self.hc_scale).float()
+        if streams is None:
+            return torch.sigmoid(base) + HC_EPS
+        mix = F.linear(_rms(streams.flatten(-2).float(), self.norm_eps), value(self.hc_fn).float())
+        return torch.sigmoid(mix * scale + base) + HC_EPS
 
 
 def _read(pre: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
@@ -208,3 +227,174 @@ def make_hyper_connections(config: CodLlamaConfig, layer_idx: int) -> tuple[nn.M
     if config.residual == "mhc":
         return ManifoldHyperConnection(config), ManifoldHyperConnection(config)
     return None, None
+
+
+# -- the connection weights as diagnostics (per sub-layer read / write weights, ||res - I||, the unfolded map) --
+
+
+def connection_modules(model: nn.Module) -> list[nn.Module]:
+    """The 2L sub-layer connections in order (layer 1 attention, layer 1 MLP, layer 2 attention, ...); [] for a
+    model without hyper-connections. `model`: the causal LM or its backbone."""
+    layers = getattr(getattr(model, "model", model), "layers", None) or []
+    return [hc for layer in layers for hc in (getattr(layer, "attn_hc", None), getattr(layer, "mlp_hc", None))
+            if hc is not None]
+
+
+def _input_dependent(hc: nn.Module) -> bool:
+    return isinstance(hc, ManifoldHyperConnection) or bool(getattr(hc, "dynamic", False))
+
+
+def static_weights(hc: nn.Module, value: Value | None = None) -> Weights:
+    """The input-independent part of one sub-layer's (pre, post, res): static HC's parameters (A_m, B, A_r), also
+    DHC's (its tanh terms left out: they are 0 where N(H) W = 0), mHC's mappings of a zero projection
+    (sigmoid(b_pre) + eps, 2 sigmoid(b_post), Sinkhorn(b_res))."""
+    value = value or _as_is
+    if isinstance(hc, HyperConnection):
+        alpha, beta = value(hc.static_alpha).float(), value(hc.static_beta).float()
+        return alpha[:, 0], beta, alpha[:, 1:]
+    assert isinstance(hc, ManifoldHyperConnection)
+    base = value(hc.base).float()
+    return _mhc_mappings(torch.zeros_like(base), base, value(hc.scale).float(), hc.iters)
+
+
+def _distance_from_identity(res: torch.Tensor) -> torch.Tensor:
+    """||res - I||_F per token."""
+    return torch.linalg.matrix_norm(res - torch.eye(res.shape[-1], device=res.device))
+
+
+class WeightMeans:
+    """While active (a context manager), the token means of every sub-layer's (pre, post, res), of ||res - I||_F
+    per token, and of the collapse weights (computed from the last layer's output, which `hc_head` reads) over the
+    forwards run; `mask` [B, T] (bool) keeps only those tokens."""
+
+    def __init__(self, model: nn.Module, mask: torch.Tensor | None = None):
+        self.hcs = connection_modules(model)
+        inner = getattr(model, "model", model)
+        self.head: HyperHead | None = getattr(inner, "hc_head", None)
+        self.last: nn.Module | None = getattr(inner, "layers")[-1] if self.hcs else None  # noqa: B009
+        self.n = int(getattr(self.hcs[0], "n", 0)) if self.hcs else 0
+        self.mask = mask
+        self.sums: list[list[torch.Tensor] | None] = [None] * (len(self.hcs) + 1)
+        self.counts = [0] * (len(self.hcs) + 1)
+        self.handles: list[Any] = []
+
+    def _tokens(self, t: torch.Tensor, trailing: int) -> torch.Tensor:
+        t = t.detach().float()
+        if self.mask is not None and t.dim() == 2 + trailing and t.shape[:2] == self.mask.shape:
+            t = t[self.mask.to(t.device)]
+        return t.reshape(-1, *t.shape[t.dim() - trailing:])
+
+    def _add(self, idx: int, parts: list[torch.Tensor]) -> None:
+        sums = [p.sum(0) for p in parts]
+        old = self.sums[idx]
+        self.sums[idx] = sums if old is None else [a + b for a, b in zip(old, sums, strict=True)]
+        self.counts[idx] += parts[0].shape[0]
+
+    def __enter__(self) -> WeightMeans:
+        for idx, hc in enumerate(self.hcs):
+            def hook(_m: nn.Module, _args: Any, out: Weights, idx: int = idx) -> None:
+                pre, post, res = self._tokens(out[0], 1), self._tokens(out[1], 1), self._tokens(out[2], 2)
+                self._add(idx, [pre, post, res, _distance_from_identity(res)])
+
+            self.handles.append(hc.register_forward_hook(hook))
+        head = self.head
+        if head is not None and self.last is not None:
+            def head_hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
+                self._add(len(self.hcs), [self._tokens(head.weights(out.detach()), 1)])
+
+            self.handles.append(self.last.register_forward_hook(head_hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def means(self) -> tuple[list[Weights], list[float], torch.Tensor] | None:
+        """(per sub-layer mean (pre, post, res), per sub-layer mean ||res - I||_F, mean collapse weights); None
+        before a forward."""
+        if any(s is None for s in self.sums[:-1]) or not self.hcs:
+            return None
+        means = [[t / c for t in s] for s, c in zip(self.sums, self.counts, strict=True) if s is not None]
+        head = means[-1][0] if self.sums[-1] is not None else torch.ones(self.n)
+        return [(m[0], m[1], m[2]) for m in means[: len(self.hcs)]], [float(m[3]) for m in means[: len(self.hcs)]], head
+
+    def stats(self) -> dict[str, list[float]]:
+        """`hyper_connection_stats`' keys with the suffix `.tokens`; {} before a forward."""
+        means = self.means()
+        return {} if means is None else _stat_lists(means[0], means[1], ".tokens")
+
+
+def _stat_lists(weights: list[Weights], dists: list[float], suffix: str) -> dict[str, list[float]]:
+    n_layers = len(weights) // 2
+    out: dict[str, list[float]] = {}
+    for k, (pre, post, _res) in enumerate(weights):
+        sub, layer = ("attn", "mlp")[k % 2], k // 2
+        for kind, w in (("read", pre), ("write", post)):
+            for j, v in enumerate(w.reshape(-1).tolist()):
+                out.setdefault(f"{sub}_hc.{kind}.{j}{suffix}", [0.0] * n_layers)[layer] = v
+        out.setdefault(f"{sub}_hc.res_dist{suffix}", [0.0] * n_layers)[layer] = dists[k]
+    return out
+
+
+def _record(model: nn.Module, batch: dict[str, torch.Tensor]) -> WeightMeans:
+    """A no-grad forward of the backbone on `batch` (its real tokens: `attention_mask` where given) recorded."""
+    mask = batch.get("attention_mask")
+    inner = getattr(model, "model", model)
+    with torch.no_grad(), WeightMeans(model, mask.bool() if mask is not None else None) as rec:
+        inner(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False)
+    return rec
+
+
+def hyper_connection_stats(model: nn.Module, batch: dict[str, torch.Tensor] | None = None,
+                           value: Value | None = None) -> dict[str, list[float]]:
+    """Per layer (lists of L floats): `{attn,mlp}_hc.read.j` (pre_j: how much the sub-layer reads stream j),
+    `{attn,mlp}_hc.write.j` (post_j: how much of its output stream j receives) and `{attn,mlp}_hc.res_dist`
+    (||res - I||_F, the stream mixing's distance from the identity), from the input-independent part of the
+    weights (`static_weights`); for input-dependent weights (DHC, mHC) and a `batch`, also the same keys with
+    the suffix `.tokens`: their means over the batch's tokens (res_dist: the mean of each token's distance), from
+    one no-grad forward. {} without hyper-connections. `value` gathers a sharded parameter (FSDP2 / ZeRO-3: a
+    collective, call on every rank)."""
+    hcs = connection_modules(model)
+    if not hcs:
+        return {}
+    with torch.no_grad():
+        static = [static_weights(hc, value) for hc in hcs]
+        out = _stat_lists(static, [float(_distance_from_identity(w[2])) for w in static], "")
+    if batch is not None and _input_dependent(hcs[0]):
+        out.update(_record(model, batch).stats())
+    return out
+
+
+def unfold_connections(weights: list[Weights], head: torch.Tensor) -> torch.Tensor:
+    """The HC paper's unfolded connection map M [2L + 1, 2L + 1]: M[k, s] = the weight with which source s (0: the
+    embedding, s >= 1: the output of sub-layer s) enters reader k (k < 2L: the input of sub-layer k + 1, 2L: the
+    collapsed stream before the final norm), through every later mix: M[k, s] = pre_k^T res_(k-1)^T ... res_s^T v_s
+    with v_0 = 1 (the n copies of the embedding), v_s = post_(s-1). Pre-LN is the lower triangle of ones."""
+    n, K = head.numel(), len(weights)
+    coef = torch.zeros(n, K + 1)  # coef[i, s]: the weight of source s in stream i
+    coef[:, 0] = 1.0
+    rows = []
+    for k, (pre, post, res) in enumerate(weights):
+        rows.append(pre.float().cpu() @ coef)
+        coef = res.float().cpu().T @ coef
+        coef[:, k + 1] += post.float().cpu()
+    rows.append(head.float().cpu() @ coef)
+    return torch.stack(rows)
+
+
+def hyper_connection_map(model: nn.Module, batch: dict[str, torch.Tensor] | None = None,
+                         value: Value | None = None) -> list[list[float]]:
+    """`unfold_connections` of the model's weights: for input-dependent weights and a `batch`, of their token
+    means (a map of the mean weights, not the mean of each token's map), else of their static part. [] without
+    hyper-connections."""
+    hcs = connection_modules(model)
+    if not hcs:
+        return []
+    head_module = cast(HyperHead, getattr(model, "model", model).hc_head)
+    means = _record(model, batch).means() if batch is not None and _input_dependent(hcs[0]) else None
+    if means is not None:
+        return unfold_connections(means[0], means[2]).tolist()
+    with torch.no_grad():
+        static = [static_weights(hc, value) for hc in hcs]
+        return unfold_connections(static, head_module.weights(value=value)).tolist()

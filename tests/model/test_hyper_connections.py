@@ -17,7 +17,12 @@ from transformers.models.deepseek_v4.modeling_deepseek_v4 import (
 
 from cod_train.config import ConfigError, ModelConfig
 from cod_train.model import CodLlamaForCausalLM, build_model
-from cod_train.model.hyper_connections import hyper_sublayer, sinkhorn
+from cod_train.model.hyper_connections import (
+    hyper_connection_map,
+    hyper_connection_stats,
+    hyper_sublayer,
+    sinkhorn,
+)
 from tests.model.test_depth_zoo import perturb
 from tests.model.test_hf_compat import _left_padded_prompt, _manual_greedy
 from tests.model.zoo_reference import attention, mlp, norm, params
@@ -86,26 +91,33 @@ def connection(H, sd, p, cfg):
     return pre, post, res
 
 
-def sublayer(H, sd, p, cfg, F):
+def sublayer(H, sd, p, cfg, F, log=None):
     Am, B, Ar = connection(H, sd, p, cfg)
     n = len(H)
     h = sum(Am[:, j, None] * H[j] for j in range(n))
     f = F(h)
+    if log is not None:
+        log.append((Am, B, Ar, h, f))
     return [sum(Ar[:, j, i, None] * H[j] for j in range(n)) + B[:, i, None] * f for i in range(n)]
 
 
-def collapse(H, sd, cfg):
+def collapse(H, sd, cfg, log=None):
     n = len(H)
     if cfg.resolved_hc_collapse == "sum":
-        return sum(H)
-    if cfg.resolved_hc_collapse == "mean":
-        return sum(H) / n
-    m = unit_rms(torch.cat(H, dim=-1), cfg) @ sd["model.hc_head.hc_fn"].T
-    w = torch.sigmoid(sd["model.hc_head.hc_scale"] * m + sd["model.hc_head.hc_base"]) + EPS
-    return sum(w[:, j, None] * H[j] for j in range(n))
+        w = torch.ones(H[0].shape[0], n, dtype=H[0].dtype)
+    elif cfg.resolved_hc_collapse == "mean":
+        w = torch.full((H[0].shape[0], n), 1 / n, dtype=H[0].dtype)
+    else:
+        m = unit_rms(torch.cat(H, dim=-1), cfg) @ sd["model.hc_head.hc_fn"].T
+        w = torch.sigmoid(sd["model.hc_head.hc_scale"] * m + sd["model.hc_head.hc_base"]) + EPS
+    out = sum(w[:, j, None] * H[j] for j in range(n))
+    if log is not None:
+        log.append((w, out))
+    return out
 
 
-def hc_reference_logits(model, ids, sd=None):
+def hc_reference_logits(model, ids, sd=None, log=None):
+    """Logits; `log` (a list) receives (A_m, B, A_r, h, F(h)) of each sub-layer, then the collapse weights."""
     cfg = model.config
     sd = params(model) if sd is None else sd
     x = sd["model.embed_tokens.weight"][ids]
@@ -116,10 +128,10 @@ def hc_reference_logits(model, ids, sd=None):
         p = f"model.layers.{idx}."
         s = 1 / math.sqrt(idx + 1) if cfg.norm_type == "lns" else 1.0
         H = sublayer(H, sd, p + "attn_hc.", cfg, lambda h, p=p, s=s: attention(
-            norm(h, sd, p + "input_layernorm", cfg) * s, sd, p + "self_attn.", cfg))
+            norm(h, sd, p + "input_layernorm", cfg) * s, sd, p + "self_attn.", cfg), log)
         H = sublayer(H, sd, p + "mlp_hc.", cfg,
-                     lambda h, p=p, s=s: mlp(norm(h, sd, p + "post_attention_layernorm", cfg) * s, sd, p + "mlp."))
-    return norm(collapse(H, sd, cfg), sd, "model.norm", cfg) @ sd["lm_head.weight"].T
+                     lambda h, p=p, s=s: mlp(norm(h, sd, p + "post_attention_layernorm", cfg) * s, sd, p + "mlp."), log)
+    return norm(collapse(H, sd, cfg, log), sd, "model.norm", cfg) @ sd["lm_head.weight"].T
 
 
 SCHEMES = [
@@ -214,6 +226,76 @@ def test_mhc_block_and_head_equal_transformers_deepseek_v4():
         pre, our_post, res = ours(streams)
         torch.testing.assert_close((res, our_post), (comb, post))
         torch.testing.assert_close(head(streams), v4_head(streams))
+
+
+STAT_SCHEMES = [dict(residual="hc", hc_streams=3), dict(residual="hc", hc_dynamic=True),
+                dict(residual="mhc", hc_streams=3, hc_sinkhorn_iters=7)]
+
+
+def _static_by_hand(sd, p, cfg):
+    """The input-independent part of (A_m, B, A_r): HC's static parameters; mHC's mappings of a zero projection."""
+    n = cfg.hc_streams
+    if cfg.residual == "hc":
+        a = sd[p + "static_alpha"]
+        return a[:, 0], sd[p + "static_beta"], a[:, 1:]
+    b = sd[p + "base"]
+    return (torch.sigmoid(b[:n]) + EPS, 2 * torch.sigmoid(b[n:2 * n]),
+            plain_sinkhorn(b[2 * n:].view(n, n), cfg.hc_sinkhorn_iters))
+
+
+@pytest.mark.parametrize("axes", STAT_SCHEMES, ids=["hc3", "dhc", "mhc3"])
+def test_connection_stats_match_the_plain_formulation(axes):
+    """Per layer: read weights pre_j, write weights post_j, ||res - I||_F; static part by hand from the parameters,
+    token means from the plain forward's weights (input-dependent schemes)."""
+    model = make(**axes)
+    perturb_hc(model)
+    cfg, sd, n, L = model.config, params(model), model.config.hc_streams, model.config.num_hidden_layers
+    ids = torch.randint(0, 96, (9,))
+    log = []
+    hc_reference_logits(model, ids, log=log)
+    got = hyper_connection_stats(model, {"input_ids": ids[None]})
+    want = {}
+    for k in range(2 * L):
+        sub, p = ("attn", "mlp")[k % 2], f"model.layers.{k // 2}.{('attn', 'mlp')[k % 2]}_hc."
+        per_token = log[k][:3]
+        for suffix, (pre, post, res) in (("", _static_by_hand(sd, p, cfg)),
+                                         (".tokens", tuple(w.mean(0) for w in per_token))):
+            for j in range(n):
+                want.setdefault(f"{sub}_hc.read.{j}{suffix}", []).append(float(pre[j]))
+                want.setdefault(f"{sub}_hc.write.{j}{suffix}", []).append(float(post[j]))
+            if suffix:
+                dist = torch.stack([torch.sqrt(((r - torch.eye(n)) ** 2).sum()) for r in per_token[2]]).mean()
+            else:
+                dist = torch.sqrt(((res - torch.eye(n)) ** 2).sum())
+            want.setdefault(f"{sub}_hc.res_dist{suffix}", []).append(float(dist))
+    if not (cfg.residual == "mhc" or cfg.hc_dynamic):
+        want = {k: v for k, v in want.items() if not k.endswith(".tokens")}  # static HC: nothing input-dependent
+    assert got.keys() == want.keys()
+    for key, values in want.items():
+        assert got[key] == pytest.approx(values, rel=1e-4, abs=1e-5), key
+    assert any(abs(v - 1.0) > 0.05 for k, v in got.items() if ".write." in k for v in v)  # off their init
+
+
+@pytest.mark.parametrize("axes,seq", [(dict(residual="hc", hc_streams=3), 6), (dict(residual="hc", hc_dynamic=True), 1),
+                                      (dict(residual="mhc", hc_streams=3), 1)], ids=["hc3", "dhc", "mhc3"])
+def test_connection_map_gives_each_input_as_a_sum_of_the_earlier_outputs(axes, seq):
+    """The unfolded map M: the plain forward's input of sub-layer k is sum_s M[k, s] f_s (f_0 the embedding, f_s
+    sub-layer s's output), the collapsed stream likewise. Exact for static weights, and for input-dependent ones on
+    a one-token batch (the token means are then that token's weights)."""
+    model = make(**axes)
+    perturb_hc(model)
+    model.eval()
+    ids = torch.randint(0, 96, (seq,))
+    log = []
+    hc_reference_logits(model, ids, log=log)
+    M = torch.tensor(hyper_connection_map(model, {"input_ids": ids[None]}), dtype=torch.float64)
+    sources = [params(model)["model.embed_tokens.weight"][ids]] + [entry[4] for entry in log[:-1]]
+    readers = [entry[3] for entry in log[:-1]] + [log[-1][1]]
+    assert M.shape == (len(readers), len(sources))
+    for k, want in enumerate(readers):
+        got = sum(M[k, s] * sources[s] for s in range(len(sources)))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=f"reader {k}")
+    assert (M.triu(1) == 0).all() and (M - torch.ones_like(M).tril()).abs().max() > 0.1  # causal, not Pre-LN
 
 
 ZOO = [("pre_ln", dict(residual="hc", hc_dynamic=True)), ("lns", dict(residual="mhc", hc_streams=2))]
