@@ -297,3 +297,28 @@ def test_parameter_count_without_building_is_exact(norm_type, axes):
 
     model = make(norm_type=norm_type, **axes)
     assert total_params(model.config) == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("norm_type,axes", ZOO)
+def test_activation_checkpointing_keeps_loss_and_gradients(norm_type, axes):
+    """Full activation checkpointing as the engines apply it: the recomputed forward (GPAS's stop-gradient
+    included) gives the same loss and gradients."""
+    from cod_train.engine.parallelize import apply_activation_checkpointing
+
+    ids = torch.randint(0, 96, (2, 10))
+    grads = []
+    for ac in (False, True):
+        model = make(norm_type=norm_type, **axes)
+        perturb(model)
+        if ac:
+            apply_activation_checkpointing(model, "full")
+        calls: list[int] = []
+        # a pre-hook: the recompute stops inside the MLP once its last saved tensor is rebuilt
+        model.model.layers[0].mlp.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        assert len(calls) == (2 if ac else 1)  # checkpointed: the block's forward runs again in the backward
+        grads.append((loss.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=0, atol=0)
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(grads[1][1][name], g, rtol=1e-6, atol=1e-7, msg=name)
