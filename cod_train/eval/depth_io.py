@@ -84,3 +84,22 @@ def model_info(model: nn.Module, spec: str, label: str) -> dict[str, Any]:
             model
         ),  # DyT alphas, GPAS gates, ReZero / LayerScale gains per layer
     }
+
+
+def add_hyper_connections(model: nn.Module, info: dict[str, Any], batch: dict[str, torch.Tensor]) -> None:
+    """residual=hc | mhc: the token means over ``batch`` of input-dependent connection weights join
+    ``info["learned_scalars"]`` (suffix ``.tokens``), and ``info["hc_connection_map"]`` is the unfolded connection
+    map (``cod_train.model.hyper_connections``); nothing for other models."""
+    from cod_train.eval.depth_hooks import backbone, model_device, to_device, unwrap_model
+    from cod_train.model.hyper_connections import (
+        connection_modules,
+        hyper_connection_map,
+        hyper_connection_stats,
+    )
+
+    inner = backbone(unwrap_model(model))
+    if not connection_modules(inner):
+        return
+    batch = to_device({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}, model_device(model))
+    info["learned_scalars"].update(hyper_connection_stats(inner, batch))
+    info["hc_connection_map"] = hyper_connection_map(inner, batch)

@@ -5,7 +5,11 @@ Keys (in ``metrics.jsonl`` under ``diag/``, in ``cod-analyze``'s JSON under ``le
 parameter's name inside its layer without ``.weight``: ``gpas_gate``, ``attn_gain``, ``mlp_gain``,
 ``input_layernorm.alpha``, ``post_attention_layernorm.shift`` ...; each value is a list of L floats (``None``
 for a layer without that parameter, e.g. the Post-LN layers of Mix-LN). Model-level ones are single floats:
-``embed_scale``, ``norm.alpha``, ``embed_norm.alpha``.
+``embed_scale``, ``norm.alpha``, ``embed_norm.alpha``. Hyper-connection models (residual=hc | mhc) add, per layer,
+the input-independent part of their connection weights (``attn_hc.read.j``, ``attn_hc.write.j``,
+``attn_hc.res_dist``, the same for ``mlp_hc``: ``cod_train.model.hyper_connections.hyper_connection_stats``); their
+token means over a batch (suffix ``.tokens``) come from the diagnostic forward (in training) or cod-analyze's
+first held-out batch.
 
 Reading is a collective under FSDP2 (a DTensor's ``full_tensor``) and DeepSpeed ZeRO-3
 (``safe_get_full_fp32_param``): call it on every rank, in the same order (it walks the parameters in order).
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from cod_train.eval.depth_hooks import backbone, decoder_layers, unwrap_model
+from cod_train.model.hyper_connections import hyper_connection_stats
 
 SCALAR_SUFFIXES = (".alpha", ".shift", "gpas_gate.weight", "attn_gain.weight", "mlp_gain.weight",
                    "embed_scale.weight")
@@ -28,8 +33,8 @@ def _is_learned_scalar(name: str) -> bool:
     return name.endswith(SCALAR_SUFFIXES)
 
 
-def _full_value(param: nn.Parameter) -> float:
-    """The parameter's value (mean over its entries), gathered where it is sharded."""
+def _full_tensor(param: torch.Tensor) -> torch.Tensor:
+    """The parameter's whole value, gathered where it is sharded."""
     tensor: Any = param
     if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3: partitioned; collective
         from deepspeed.utils import safe_get_full_fp32_param
@@ -37,7 +42,12 @@ def _full_value(param: nn.Parameter) -> float:
         tensor = safe_get_full_fp32_param(param)
     elif hasattr(param, "full_tensor"):  # FSDP2 DTensor; collective
         tensor = param.full_tensor()
-    return float(tensor.detach().float().mean())
+    return tensor.detach()
+
+
+def _full_value(param: nn.Parameter) -> float:
+    """The parameter's value (mean over its entries), gathered where it is sharded."""
+    return float(_full_tensor(param).float().mean())
 
 
 def _key(name: str) -> str:
@@ -57,4 +67,5 @@ def learned_scalars(model: nn.Module) -> dict[str, Any]:
         for name, param in inner.named_parameters():
             if not name.startswith("layers.") and _is_learned_scalar(name):
                 out[_key(name)] = _full_value(param)
+    out.update(hyper_connection_stats(inner, value=_full_tensor))  # residual=hc | mhc: read / write / mix weights
     return out

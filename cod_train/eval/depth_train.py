@@ -66,6 +66,7 @@ from cod_train.eval.depth_hooks import (
 )
 from cod_train.eval.depth_scalars import learned_scalars
 from cod_train.eval.depth_summary import settling_layer
+from cod_train.model.hyper_connections import WeightMeans
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -195,12 +196,14 @@ def training_diagnostics(model: nn.Module, batch: Batch, *, max_rows: int = 4) -
     small = to_device(
         {k: v[:max_rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}, model_device(inner)
     )
-    with torch.no_grad(), diag.capture(small), depth_capture(inner, small) as depth:
+    with torch.no_grad(), diag.capture(small), depth_capture(inner, small) as depth, \
+            WeightMeans(inner, valid_token_mask(small)) as hc_weights:  # hyper-connections: token means
         # logits of the last position only: the hooks need the layers, not the lm_head over all tokens
         kwargs = {"input_ids": small["input_ids"], "use_cache": False, "logits_to_keep": 1}
         if "attention_mask" in small:
             kwargs["attention_mask"] = small["attention_mask"]
         inner(**kwargs)
+    row.update({f"{DIAG_PREFIX}{k}": v for k, v in hc_weights.stats().items()})
     row.update(diag.collect(grads=False))
     row.update(depth.row())
     return row

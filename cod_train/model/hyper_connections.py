@@ -264,11 +264,12 @@ def _distance_from_identity(res: torch.Tensor) -> torch.Tensor:
 
 class WeightMeans:
     """While active (a context manager), the token means of every sub-layer's (pre, post, res), of ||res - I||_F
-    per token, and of the collapse weights (computed from the last layer's output, which `hc_head` reads) over the
-    forwards run; `mask` [B, T] (bool) keeps only those tokens."""
+    per token, and of the collapse weights (`hc_head`'s, on the last layer's output) over the forwards run; `mask` [B, T] (bool) keeps only those tokens. Records nothing for weights that do not depend on
+    the input (static HC, a model without hyper-connections)."""
 
     def __init__(self, model: nn.Module, mask: torch.Tensor | None = None):
-        self.hcs = connection_modules(model)
+        hcs = connection_modules(model)
+        self.hcs = hcs if hcs and _input_dependent(hcs[0]) else []
         inner = getattr(model, "model", model)
         self.head: HyperHead | None = getattr(inner, "hc_head", None)
         self.last: nn.Module | None = getattr(inner, "layers")[-1] if self.hcs else None  # noqa: B009
@@ -297,12 +298,17 @@ class WeightMeans:
                 self._add(idx, [pre, post, res, _distance_from_identity(res)])
 
             self.handles.append(hc.register_forward_hook(hook))
-        head = self.head
+        head, final = self.head, cast(list[torch.Tensor], [])
         if head is not None and self.last is not None:
-            def head_hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
-                self._add(len(self.hcs), [self._tokens(head.weights(out.detach()), 1)])
+            def last_hook(_m: nn.Module, _args: Any, out: torch.Tensor) -> None:
+                final[:] = [out]
 
-            self.handles.append(self.last.register_forward_hook(head_hook))
+            def head_hook(_m: nn.Module, args: tuple) -> None:  # a pre-hook: ZeRO-3 has gathered the head's weights
+                if final and args and args[0] is final[0]:  # the model's own collapse, not a diagnostic's call
+                    self._add(len(self.hcs), [self._tokens(head.weights(args[0].detach()), 1)])
+                    final.clear()
+
+            self.handles += [self.last.register_forward_hook(last_hook), head.register_forward_pre_hook(head_hook)]
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -329,6 +329,52 @@ def plot_training_depth(runs: Sequence[Entry], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _sublayer_series(scalars: dict[str, Any], kind: str) -> dict[str, list[float]]:
+    """``{label: values over the 2L sub-layers}`` (attention of layer 1, its MLP, ...) of one kind of hyper-connection
+    weight (``read``, ``write`` per stream, ``res_dist``), token means (``.tokens``) where the model has them."""
+    streams = {k.split(".")[2] for k in scalars if k.startswith(f"attn_hc.{kind}.")} - {"tokens"}
+    names = [kind] if kind == "res_dist" else [f"{kind}.{j}" for j in sorted(streams, key=int)]
+    out: dict[str, list[float]] = {}
+    for name in names:
+        suffix = ".tokens" if f"attn_hc.{name}.tokens" in scalars else ""
+        attn, mlp = scalars.get(f"attn_hc.{name}{suffix}"), scalars.get(f"mlp_hc.{name}{suffix}")
+        if attn and mlp:
+            label = "||res - I||_F" if kind == "res_dist" else f"stream {name.split('.')[1]}"
+            out[label] = [v for pair in zip(attn, mlp, strict=True) for v in pair]
+    return out
+
+
+def plot_hyper_connections(entries: Sequence[Entry], path: Path) -> Path | None:
+    """Per hyper-connection model (one row): each sub-layer's read weights pre_j and write weights post_j per
+    stream, the stream mixing's distance from the identity, and the unfolded connection map (the HC paper's
+    Lambda-shaped pattern: which earlier outputs each sub-layer input is made of)."""
+    usable = [e for e in entries if e.get("hc_connection_map") and e.get("learned_scalars")]
+    if not usable:
+        return None
+    fig, axes = plt.subplots(len(usable), 4, figsize=(17, 3.6 * len(usable)), squeeze=False)
+    for row, entry in zip(axes, usable, strict=True):
+        scalars = entry["learned_scalars"]
+        tokens = any(k.endswith(".tokens") for k in scalars)
+        for ax, (kind, ylabel) in zip(row[:3], (("read", "read weight pre_j"), ("write", "write weight post_j"),
+                                               ("res_dist", "||res - I||_F")), strict=True):  # fmt: skip
+            for idx, (label, ys) in enumerate(_sublayer_series(scalars, kind).items()):
+                ax.plot(range(1, len(ys) + 1), ys, "-", color=f"C{idx % 10}", marker="o", markersize=3, label=label)
+            _finish(ax, xlabel="sub-layer (2l-1: attention of layer l, 2l: its MLP)", ylabel=ylabel,
+                    title=f"{entry['label']}: {kind}" + (" (token means)" if tokens else ""), values=[],
+                    log_y=False)  # fmt: skip
+        # each row over its largest |entry|: unconstrained HC mixes can grow the weights by orders of magnitude
+        grid = [[v / (max(abs(x) for x in r) or 1.0) for v in r] for r in entry["hc_connection_map"]]
+        image = row[3].imshow(grid, cmap="RdBu_r", vmin=-1.0, vmax=1.0, aspect="auto", origin="upper")
+        row[3].xaxis.set_major_locator(MaxNLocator(integer=True))
+        row[3].yaxis.set_major_locator(MaxNLocator(integer=True))
+        row[3].set_xlabel("source s (0: embedding, s: sub-layer s's output)")
+        row[3].set_ylabel("reader k (sub-layer k+1's input; last: collapse)", fontsize=8)
+        peak = max(abs(v) for r in entry["hc_connection_map"] for v in r)
+        row[3].set_title(f"{entry['label']}: unfolded map (row-scaled; max {peak:.3g})", fontsize=10)
+        fig.colorbar(image, ax=row[3])
+    return _save(fig, path)
+
+
 PLOTTERS: dict[str, Callable[[Sequence[Entry], Path], Path | None]] = {
     "layer_variance": plot_layer_variance,
     "angular_distance": plot_angular_heatmaps,

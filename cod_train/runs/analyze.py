@@ -231,7 +231,7 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
     """Load one model, run the diagnostics, return ``{diagnostic: entry}`` (entries carry the model info)."""
     import torch
 
-    from cod_train.eval.depth_io import model_info
+    from cod_train.eval.depth_io import add_hyper_connections, model_info
     from cod_train.eval.diagnostics import run_diagnostics
     from cod_train.runs.models import load_model
 
@@ -248,6 +248,7 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
         )
     batches = held_out_batches(cfg, tokenizer, data_cfg)
     info["eval_tokens"] = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+    add_hyper_connections(model, info, batches[0])  # residual=hc | mhc: connection weights on held-out tokens
     results = run_diagnostics(
         model,
         batches,
@@ -282,6 +283,9 @@ def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]
         png = plots.PLOTTERS[stem](entries, base.with_suffix(".png"))
         if png is not None:
             written.append(png)
+    hyper = plots.plot_hyper_connections([next(iter(m.values())) for m in per_model if m],
+                                         out_dir / "analysis" / "hyper_connections.png")  # residual=hc | mhc only
+    written += [hyper] if hyper is not None else []
     summaries = [
         {**_identity(m), **depth_summary(m.get("pruning"), m.get("logit_lens"))}
         for m in per_model

@@ -373,3 +373,61 @@ def test_unsupported_combinations_are_refused_up_front(overrides, needle):
     with pytest.raises(ConfigError) as err:
         ModelConfig(**overrides).validate()
     assert needle in str(err.value)
+
+
+def test_training_diag_row_and_cod_analyze_entry_carry_the_connection_weights(tmp_path):
+    """The in-training diag row: the static part and the token means over the diag forward's real tokens (the
+    plain forward row by row, padding left out); cod-analyze's model entry and its figure."""
+    from cod_train.eval.depth_io import add_hyper_connections, model_info
+    from cod_train.eval.depth_train import training_diagnostics
+    from cod_train.report.plots import plot_hyper_connections
+
+    model = make(residual="mhc", hc_streams=2)
+    perturb_hc(model)
+    ids = torch.randint(0, 96, (2, 9))
+    labels = ids.clone()
+    labels[1, 5:] = -100  # row 1: 6 real tokens (the 6th is the target of the 5th's label), then padding
+    row = training_diagnostics(model, {"input_ids": ids, "labels": labels})
+    sd, cfg = params(model), model.config
+    logs = []
+    for r, length in ((0, 9), (1, 6)):
+        log = []
+        hc_reference_logits(model, ids[r, :length], log=log)
+        logs.append(log)
+    for k, sub in enumerate(["attn", "mlp"] * cfg.num_hidden_layers):
+        pre = torch.cat([log[k][0] for log in logs]).mean(0)
+        assert row[f"diag/{sub}_hc.read.1.tokens"][k // 2] == pytest.approx(float(pre[1]), rel=1e-4)
+        static = _static_by_hand(sd, f"model.layers.{k // 2}.{sub}_hc.", cfg)
+        assert row[f"diag/{sub}_hc.write.0"][k // 2] == pytest.approx(float(static[1][0]), rel=1e-5)
+    info = model_info(model, "spec", "mhc")
+    add_hyper_connections(model, info, {"input_ids": ids[:1], "labels": labels[:1]})
+    assert info["learned_scalars"]["mlp_hc.res_dist.tokens"] == pytest.approx(
+        [float(torch.stack([torch.linalg.matrix_norm(r - torch.eye(2)) for r in logs[0][2 * i + 1][2]]).mean())
+         for i in range(cfg.num_hidden_layers)], rel=1e-4)
+    assert len(info["hc_connection_map"]) == 2 * cfg.num_hidden_layers + 1
+    plain = {**model_info(make(), "spec", "plain"), "hc_connection_map": []}
+    png = plot_hyper_connections([info, plain], tmp_path / "hc.png")
+    assert png is not None and png.stat().st_size > 10_000
+    assert plot_hyper_connections([plain], tmp_path / "none.png") is None
+
+
+def test_cod_analyze_draws_the_connection_figure_for_hyper_connection_models_only(tmp_path):
+    import json
+
+    from cod_train.runs.analyze import AnalyzeConfig, AnalyzeOptions, run
+    from tests.cli.test_analyze import text_file, tiny_tokenizer
+
+    dirs = []
+    for name, axes in (("mhc", dict(residual="mhc", hc_streams=2)), ("plain", {})):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(**{**SHAPE, **axes}), 32)
+        model.save_pretrained(tmp_path / name)
+        tiny_tokenizer(tmp_path).save_pretrained(tmp_path / name)
+        dirs.append(str(tmp_path / name))
+    opts = AnalyzeOptions(diagnostics=["variance"], text_path=[str(text_file(tmp_path))], eval_tokens=64, seq_len=16,
+                          progress=False)
+    written = run(AnalyzeConfig(checkpoint=dirs, run_dir=str(tmp_path / "out"), analyze=opts))
+    assert sorted(p.name for p in written) == ["hyper_connections.png", "layer_variance.json", "layer_variance.png"]
+    mhc, plain = json.loads((tmp_path / "out" / "analysis" / "layer_variance.json").read_text())["models"]
+    assert len(mhc["hc_connection_map"]) == 2 * SHAPE["num_hidden_layers"] + 1 and "hc_connection_map" not in plain
+    assert len(mhc["learned_scalars"]["attn_hc.read.1.tokens"]) == SHAPE["num_hidden_layers"]
