@@ -116,8 +116,10 @@ def collapse(H, sd, cfg, log=None):
     return out
 
 
-def hc_reference_logits(model, ids, sd=None, log=None):
-    """Logits; `log` (a list) receives (A_m, B, A_r, h, F(h)) of each sub-layer, then the collapse weights."""
+def hc_reference_logits(model, ids, sd=None, log=None, skip=None, states=None):
+    """Logits; `log` (a list) receives (A_m, B, A_r, h, F(h)) of each sub-layer, then (collapse weights, collapsed
+    stream). `skip`: a 0-based layer left out (the streams pass it unchanged); `states` (a list) receives the
+    collapsed stream entering the first layer and after each layer (the skipped one: its input)."""
     cfg = model.config
     sd = params(model) if sd is None else sd
     x = sd["model.embed_tokens.weight"][ids]
@@ -125,13 +127,20 @@ def hc_reference_logits(model, ids, sd=None, log=None):
         x = x * sd["model.embed_scale.weight"]
     H = [x] * cfg.hc_streams
     for idx in range(cfg.num_hidden_layers):
+        if states is not None:
+            states.append(collapse(H, sd, cfg))
+        if idx == skip:
+            continue
         p = f"model.layers.{idx}."
         s = 1 / math.sqrt(idx + 1) if cfg.norm_type == "lns" else 1.0
         H = sublayer(H, sd, p + "attn_hc.", cfg, lambda h, p=p, s=s: attention(
             norm(h, sd, p + "input_layernorm", cfg) * s, sd, p + "self_attn.", cfg), log)
         H = sublayer(H, sd, p + "mlp_hc.", cfg,
                      lambda h, p=p, s=s: mlp(norm(h, sd, p + "post_attention_layernorm", cfg) * s, sd, p + "mlp."), log)
-    return norm(collapse(H, sd, cfg, log), sd, "model.norm", cfg) @ sd["lm_head.weight"].T
+    final = collapse(H, sd, cfg, log)
+    if states is not None:
+        states.append(final)
+    return norm(final, sd, "model.norm", cfg) @ sd["lm_head.weight"].T
 
 
 SCHEMES = [
@@ -431,3 +440,58 @@ def test_cod_analyze_draws_the_connection_figure_for_hyper_connection_models_onl
     mhc, plain = json.loads((tmp_path / "out" / "analysis" / "layer_variance.json").read_text())["models"]
     assert len(mhc["hc_connection_map"]) == 2 * SHAPE["num_hidden_layers"] + 1 and "hc_connection_map" not in plain
     assert len(mhc["learned_scalars"]["attn_hc.read.1.tokens"]) == SHAPE["num_hidden_layers"]
+
+
+DEPTH_ZOO = [dict(residual="hc", hc_streams=3), dict(residual="hc", hc_dynamic=True, hc_collapse="mean"),
+             dict(residual="mhc", hc_streams=2)]
+
+
+@pytest.mark.parametrize("axes", DEPTH_ZOO, ids=["hc3", "dhc-mean", "mhc2"])
+def test_depth_analyses_on_the_streams_match_the_plain_formulation(axes):
+    """Pruning (prefix-cached and plain), the skip effect and the logit lens of a hyper-connection model: each
+    state is the collapsed stream (what the final norm would see there); removing layer l lets the n streams pass
+    it unchanged. Against the plain formulation run without that layer."""
+    from cod_train.eval.depth_analyses import logit_lens, removal_analyses
+    from cod_train.eval.diagnostics import layer_pruning
+
+    model = make(**axes)
+    perturb_hc(model)
+    model.eval()
+    L = model.config.num_hidden_layers
+    ids = torch.randint(0, 96, (1, 9))
+    labels = torch.cat([ids[:, 1:], torch.full((1, 1), -100)], dim=1)
+    batch = {"input_ids": ids, "labels": labels}
+    sd = params(model)
+
+    def plain(skip=None):
+        states = []
+        logp = torch.log_softmax(hc_reference_logits(model, ids[0], sd, skip=skip, states=states), -1)
+        return states, logp
+
+    full, full_logp = plain()
+    got = removal_analyses(model, [batch], layers=None, skip_effect=True, progress=False)
+    cached = layer_pruning(model, [batch], progress=False)
+    plain_pruning = layer_pruning(model, [batch], method="plain", progress=False)
+    base = -full_logp[:-1].gather(-1, ids[0, 1:, None]).mean()
+    assert cached["base_loss"] == pytest.approx(base.item(), rel=1e-5)
+    for skip in range(L):
+        cut, cut_logp = plain(skip)
+        loss = -cut_logp[:-1].gather(-1, ids[0, 1:, None]).mean()
+        assert cached["loss"][skip] == pytest.approx(loss.item(), rel=1e-5), skip
+        assert plain_pruning["loss"][skip] == pytest.approx(loss.item(), rel=1e-5), skip
+        kl = (full_logp.exp() * (full_logp - cut_logp)).sum(-1).mean()
+        assert got["skip_effect"]["final_kl"][skip] == pytest.approx(kl.item(), rel=1e-3), skip  # fp32 KL ~1e-3
+        for j in range(L):
+            change = got["skip_effect"]["change"][skip][j]
+            if j <= skip:
+                assert change is None
+            else:
+                rel = ((cut[j + 1] - full[j + 1]).norm(dim=-1) / full[j + 1].norm(dim=-1)).mean()
+                assert change == pytest.approx(rel.item(), rel=1e-4), (skip, j)
+    lens = logit_lens(model, [batch], progress=False)
+    for layer, state in enumerate(full):
+        logp = torch.log_softmax(norm(state, sd, "model.norm", model.config) @ sd["lm_head.weight"].T, -1)
+        kl = (full_logp.exp() * (full_logp - logp)).sum(-1).mean()
+        assert lens["kl"][layer] == pytest.approx(kl.item(), rel=1e-3, abs=1e-7), layer
+        top1 = (full_logp.argmax(-1) == logp.argmax(-1)).double().mean()
+        assert lens["top1"][layer] == pytest.approx(top1.item()), layer
