@@ -495,3 +495,35 @@ def test_depth_analyses_on_the_streams_match_the_plain_formulation(axes):
         assert lens["kl"][layer] == pytest.approx(kl.item(), rel=1e-3, abs=1e-7), layer
         top1 = (full_logp.argmax(-1) == logp.argmax(-1)).double().mean()
         assert lens["top1"][layer] == pytest.approx(top1.item()), layer
+
+
+@pytest.mark.parametrize("axes", [dict(residual="hc"), dict(residual="hc", hc_dynamic=True, norm_fn="derf"),
+                                  dict(residual="mhc"), dict(residual="mhc", hc_collapse="sum", hc_streams=3)],
+                         ids=["hc", "dhc-derf", "mhc", "mhc3-sum"])
+def test_flops_and_parameters_by_hand_and_by_torch_s_flop_counter(axes):
+    """Per-token multiply-adds counted by hand (n = streams, d = width, 2L sub-layers): read n d, mix n^2 d, write
+    n d, weights (DHC n d (n+1) + n d, mHC n d (n+2) n), collapse (head: n d n + n d; sum / mean: n d). The model's
+    forward under torch's FlopCounterMode, minus pre_ln's, gives 2 x the same count less what the counter skips:
+    elementwise products (the write post_i F, the sum collapse) and matrix-vector products (DHC's w_b)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cod_train.model import flops_per_token, total_params
+    from cod_train.model.flops import hyper_macs_per_token
+
+    model, base = make(**axes), make(**{k: v for k, v in axes.items() if k == "norm_fn"})
+    cfg, d, L, T = model.config, SHAPE["hidden_size"], SHAPE["num_hidden_layers"], 8
+    n = cfg.hc_streams
+    weights = {"mhc": n * d * (n + 2) * n, "hc": (n * d * (n + 1) + n * d) if cfg.hc_dynamic else 0}[cfg.residual]
+    head = n * d * n + n * d if cfg.resolved_hc_collapse == "head" else n * d
+    macs = 2 * L * (n * d + n * n * d + n * d + weights) + head
+    assert hyper_macs_per_token(cfg) == macs
+    assert flops_per_token(cfg, T) - flops_per_token(base.config, T) == 6 * macs
+    ids = torch.randint(0, 96, (1, T))
+    counted = []
+    for m in (model, base):
+        with FlopCounterMode(display=False) as counter:
+            m(input_ids=ids)
+        counted.append(counter.get_total_flops())
+    skipped = 2 * L * n * d + (n * d if cfg.resolved_hc_collapse != "head" else 0) + (2 * L * n * d if cfg.hc_dynamic else 0)
+    assert counted[0] - counted[1] == 2 * T * (macs - skipped)
+    assert total_params(cfg) == sum(p.numel() for p in model.parameters())
