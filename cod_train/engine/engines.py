@@ -145,6 +145,10 @@ class Engine:
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
+    def reshard(self) -> None:
+        """Drop gathered parameters after a forward that no backward follows (diagnostics between backward and
+        the optimizer step). A no-op but for FSDP2."""
+
     # --- state ------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Write model + optimizer state under ``path`` (collective: every rank calls it)."""
@@ -247,6 +251,17 @@ class FSDPEngine(Engine):
             materialize(self.module, self.env.device)
         self.model = self.module
         self.optimizer = optimizer_fn(self.module)
+
+    def reshard(self) -> None:
+        # A unit that is not resharded after forward (the root, or every unit with reshard_after_forward=false)
+        # keeps its all-gathered parameters until its backward. After a forward with no backward (the
+        # diagnostics, between backward and the optimizer step) they would outlive the step, and the next
+        # forward would compute with the weights from before it.
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.module.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
     def accumulate(self, last: bool) -> contextlib.AbstractContextManager:
         # Set on the root, recursing into every block: non-last micro-batches keep their gradients unsharded

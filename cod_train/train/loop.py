@@ -283,6 +283,8 @@ class Trainer:
         # Before clipping, so per-layer grad norms are the raw ones under every engine
         # (DeepSpeed clips inside its own step).
         self.last_diag = self.diagnostics(first_micro)
+        if self.last_diag:
+            self.engine.reshard()
         grad_norm = self.engine.clip_grad_norm()
         finite = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss) & torch.isfinite(grad_norm)
         engine_norm = self.engine.optimizer_step(lr, ~finite)

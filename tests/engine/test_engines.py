@@ -210,3 +210,18 @@ def test_a_full_disk_on_one_rank_stops_every_rank_without_a_partial_checkpoint(t
     assert proc.stderr.count("could not write checkpoint") >= 2  # raised on both ranks
     assert "No space left on device" in proc.stderr and "step_0000003" in proc.stderr
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_0000003"]
+
+
+def test_fsdp_diagnostics_do_not_change_training(tmp_path):
+    """The in-training diagnostics run a forward between backward and the optimizer step. Under FSDP2 a unit
+    that is not resharded after forward (the root always; every unit with reshard_after_forward=false) would
+    keep that forward's gathered weights past the step and compute the next step with the old ones: the losses
+    with diagnostics every 2 steps must equal those without, exactly."""
+    zoo = str(Path(__file__).with_name("zoo_driver.py"))
+    base = "distributed.engine=fsdp train.ckpt_every=0"
+    runs = {"off": "train.diag_every=0", "on": "train.diag_every=2",
+            "on-noreshard": "train.diag_every=2 distributed.reshard_after_forward=false"}
+    torchrun(zoo, *(f"run_dir={tmp_path / name} {base} {spec}" for name, spec in runs.items()), nproc=2)
+    want = losses(tmp_path / "off")
+    for name in ("on", "on-noreshard"):
+        assert losses(tmp_path / name) == want, name
