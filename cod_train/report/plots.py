@@ -218,7 +218,7 @@ def plot_skip_effect(entries: Sequence[Entry], path: Path) -> Path | None:
         _curve(ax, entry, "final_kl", f"C{idx % 10}", entry["label"])
     ax.set_yscale("log")
     _finish(ax, xlabel="removed layer l", ylabel="KL(p_full || p_without l) (nats / token)",
-            title="Effect on the output" + BAND_NOTE, values=[], log_y=False)  # fmt: skip
+            title="Effect on the output\n" + BAND_NOTE.strip(), values=[], log_y=False)  # fmt: skip
     fig.suptitle("Skip effect: how much removing layer l changes each later layer")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
