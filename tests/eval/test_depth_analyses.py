@@ -266,3 +266,15 @@ def test_ratio_spread_by_hand() -> None:
     assert got["lo"][0] >= per[:, 0].min().item() - 1e-12 and got["hi"][0] <= per[:, 0].max().item() + 1e-12
     pct = ratio_spread(num, den, fn=lambda x: 100 * torch.expm1(x))
     assert pct["mean"][0] == pytest.approx(100 * math.expm1(0.75))
+
+
+def test_downstream_metric_on_a_layers_subset() -> None:
+    model, seen = tiny_llama(), []
+
+    def metric(m: nn.Module) -> float:
+        seen.append([layer.self_attn.layer_idx for layer in m.model.layers])
+        return float(len(m.model.layers))
+
+    curve = layer_pruning(model, make_batches(n=1), metric_fn=metric, layers=[3, 1], progress=False)
+    assert seen == [[0, 1, 2, 3], [0, 2, 3], [0, 1, 2]]  # the full model, then without layer 2, then layer 4
+    assert curve["layers"] == [2, 4] and curve["delta_metric"] == [-1.0, -1.0] and len(curve["ppl"]) == 2
