@@ -69,8 +69,13 @@ def sinkhorn(logits: torch.Tensor, iters: int, eps: float = HC_EPS) -> torch.Ten
     return m
 
 
-def _rms(flat: torch.Tensor, eps: float) -> torch.Tensor:
-    return flat * torch.rsqrt(flat.square().mean(-1, keepdim=True) + eps)
+def _rms_linear(streams: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMS(flatten(H)) weight^T in fp32, as (flatten(H) weight^T) / rms: the per-token scale moves past the
+    projection, so the normalized copy of the n-wide stream is neither made nor kept for the backward, and the
+    mean square comes from one norm pass (no squared copy)."""
+    flat = streams.flatten(-2).float()
+    mean_square = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square() / flat.shape[-1]
+    return F.linear(flat, weight.float()) * torch.rsqrt(mean_square + eps)
 
 
 class HyperConnection(nn.Module):
@@ -130,7 +135,7 @@ class ManifoldHyperConnection(nn.Module):
         init.ones_(self.scale)
 
     def forward(self, streams: torch.Tensor) -> Weights:
-        return self.mappings(F.linear(_rms(streams.flatten(-2).float(), self.norm_eps), self.fn.float()))
+        return self.mappings(_rms_linear(streams, self.fn, self.norm_eps))
 
     def mappings(self, mix: torch.Tensor) -> Weights:
         """pre, post, res from the projected streams `mix` [..., (n+2) n] (zeros: the input-independent part)."""
@@ -190,7 +195,7 @@ class HyperHead(nn.Module):
         base, scale = value(self.hc_base).float(), value(self.hc_scale).float()
         if streams is None:
             return torch.sigmoid(base) + HC_EPS
-        mix = F.linear(_rms(streams.flatten(-2).float(), self.norm_eps), value(self.hc_fn).float())
+        mix = _rms_linear(streams, value(self.hc_fn), self.norm_eps)
         return torch.sigmoid(mix * scale + base) + HC_EPS
 
 
@@ -205,7 +210,7 @@ def hyper_sublayer(hc: nn.Module, streams: torch.Tensor, fn: Callable[[torch.Ten
     out = fn(_read(pre, streams))
     dtype = streams.dtype
     mixed = torch.einsum("...ji,...jd->...id", res.to(dtype), streams)
-    return mixed + post.to(dtype).unsqueeze(-1) * out.unsqueeze(-2)
+    return torch.addcmul(mixed, post.to(dtype).unsqueeze(-1), out.unsqueeze(-2))  # one pass, no product copy
 
 
 def hyper_block(b: Any, streams: torch.Tensor, attn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
