@@ -198,8 +198,9 @@ class HyperHead(nn.Module):
 
     @staticmethod
     def expand(x: torch.Tensor, n: int) -> torch.Tensor:
-        """[..., d] -> [..., n, d]: n copies (a view; each layer writes new streams)."""
-        return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1])
+        """[..., d] -> [..., n, d]: n copies, materialized: torch's CPU bmm (the read and the mix) falls back to a
+        per-token loop on a stride-0 operand (~4x slower on the first sub-layer)."""
+        return x.unsqueeze(-2).expand(*x.shape[:-1], n, x.shape[-1]).contiguous()
 
     def forward(self, streams: torch.Tensor) -> torch.Tensor:
         if self.mode == "sum":
