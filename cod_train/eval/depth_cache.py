@@ -10,7 +10,7 @@ exactly what the backbone of a model without layer l would compute (same modules
 pruning curve), optionally KL(p_full || p_without_l) and top-1 agreement on the final distribution, and the
 relative change of every later layer's output (the skip effect). The plain way (remove the layer, rerun the
 full model) is :func:`cod_train.eval.depth_hooks.pruned_layers` + a full forward; the two agree to float
-rounding (tests/eval/test_depth_cache.py).
+rounding (tests/eval/test_depth_analyses.py).
 """
 
 from __future__ import annotations
