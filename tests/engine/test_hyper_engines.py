@@ -9,13 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.conftest import losses, metric_rows, torchrun
+from tests.conftest import losses, metric_rows
 from tests.engine.tiny import run
-from tests.engine.zoo_driver import diagnostics
+from tests.engine.zoo_driver import train_single_and_on_engines
 
-DRIVER = str(Path(__file__).with_name("zoo_driver.py"))
 RTOL = 1e-4
 pytestmark = pytest.mark.slow
 
@@ -38,16 +36,7 @@ def hc_rows(run_dir: Path) -> dict[int, dict]:
 
 
 def test_hyper_connections_give_the_single_process_losses_on_every_engine(tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for name, scheme in SCHEMES.items():
-            run(f"run_dir={tmp_path / name}", *BASE.split(), *scheme.split(), diagnostics_fn=diagnostics)
-    finally:
-        torch.set_num_threads(threads)
-    runs = [f"run_dir={tmp_path / f'{name}-{eng}'} {BASE} {SCHEMES[name]} {spec}"
-            for name, engines in ENGINES.items() for eng, spec in engines.items()]
-    torchrun(DRIVER, *runs, nproc=2, timeout=600)
+    train_single_and_on_engines(tmp_path, BASE, SCHEMES, ENGINES)
     for name, engines in ENGINES.items():
         want = losses(tmp_path / name)
         assert sorted(want) == [1, 2, 3, 4], name
