@@ -20,24 +20,9 @@ from cod_train.eval.depth_analyses import (
 from cod_train.eval.depth_progress import ratio_spread
 from cod_train.eval.depth_summary import settling_layer
 from cod_train.eval.diagnostics import layer_pruning, run_diagnostics
+from tests.eval.hand import hand_layers
 from tests.eval.test_diagnostics import LAYERS, VOCAB, make_batches, tiny_config, tiny_llama
 from tests.eval.test_diagnostics_cod import NORM_TYPES, tiny_cod
-
-
-def hand_layers(model: nn.Module, ids: torch.Tensor, skip: int | None = None) -> list[torch.Tensor]:
-    """h_0..h_L (h_l for the skipped layer = its input) with the layers called one by one."""
-    inner = model.model
-    hidden = inner.embed_tokens(ids)
-    pos = torch.arange(ids.shape[1])[None]
-    emb = inner.rotary_emb(hidden, position_ids=pos)
-    mask = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)[None, None]
-    states = [hidden]
-    for idx, layer in enumerate(inner.layers):
-        if idx != skip:
-            out = layer(hidden, attention_mask=mask, position_embeddings=emb, position_ids=pos)
-            hidden = out[0] if isinstance(out, tuple) else out
-        states.append(hidden)
-    return states
 
 
 def attn_by_hand(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from cod_train.eval.diagnostics import (
     layer_variance,
     run_diagnostics,
 )
+from tests.eval.hand import hand_layers
 
 VOCAB, LAYERS = 64, 4
 
@@ -64,21 +65,6 @@ def identity_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-def hf_hidden_states(model: nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
-    """h_0..h_L by hand: embedding, then each layer applied in turn (no hooks)."""
-    inner = model.model
-    hidden = inner.embed_tokens(ids)
-    pos = torch.arange(ids.shape[1])[None]
-    emb = inner.rotary_emb(hidden, position_ids=pos)
-    mask = torch.full((ids.shape[1], ids.shape[1]), float("-inf")).triu(1)[None, None]
-    states = [hidden]
-    for layer in inner.layers:
-        hidden = layer(hidden, attention_mask=mask, position_embeddings=emb, position_ids=pos)
-        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-        states.append(hidden)
-    return states
-
-
 def test_identity_layers_have_zero_distance_and_zero_pruning_cost() -> None:
     model = identity_layers(tiny_llama())
     batches = make_batches()
@@ -113,7 +99,7 @@ def test_variance_matches_hidden_states_by_hand() -> None:
     model = tiny_llama()
     batch = make_batches(n=1)[0]
     with torch.no_grad():
-        states = hf_hidden_states(model, batch["input_ids"])
+        states = hand_layers(model, batch["input_ids"])
     var = layer_variance(model, [batch])
     expected = [s.double().var(unbiased=False).item() for s in states[1:]]
     assert var["layer_var"] == pytest.approx(expected, rel=1e-5)
@@ -125,7 +111,7 @@ def test_angular_distance_matches_hand_computation() -> None:
     batch = make_batches(n=1)[0]
     batch["labels"][0, 7:] = -100  # row 0 ends at token 7 (labels up to 6, token 7 is its last target)
     with torch.no_grad():
-        states = hf_hidden_states(model, batch["input_ids"])
+        states = hand_layers(model, batch["input_ids"])
     last = [7, 11, 11]
     got = angular_distances(model, [batch])["distance"]
     for start, span in [(0, 1), (1, 2), (0, LAYERS), (LAYERS - 1, 1)]:
