@@ -125,7 +125,7 @@ class Engine:
 
     def optimizer_step(self, lr: float, skip: torch.Tensor) -> torch.Tensor | None:
         """Apply the step unless ``skip`` (a 0-d bool device tensor) is true; returns the engine's own grad norm
-        where it computes one (DeepSpeed), else None.
+        where it computes one (DeepSpeed: NaN when it dropped the step itself), else None.
 
         A fused Adam skips on the device (``found_inf``, the protocol GradScaler uses: parameters, moments and
         the step count stay as they were), so no step waits for the host; other optimizers read ``skip`` on
@@ -360,8 +360,12 @@ class DeepSpeedEngine(Engine):
     def optimizer_step(self, lr: float, skip: torch.Tensor) -> torch.Tensor | None:
         # DeepSpeed decides on the host inside step() (its overflow check); this read costs no extra wait.
         # After a non-finite loss its overflow check drops the update; lr=0 keeps the parameters put either way.
+        # A step its overflow check dropped (a non-finite gradient under a finite loss) comes back as a NaN norm,
+        # so the loop counts it toward ``max_nonfinite_in_a_row`` like any other skipped step.
         set_lr(self.optimizer, 0.0 if bool(skip) else lr)
         self.ds.step()
+        if not self.ds.was_step_applied():
+            return torch.tensor(float("nan"))
         norm = self.ds.get_global_grad_norm()
         return None if norm is None else torch.as_tensor(float(norm))
 
@@ -392,9 +396,21 @@ class DeepSpeedEngine(Engine):
             return cpu_state_dict(self.module) if self.env.is_main else None
         import deepspeed
 
-        params = list(self.module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return cpu_state_dict(self.module) if self.env.is_main else None
+        # One module's own parameters gathered at a time and copied to the CPU on rank 0: gathering the whole
+        # model at once would hold every parameter on every GPU (+14 GB each at 7B).
+        keys = self.module.state_dict().keys()  # the names and order of a plain state dict (tied weights too)
+        state: dict[str, torch.Tensor] = {}
+        for prefix, module in self.module.named_modules():
+            own = dict(module.named_parameters(prefix=prefix, recurse=False))
+            if not own:
+                continue
+            with deepspeed.zero.GatheredParameters(list(own.values()), modifier_rank=None):
+                if self.env.is_main:
+                    state.update({name: p.detach().to("cpu", copy=True) for name, p in own.items()})
+        if not self.env.is_main:
+            return None
+        buffers = dict(self.module.named_buffers())
+        return {key: state[key] if key in state else buffers[key].detach().cpu() for key in keys}
 
 
 def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -288,6 +288,8 @@ class Trainer:
         grad_norm = self.engine.clip_grad_norm()
         finite = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss) & torch.isfinite(grad_norm)
         engine_norm = self.engine.optimizer_step(lr, ~finite)
+        if engine_norm is not None:  # the engine checked the gradients itself (DeepSpeed): NaN = step dropped
+            finite = finite & torch.isfinite(engine_norm.to(finite.device))
         self.stats.update(loss, engine_norm if engine_norm is not None else grad_norm, ~finite)
         self.state.step += 1
         self.state.tokens += int(batch["input_ids"].numel()) * self.env.world_size

@@ -1,8 +1,8 @@
 """A tiny model, a deterministic world-size-invariant batch iterator and a run driver for engine tests.
 
 Run as a script (under torchrun or not), each argument is one run: a space-separated Hydra-style dotlist
-applied to :func:`tiny_config` (plus ``nan_steps=2,3``: NaN losses on those steps); runs execute one after
-the other in the same process group.
+applied to :func:`tiny_config` (plus ``nan_steps=2,3``: NaN losses on those steps; ``inf_grad_steps=2,3``: a
+finite loss with infinite gradients on those steps); runs execute one after the other in the same process group.
 """
 
 from __future__ import annotations
@@ -67,18 +67,33 @@ def eval_batches(dp_rank: int, dp_world: int, n: int = 4):
     return [next(data) for _ in range(n)]
 
 
-class NaNInjector:
-    """Forward hook making the training loss NaN on chosen (1-based) optimizer steps."""
+class _InfiniteGradient(torch.autograd.Function):
+    """The identity forward; an infinite gradient backward (the loss stays finite)."""
 
-    def __init__(self, model, steps: set[int], micro_per_step: int):
-        self.steps, self.micro, self.calls = steps, micro_per_step, 0
-        model.register_forward_hook(self)
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("inf"))
+
+
+class NaNInjector:
+    """Forward hook making the training loss NaN on chosen (1-based) optimizer steps; with ``gradient=True``
+    the loss stays finite and the gradients of every weight before the final norm are infinite instead."""
+
+    def __init__(self, model, steps: set[int], micro_per_step: int, gradient: bool = False):
+        self.steps, self.micro, self.calls, self.gradient = steps, micro_per_step, 0, gradient
+        (model.model.norm if gradient else model).register_forward_hook(self)
 
     def __call__(self, module, args, output):
         if module.training:
             step = self.calls // self.micro + 1
             self.calls += 1
             if step in self.steps:
+                if self.gradient:
+                    return _InfiniteGradient.apply(output)
                 output.loss = output.loss * float("nan")
         return output
 
@@ -114,13 +129,18 @@ def run(*overrides: str, diagnostics_fn=None):
     from cod_train.engine.distributed import init_distributed
     from cod_train.train import train
 
-    nan_steps = {int(s) for o in overrides if o.startswith("nan_steps=") for s in o[10:].split(",")}
-    cfg = tiny_config(*(o for o in overrides if not o.startswith("nan_steps=")))
+    def steps_of(key: str) -> set[int]:
+        return {int(s) for o in overrides if o.startswith(key + "=") for s in o[len(key) + 1:].split(",")}
+
+    nan_steps, inf_grad_steps = steps_of("nan_steps"), steps_of("inf_grad_steps")
+    cfg = tiny_config(*(o for o in overrides if not o.startswith(("nan_steps=", "inf_grad_steps="))))
     env = init_distributed(cfg.distributed, device="cpu")
     model = build_tiny_model(cfg)
+    micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * env.world_size)
     if nan_steps:  # make the loss NaN on these steps (non-finite skip tests)
-        micro = cfg.train.global_batch_size // (cfg.train.micro_batch_size * env.world_size)
         NaNInjector(model, nan_steps, micro)
+    if inf_grad_steps:  # finite loss, infinite gradients on these steps
+        NaNInjector(model, inf_grad_steps, micro, gradient=True)
     data = SyntheticBatches(global_batch_size=cfg.train.global_batch_size, dp_rank=env.rank,
                             dp_world=env.world_size, seed=cfg.seed)
     return train(cfg, model, data, env=env, eval_data=lambda: eval_batches(env.rank, env.world_size),
@@ -143,8 +163,26 @@ def _fill_disk_on(rank: int, marker: str) -> None:
     torch.save = full_disk
 
 
+def _record_gathers(path: str) -> None:
+    import deepspeed
+
+    real = deepspeed.zero.GatheredParameters
+    rank = os.environ.get("RANK", "0")
+
+    class Recorded(real):  # type: ignore[misc, valid-type]
+        def __init__(self, params, *args, **kwargs):
+            numel = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
+            with open(f"{path}.{rank}", "a") as f:
+                f.write(f"{numel}\n")
+            super().__init__(params, *args, **kwargs)
+
+    deepspeed.zero.GatheredParameters = Recorded
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
+    if os.environ.get("TINY_GATHER_LOG"):  # record the size of every ZeRO-3 gather (per rank)
+        _record_gathers(os.environ["TINY_GATHER_LOG"])
     if os.environ.get("TINY_ENOSPC"):  # "RANK:MARKER": a full disk on one rank (fault-injection tests)
         rank, marker = os.environ["TINY_ENOSPC"].split(":", 1)
         _fill_disk_on(int(rank), marker)
