@@ -21,11 +21,24 @@ from typing import Any
 import torch
 
 from cod_train.core.constants import IGNORE_INDEX
+from cod_train.core.errors import ConfigError
 
 
 @functools.cache
 def liger_available() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None and torch.cuda.is_available()
+
+
+def check_available(device: torch.device) -> str | None:
+    """``use_kernels=true`` on ``device``: a ConfigError where CUDA runs without Liger (the plain path would run
+    silently instead of what was asked for); on the CPU, the note to log (the kernels are CUDA-only)."""
+    if device.type != "cuda":
+        return (f"model.use_kernels=true: Liger's kernels run on CUDA only; this {device.type} run uses the plain "
+                "PyTorch code")
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise ConfigError("model.use_kernels=true needs liger-kernel, which is not installed: pip install "
+                          "'cod-train[gpu]' (or liger-kernel), or drop model.use_kernels")
+    return None
 
 
 def wanted(config: object) -> bool:

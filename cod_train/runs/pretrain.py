@@ -85,6 +85,12 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
         raise ConfigError("distributed.meta_init=true needs CUDA: on the CPU, DTensor's random initialisation gives "
                           "every rank the same values, so the shards would not make the intended model; drop it "
                           "(it only saves memory at start-up)")
+    if cfg.model.use_kernels:
+        from cod_train.model.kernels import check_available
+
+        note = check_available(env.device)
+        if note and env.is_main:
+            log.warning(note)
     grad_accum_steps(cfg.train, env.world_size)
     seed_everything(cfg.seed)
     share_hub_files(cfg, env)
