@@ -364,11 +364,14 @@ class DistributedConfig:
         if self.engine == "fsdp" and self.fsdp_param_dtype == "fp32" and precision == "bf16-mixed":
             raise ConfigError("distributed.fsdp_param_dtype=fp32 with train.precision=bf16-mixed would compute in "
                               "fp32; use train.precision=fp32, or distributed.fsdp_param_dtype=auto")
+        if self.engine == "fsdp" and self.fsdp_param_dtype == "bf16" and precision == "fp32":
+            raise ConfigError("distributed.fsdp_param_dtype=bf16 with train.precision=fp32 would compute in bf16 "
+                              "on FSDP2 only; use train.precision=bf16-mixed (bf16 matmuls on every engine, FSDP2 "
+                              "all-gathers bf16), or distributed.fsdp_param_dtype=auto")
         if self.engine == "deepspeed" and precision == "bf16-pure":
             raise ConfigError("train.precision=bf16-pure keeps weights and Adam state in bf16, which DeepSpeed does "
-                              "not do (its bf16 mode keeps fp32 master weights and Adam state): use "
-                              "train.precision=bf16-mixed with distributed=deepspeed (that is its bf16 mode), or "
-                              "distributed=fsdp|ddp|single for bf16-pure")
+                              "not do here: use train.precision=bf16-mixed with distributed=deepspeed (fp32 weights "
+                              "and Adam state, bf16 matmuls), or distributed=fsdp|ddp|single for bf16-pure")
 
     def validate(self) -> None:
         choices = {"engine": ENGINES, "backend": BACKENDS, "activation_checkpointing": AC_MODES,
@@ -384,6 +387,10 @@ class DistributedConfig:
         elif self.hsdp_replicas > 1 and self.engine != "fsdp":
             problems.append(f"distributed.hsdp_replicas={self.hsdp_replicas} needs distributed.engine=fsdp "
                             f"(HSDP is FSDP2 on a 2-D mesh), got engine {self.engine!r}")
+        if self.compile and self.engine == "deepspeed" and self.zero_stage == 3:
+            problems.append("distributed.compile=true does not work with DeepSpeed ZeRO-3 (its parameter hooks break "
+                            "every compiled block into dozens of graphs until the recompile limit); use "
+                            "distributed.zero_stage=1|2, distributed.engine=fsdp, or distributed.compile=false")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -34,8 +34,9 @@ Two ways to use it; both must run on **every rank** (grad norms all-reduce under
    Each layer records only its first forward inside ``capture`` (activation-checkpointing recomputation
    is ignored). Stats stay on the device until ``collect`` (one host sync per diag step).
 
-Wrappers: DDP / DeepSpeed ``.module`` and ``torch.compile``'s ``_orig_mod`` are stripped (the extra forward
-of 1. runs eagerly on the unwrapped module, so compile never recompiles for the hooks). FSDP2
+Wrappers: DDP / DeepSpeed ``.module`` and ``torch.compile``'s ``_orig_mod`` are stripped, and the extra forward
+of 1. runs under ``torch.compiler.set_stance("force_eager")`` (blocks compiled in place run eagerly), so compile
+never traces the hooks nor recompiles for them. FSDP2
 (``fully_shard``) keeps sharded DTensor gradients: each rank sums its local shard's squares per layer and one
 all-reduce of an L-vector over the mesh's shard dimension(s) gives the exact norms (no ``full_tensor``
 gather). DeepSpeed keeps gradients in its own partitions: its parameters (ZeRO-3 ``ds_id``, ZeRO-1/2
@@ -196,7 +197,9 @@ def training_diagnostics(model: nn.Module, batch: Batch, *, max_rows: int = 4) -
     small = to_device(
         {k: v[:max_rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}, model_device(inner)
     )
-    with torch.no_grad(), diag.capture(small), depth_capture(inner, small) as depth, \
+    # force_eager: blocks compiled in place (`distributed.compile`) would trace these hooks: recompiles, breaks
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"), diag.capture(small), \
+            depth_capture(inner, small) as depth, \
             WeightMeans(inner, valid_token_mask(small)) as hc_weights:  # hyper-connections: token means
         # logits of the last position only: the hooks need the layers, not the lm_head over all tokens
         kwargs = {"input_ids": small["input_ids"], "use_cache": False, "logits_to_keep": 1}

@@ -66,6 +66,7 @@ from cod_train.model.hyper_connections import (
 )
 from cod_train.model.loss import causal_lm_loss
 from cod_train.model.norms import DynamicTanh, Gain, LayerNorm, RMSNorm, embed_scale, make_norm
+from cod_train.model.param_init import normal_full_
 
 # transformers >= 5.24 calls the KV cache `cache` (forward kwarg and output field); earlier v5 releases call it
 # `past_key_values`. Both are accepted and the output uses the installed release's name (no deprecation warning).
@@ -307,12 +308,12 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         cfg = self.config
         if isinstance(module, nn.Linear):
-            init.normal_(module.weight, mean=0.0, std=getattr(module, "init_std", cfg.initializer_range))
+            normal_full_(module.weight, mean=0.0, std=getattr(module, "init_std", cfg.initializer_range))
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             std = cfg.embedding_init_std if cfg.embedding_init_std is not None else cfg.initializer_range
-            init.normal_(module.weight, mean=0.0, std=std)
+            normal_full_(module.weight, mean=0.0, std=std)
         elif isinstance(module, (RMSNorm, LayerNorm, DynamicTanh, Gain, HyperConnection, ManifoldHyperConnection,
                                  HyperHead)):
             module.reset_parameters()
