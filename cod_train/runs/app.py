@@ -11,7 +11,8 @@
 - the composed YAML is converted with :func:`cod_train.config.to_typed` (unknown keys / wrong types fail);
 - a :class:`ConfigError` anywhere in the command prints ``error: <message>`` (no traceback) and exits 2;
   a :class:`RunError` (the run failed for a reason outside the configuration) prints ``error: ...`` and exits 1
-  (4: a checkpoint could not be written); Hydra's own composition errors (an unknown preset or key) are found
+  (4: a checkpoint could not be written); Ctrl-C outside the training loop prints one line and exits 130 (inside
+  it the run saves first: runs/lifecycle.py); Hydra's own composition errors (an unknown preset or key) are found
   first, by composing once, and reported the same way (exit 2);
 - ``norm.<key>=`` on the command line is an alias of ``model.<key>=`` (the ``norm=`` group writes into ``model``);
 - in a ``-m`` sweep, a ``run_dir`` that was not set on the command line becomes the job's sweep directory
@@ -25,6 +26,7 @@ import functools
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,8 @@ from cod_train.core.errors import ConfigError, RunError
 
 T = TypeVar("T")
 EXIT_OK, EXIT_RUN_ERROR, EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_SAVE_FAILED = 0, 1, 2, 3, 4
+EXIT_SIGNAL_BASE = 128  # stopped by signal N: 128 + N, the shell's convention (Ctrl-C: 130, SIGTERM: 143)
+EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + signal.SIGINT
 log = logging.getLogger("cod_train")
 PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -104,6 +108,21 @@ def _sweep_run_dir(raw: DictConfig) -> None:
     if "run_dir" not in raw or any(o.split("=", 1)[0].lstrip("+~") == "run_dir" for o in hc.overrides.task):
         return
     raw.run_dir = hc.runtime.output_dir
+
+
+def local_sweep_job() -> tuple[str, int] | None:
+    """``(sweep directory, job number)`` when this process runs a ``-m`` sweep's jobs one after another (Hydra's
+    basic launcher), else None (a single run, or a job that a launcher such as submitit started on its own)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hc.mode != RunMode.MULTIRUN or not str(hc.launcher.get("_target_", "")).endswith(".BasicLauncher"):
+        return None
+    return str(hc.sweep.dir), int(hc.job.num)
 
 
 def write_config(cfg: Any, run_dir: str | Path, name: str = "config.yaml") -> Path | None:
@@ -242,7 +261,12 @@ def hydra_app(config_name: str, schema: type[T]) -> Callable[[Callable[[T], int 
             problem = composition_problem(config_name, sys.argv[1:])
             if problem:
                 sys.exit(report_error(ConfigError(problem)))
-            _hydra_main()
+            try:
+                _hydra_main()
+            except KeyboardInterrupt:  # outside the training loop (which saves on Ctrl-C), or a second Ctrl-C
+                print("interrupted (Ctrl-C): stopped without saving; the run's last checkpoint, if any, is kept",
+                      file=sys.stderr, flush=True)
+                sys.exit(EXIT_INTERRUPTED)
 
         return main
 

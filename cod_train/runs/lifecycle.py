@@ -4,11 +4,20 @@ Shared by cod-pretrain and cod-sft."""
 from __future__ import annotations
 
 import random
+import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cod_train.runs.app import EXIT_NONFINITE, EXIT_OK
+from cod_train.runs.app import (
+    EXIT_INTERRUPTED,
+    EXIT_NONFINITE,
+    EXIT_OK,
+    EXIT_SIGNAL_BASE,
+    is_main_process,
+    local_sweep_job,
+)
 
 if TYPE_CHECKING:
     from cod_train.engine.distributed import DistEnv
@@ -28,7 +37,8 @@ def summarize(result: TrainResult, env: DistEnv) -> None:
     """The run's last lines on rank 0: why it stopped, the final eval, where the checkpoint and export are."""
     if not env.is_main:
         return
-    lines = [f"stopped: {result.stopped} at step {result.step} ({result.tokens:,} tokens)"]
+    how = result.stopped if result.stop_signal is None else signal.Signals(result.stop_signal).name.lower()
+    lines = [f"stopped: {how} at step {result.step} ({result.tokens:,} tokens)"]
     if result.last_eval:
         lines.append(f"final eval: loss {result.last_eval['eval_loss']:.4f}, "
                      f"perplexity {result.last_eval['eval_ppl']:.2f}")
@@ -59,7 +69,6 @@ def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
     command's exit code. After an error the ranks do not wait for each other (one may never arrive)."""
     from cod_train.engine.checkpoint import check_shared_dir
     from cod_train.engine.distributed import destroy_distributed, init_distributed
-    from cod_train.runs.app import is_main_process
     from cod_train.runs.lock import RunDirLock
 
     with RunDirLock(cfg.run_dir, enabled=is_main_process()):
@@ -73,7 +82,26 @@ def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
             raise
         destroy_distributed()
     pass_on_stop_signal(result.stop_signal)
-    return EXIT_NONFINITE if result.stopped == "nonfinite" else EXIT_OK
+    return exit_code(result)
+
+
+def exit_code(result: TrainResult) -> int:
+    """0 done; 3 non-finite losses; stopped by a signal (checkpoint saved): 0 for SIGTERM / SIGUSR1 / SIGUSR2
+    (preemption: the next job resumes), 130 for Ctrl-C, and 128 + the signal's number in a local ``-m`` sweep,
+    which then stops instead of starting its next job."""
+    if result.stopped == "nonfinite":
+        return EXIT_NONFINITE
+    if result.stop_signal is None:
+        return EXIT_OK
+    sweep = local_sweep_job()
+    if sweep is not None:
+        sweep_dir, job = sweep
+        if is_main_process():
+            print(f"sweep stopped by {signal.Signals(result.stop_signal).name}: job {job} saved "
+                  f"{result.checkpoint}, the later jobs were not started (to go on, run the same command with "
+                  f"hydra.sweep.dir={sweep_dir})", file=sys.stderr, flush=True)
+        return EXIT_SIGNAL_BASE + result.stop_signal
+    return EXIT_INTERRUPTED if result.stop_signal == signal.SIGINT else EXIT_OK
 
 
 def pass_on_stop_signal(signum: int | None) -> None:
@@ -83,8 +111,8 @@ def pass_on_stop_signal(signum: int | None) -> None:
     submitit (``hydra/launcher=slurm``) installs a SIGUSR2 handler that, on task 0, resubmits the same command
     and requeues the job (``scontrol requeue``), then exits; the training loop took the signal over while it
     ran, so without this the job would end at its time limit instead of continuing with ``resume=auto``.
-    With no such handler (the default action, or ignored), nothing happens and the command exits 0."""
-    import signal
-
-    if signum is not None and callable(signal.getsignal(signum)):
+    With no such handler (the default action, ignored, or Python's own Ctrl-C handler, which would raise
+    KeyboardInterrupt), nothing happens."""
+    handler = signal.getsignal(signum) if signum is not None else None
+    if signum is not None and callable(handler) and handler is not signal.default_int_handler:
         signal.raise_signal(signum)

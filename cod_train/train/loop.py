@@ -141,7 +141,9 @@ def check_run_dir(run_dir: str | Path) -> Path:
 # schedulers send before a time limit (submitit, hence `hydra/launcher=slurm`, sends USR2 `signal_delay_s`
 # before it; sbatch --signal=USR1@...). Each becomes a flag checked at step boundaries, on every rank at once
 # (the flag is all-reduced): the run saves a checkpoint and exits 0, and the next job continues (resume=auto).
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+# SIGINT (Ctrl-C) likewise saves and stops (exit 130, runs/lifecycle.py); a second Ctrl-C stops at once, unsaved.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+                     if hasattr(signal, name))
 
 
 class StopSignal:
@@ -152,6 +154,8 @@ class StopSignal:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: do not wait for the step boundary
         self.received = signum
 
     def __enter__(self) -> StopSignal:

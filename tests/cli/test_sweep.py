@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.cli.test_pretrain import TINY
-from tests.conftest import metric_rows, run_checked
+from tests.conftest import REPO, metric_rows, run_checked, subprocess_env
 
 
 def test_norm_sweep_runs_each_variant_in_its_own_run_dir(tmp_path):
@@ -25,3 +31,40 @@ def test_norm_sweep_runs_each_variant_in_its_own_run_dir(tmp_path):
         assert cfg["logger"]["group"] == "sweep"  # one group for the whole sweep
         assert cfg["run_dir"] == str(run_dir)
         assert [r["step"] for r in metric_rows(run_dir) if "loss" in r] == [1, 2]
+
+
+def _first_job_trains(sweep, proc: subprocess.Popen, timeout: float = 240) -> Path:
+    """Job 0's run dir once it has logged a training step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        for metrics in sweep.glob("0_*/metrics.jsonl"):
+            if any('"loss"' in line for line in metrics.read_text().splitlines() if line.endswith("}")):
+                return metrics.parent
+        time.sleep(0.1)
+    raise AssertionError(f"job 0 logged no step (exit code {proc.poll()}): {proc.communicate()}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_saves_the_current_job_and_stops_the_sweep(tmp_path, signum):
+    """SIGTERM, or Ctrl-C (SIGINT to the whole process group, as a terminal sends it), during job 0 of a local
+    sweep: job 0's checkpoint is saved, job 1 never starts, one line says so, exit 128 + the signal's number."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "cod_train.cli.pretrain", "-m", "norm=pre_ln,lns", *TINY,
+                             "train.max_steps=100000", "train.eval_every=0", "train.ckpt_every=0",
+                             "train.export_hf=false", f"hydra.sweep.dir={sweep}"],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    job0 = _first_job_trains(sweep, proc)
+    os.killpg(proc.pid, signum)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    name = signal.Signals(signum).name
+    last_step = max(r["step"] for r in metric_rows(job0) if "loss" in r)
+    ckpt = job0 / "checkpoints" / f"step_{last_step:07d}"
+    assert (ckpt / "meta.json").is_file()
+    assert f"sweep stopped by {name}: job 0 saved {ckpt}, the later jobs were not started (to go on, run the same " \
+           f"command with hydra.sweep.dir={sweep})" in err.splitlines()
+    assert f"stopped: {name.lower()} at step {last_step}" in out
+    assert not list(sweep.glob("1_*"))  # Hydra creates a job's directory when it starts the job
