@@ -7,7 +7,7 @@ into one :class:`Progress`; the bar shows done/total, rate and the estimated tim
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -62,14 +62,22 @@ def spread(per_batch: torch.Tensor, weights: torch.Tensor, *, seed: int = 0) -> 
 def ratio_spread(num: torch.Tensor, den: torch.Tensor, *, seed: int = 0, fn: Any = None) -> dict[str, list]:
     """Like :func:`spread` for sum(num) / sum(den) over batches (``fn`` maps that ratio to the statistic)."""
     fn = fn or (lambda x: x)
-    num, den = num.double(), den.double()
-    nb = num.shape[0]
-    mean = fn(num.sum(0) / den.sum(0))
-    per = fn(num / den)
+    return sums_spread(torch.stack([num, den], dim=-1), lambda s: fn(s[..., 0] / s[..., 1]), seed=seed)
+
+
+def sums_spread(parts: torch.Tensor, stat: Callable[[torch.Tensor], torch.Tensor], *, seed: int = 0) -> dict[str, list]:
+    """A statistic of sums over batches: ``parts`` ``[NB, ..., C]`` holds C sums per batch (e.g. sum, sum of
+    squares, count), ``stat`` maps summed parts ``[..., C]`` to the statistic ``[...]``. ``mean``: the statistic
+    of all batches; ``std``: the standard deviation of each batch's own statistic; ``lo`` / ``hi``: a bootstrap
+    95% interval (the batches resampled with replacement ``BOOTSTRAP_SAMPLES`` times, fixed seed)."""
+    parts = parts.double()
+    nb = parts.shape[0]
+    mean = stat(parts.sum(0))
+    per = stat(parts)
     std = per.std(0, unbiased=True) if nb > 1 else torch.zeros_like(mean)
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, nb, (BOOTSTRAP_SAMPLES, nb), generator=gen)
-    boot = fn(num[idx].sum(1) / den[idx].sum(1))  # [S, ...]
+    boot = stat(parts[idx].sum(1))  # [S, ...]
     lo, hi = _nanquantile(boot, 0.025), _nanquantile(boot, 0.975)
     return {"mean": _list(mean), "std": _list(std), "lo": _list(lo), "hi": _list(hi)}
 

@@ -52,7 +52,7 @@ from cod_train.eval.depth_hooks import (
     unwrap_model,
     valid_token_mask,
 )
-from cod_train.eval.depth_progress import Progress, tracked
+from cod_train.eval.depth_progress import Progress, sums_spread, tracked, with_spread
 from cod_train.eval.depth_train import (
     DIAG_PREFIX,
     LAYER_GRAD_NORM_KEY,
@@ -104,40 +104,45 @@ def _prepared(model: nn.Module, batches: Iterable[Batch]) -> list[Batch]:
     return out
 
 
+def _variance(sums: torch.Tensor) -> torch.Tensor:
+    """Variance from ``[..., 4]`` sums (sum, sum of squares, sum of |.|, count)."""
+    mean = sums[..., 0] / sums[..., 3]
+    return (sums[..., 1] / sums[..., 3] - mean.square()).clamp(min=0)
+
+
+LAYER_STATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "layer_var": _variance,
+    "layer_std": lambda sums: _variance(sums).sqrt(),
+    "layer_mean_abs": lambda sums: sums[..., 2] / sums[..., 3],
+}
+
+
 @torch.no_grad()
 def layer_variance(model: nn.Module, batches: Iterable[Batch], *, progress: bool = True) -> dict:
     """Variance and std of h_0..h_L over all elements of the real tokens.
 
     Returns ``{"embed_var", "layer_var": [L], "layer_std": [L], "layer_mean_abs": [L]}``; ``layer_var[l-1]``
-    is the variance of layer l's output.
+    is the variance of layer l's output. Each per-layer key comes with its spread over batches (``_std``,
+    ``_lo``, ``_hi``: :func:`cod_train.eval.depth_progress.sums_spread`).
     """
     batches = _prepared(model, batches)
     n_states = len(decoder_layers(model)) + 1
-    sums = torch.zeros(n_states, dtype=torch.float64)
-    sq = torch.zeros(n_states, dtype=torch.float64)
-    absum = torch.zeros(n_states, dtype=torch.float64)
-    count = torch.zeros(n_states, dtype=torch.float64)
+    sums = torch.zeros(len(batches), n_states, 4, dtype=torch.float64)  # per batch: LAYER_STATS' sums
     model.eval()
-    for batch in tracked(batches, "variance", progress):
+    for b, batch in enumerate(tracked(batches, "variance", progress)):
         mask = valid_token_mask(batch)
 
-        def record(idx: int, hidden: torch.Tensor, mask: torch.Tensor = mask) -> None:
+        def record(idx: int, hidden: torch.Tensor, mask: torch.Tensor = mask, b: int = b) -> None:
             vals = hidden[mask.to(hidden.device)].double()
-            sums[idx] += vals.sum().cpu()
-            sq[idx] += vals.square().sum().cpu()
-            absum[idx] += vals.abs().sum().cpu()
-            count[idx] += vals.numel()
+            parts = [vals.sum(), vals.square().sum(), vals.abs().sum()]
+            sums[b, idx] += torch.tensor([float(p) for p in parts] + [vals.numel()], dtype=torch.float64)
 
         with residual_stream_hooks(model, record):
             run_backbone(model, batch)
-    mean = sums / count
-    var = (sq / count - mean.square()).clamp(min=0)
-    return {
-        "embed_var": float(var[0]),
-        "layer_var": var[1:].tolist(),
-        "layer_std": var[1:].sqrt().tolist(),
-        "layer_mean_abs": (absum / count)[1:].tolist(),
-    }
+    out: dict[str, Any] = {"embed_var": float(_variance(sums[:, 0].sum(0)))}
+    for key, stat in LAYER_STATS.items():
+        with_spread(out, key, sums_spread(sums[:, 1:], stat))
+    return out
 
 
 @torch.no_grad()
