@@ -3,10 +3,21 @@
 torchrun and the deepspeed launcher export ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``.
 Under ``srun`` (one task per GPU) only ``SLURM_*`` variables exist; they are translated here, with the
 first host of the job as the rendezvous address. GPU runs use NCCL, CPU runs gloo.
+
+``LOCAL_RANK`` is exported as the index of this process's GPU: DeepSpeed (its comm init and its engine), ZeRO-3
+and torch's device mesh all read it as a device ordinal. With one GPU visible per SLURM task it is 0 on every
+task, while ``DistEnv.local_rank`` keeps the task's position on its node.
+
+Host-side sums (``host_all_reduce``) go through a gloo group of their own. gloo binds to the address the host
+name resolves to, which on many hosts is 127.0.1.1 (Debian's /etc/hosts): on several nodes it then cannot
+connect. ``GLOO_SOCKET_IFNAME=<iface>`` (read by torch) picks the interface; without it, or when the group
+cannot be created, the sums use the default (NCCL) group instead, said once in the log.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import os
 import re
 import socket
@@ -22,6 +33,7 @@ import torch.distributed as dist
 from cod_train.config import DistributedConfig
 from cod_train.core.errors import ConfigError, RunError
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -29,7 +41,7 @@ class DistEnv:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
+    local_rank: int = 0  # position among this node's processes (the device index is ``device.index``)
     local_world_size: int = 1
     device: torch.device = torch.device("cpu")
     backend: str = "gloo"
@@ -114,10 +126,17 @@ def _pick_device(device: str, local_rank: int) -> torch.device:
     # one GPU visible per task (SLURM): index 0
     index = dev.index if dev.index is not None else local_rank % torch.cuda.device_count()
     torch.cuda.set_device(index)
-    # DeepSpeed selects its device from $LOCAL_RANK itself: make it the one chosen here, or task 5 of a
-    # node whose tasks each see one GPU asks for cuda:5 ("invalid device ordinal").
-    os.environ["LOCAL_RANK"] = str(index)
     return torch.device("cuda", torch.cuda.current_device())
+
+
+def _export_local_rank(dev: torch.device, local_rank: int) -> None:
+    """``LOCAL_RANK`` = the GPU's index, for everything that reads it as a device ordinal (DeepSpeed's comm
+    init and engine, ZeRO-3, torch's device mesh): with one GPU visible per task, task 5 of a node would
+    otherwise ask for cuda:5 ("invalid device ordinal"). mpirun's own variable must agree (DeepSpeed asserts it)."""
+    value = str(dev.index if dev.type == "cuda" and dev.index is not None else local_rank)
+    os.environ["LOCAL_RANK"] = value
+    if "OMPI_COMM_WORLD_LOCAL_RANK" in os.environ:
+        os.environ["OMPI_COMM_WORLD_LOCAL_RANK"] = value
 
 
 def init_distributed(dist_cfg: DistributedConfig, device: str = "auto") -> DistEnv:
@@ -135,14 +154,20 @@ def init_distributed(dist_cfg: DistributedConfig, device: str = "auto") -> DistE
         raise ConfigError(f"distributed=single cannot run with {world} processes; "
                           "use distributed=ddp, fsdp or deepspeed")
     dev = _pick_device(device, local_rank)
+    _export_local_rank(dev, local_rank)
     backend = dist_cfg.backend if dist_cfg.backend != "auto" else ("nccl" if dev.type == "cuda" else "gloo")
     if dist_cfg.engine == "single":
         return DistEnv(device=dev, backend=backend)
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local_rank))
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world))
+    timeout = timedelta(minutes=dist_cfg.timeout_minutes)
+    several_nodes = local_world < world
+    _check_gloo_ifname()
+    if backend == "gloo" and several_nodes and (problem := _gloo_address_problem()):
+        raise ConfigError(f"gloo on several nodes cannot work here: {problem}; set GLOO_SOCKET_IFNAME to the "
+                          "network interface the nodes reach each other on (e.g. GLOO_SOCKET_IFNAME=eth0)")
     if not dist.is_initialized():
-        timeout = timedelta(minutes=dist_cfg.timeout_minutes)
         if dist_cfg.engine == "deepspeed":
             import deepspeed
 
@@ -150,29 +175,89 @@ def init_distributed(dist_cfg: DistributedConfig, device: str = "auto") -> DistE
         else:
             kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
             dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
-    _make_host_group(backend)
-    return DistEnv(rank, world, local_rank, local_world, dev, backend, initialized=True)
+    env = DistEnv(rank, world, local_rank, local_world, dev, backend, initialized=True)
+    _make_host_group(env, timeout, several_nodes)
+    return env
 
 
-_HOST_GROUP: list[Any] = []  # [group]: the CPU group for host_all_reduce (None = the default group is one)
+def _check_gloo_ifname() -> None:
+    """``GLOO_SOCKET_IFNAME`` (comma-separated, read by torch for every gloo group) names interfaces of this
+    host, or the gloo group would fail much later with an obscure message."""
+    value = os.environ.get("GLOO_SOCKET_IFNAME", "")
+    if not value:
+        return
+    present = sorted(name for _, name in socket.if_nameindex())
+    missing = [name for name in value.split(",") if name not in present]
+    if missing:
+        raise ConfigError(f"GLOO_SOCKET_IFNAME={value}: host {socket.gethostname()} has no network interface "
+                          f"{', '.join(missing)} (it has: {', '.join(present)})")
 
 
-def _make_host_group(backend: str) -> None:
-    # A collective: every rank creates it here, at the same point, once per process group.
-    if not _HOST_GROUP:
-        _HOST_GROUP.append(None if backend == "gloo" else dist.new_group(backend="gloo"))
+def _gloo_address_problem() -> str | None:
+    """Why gloo's default address (the host name's) cannot be reached from another node; None if it can, or
+    when ``GLOO_SOCKET_IFNAME`` chooses the interface instead."""
+    if os.environ.get("GLOO_SOCKET_IFNAME"):
+        return None
+    host = socket.gethostname()
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        return f"the host name {host!r} does not resolve, so gloo binds to the loopback address"
+    if ipaddress.ip_address(address).is_loopback:
+        return f"the host name {host!r} resolves to the loopback address {address}"
+    return None
+
+
+@dataclass(frozen=True)
+class _HostGroup:
+    group: Any  # a gloo group; None = the default group
+    device: torch.device  # where the summed tensor lives: the CPU for gloo, the default group's device else
+
+
+_HOST_GROUP: list[_HostGroup] = []  # [the group host_all_reduce uses], once per process group
+
+
+def _make_host_group(env: DistEnv, timeout: timedelta, several_nodes: bool) -> None:
+    """The CPU (gloo) group for host_all_reduce, with the run's collective timeout; the default group when
+    gloo cannot be used. A collective: every rank calls it at the same point, and all ranks agree on the
+    outcome (a rank that used gloo while another used the default group would wait forever)."""
+    if _HOST_GROUP or env.world_size == 1:
+        return
+    problems = _every_rank_problem(_gloo_address_problem() if several_nodes else None, env)
+    group = None
+    if not problems:
+        problem = None
+        try:
+            group = dist.new_group(backend="gloo", timeout=timeout)
+        except (RuntimeError, ValueError) as err:  # DistBackendError / DistNetworkError are RuntimeErrors
+            problem = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        problems = _every_rank_problem(problem, env)
+    if problems:
+        group = None
+        if env.is_main:
+            log.warning("the host-side gloo group cannot be used (%s); host sums go through the %s group "
+                        "instead. On several nodes set GLOO_SOCKET_IFNAME to the interface the nodes reach "
+                        "each other on", "; ".join(problems), env.backend)
+    _HOST_GROUP.append(_HostGroup(group, torch.device("cpu") if group is not None else env.device))
+
+
+def _every_rank_problem(problem: str | None, env: DistEnv) -> list[str]:
+    """Every rank's problem (``rank r on host: ...``), the same list on every rank (a collective)."""
+    labelled = f"rank {env.rank} on {socket.gethostname()}: {problem}" if problem else None
+    return [p for p in all_gather_object(labelled, env) if p]
 
 
 def host_all_reduce(values: list[float], env: DistEnv) -> list[float]:
     """Sum small host-side numbers (token counts, flags) over every rank through a CPU (gloo) group.
 
     No device work is involved, so nothing waits for the device's queue: the same sum through NCCL and a
-    ``.item()`` would stall the host until every kernel queued so far has run."""
+    ``.item()`` would stall the host until every kernel queued so far has run (what the fallback to the
+    default group costs, when gloo cannot be used)."""
     if not (env.initialized and env.world_size > 1):
         return list(values)
-    _make_host_group(env.backend)
-    summed = torch.tensor(values, dtype=torch.float64)  # exact for counts below 2**53
-    dist.all_reduce(summed, group=_HOST_GROUP[0])
+    host = _HOST_GROUP[0] if _HOST_GROUP else _HostGroup(None, env.device)  # a group not made by init_distributed
+    summed = torch.tensor(values, dtype=torch.float64, device=host.device)  # exact for counts below 2**53
+    dist.all_reduce(summed, group=host.group)
     return summed.tolist()
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import json
+import socket
+import sys
 
 import pytest
 import torch
@@ -10,10 +12,11 @@ import torch
 from cod_train.config import ConfigError, DistributedConfig
 from cod_train.engine import distributed
 from cod_train.engine.distributed import DistEnv, init_distributed
+from tests.conftest import run_checked, torchrun
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                  "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST",
-                 "SLURM_JOB_ID")
+                 "SLURM_JOB_ID", "GLOO_SOCKET_IFNAME")
 
 
 @pytest.fixture
@@ -80,21 +83,6 @@ def test_meta_init_is_refused_on_cpu():
         run_pretrain(cfg, DistEnv())
 
 
-def test_one_visible_gpu_per_task_maps_every_local_rank_to_it(monkeypatch):
-    """Simulated SLURM task 5 of a node whose tasks each see one GPU: ours and DeepSpeed's device agree."""
-    import torch
-
-    chosen = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda i: chosen.append(i))
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: chosen[-1])
-    monkeypatch.setenv("LOCAL_RANK", "5")
-    device = distributed._pick_device("cuda", 5)
-    assert device == torch.device("cuda", 0) and chosen == [0]
-    assert os.environ["LOCAL_RANK"] == "0"  # what DeepSpeed's set_device(int(LOCAL_RANK)) will use
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals of a machine without a GPU")
 @pytest.mark.parametrize("name", ["cuda", "cuda:0", "tpu", "gpu", "cuda:x"])
 def test_device_names_are_checked_before_any_work(name):
@@ -105,3 +93,63 @@ def test_device_names_are_checked_before_any_work(name):
     with pytest.raises(ConfigError, match="device"):
         parse_device(name)
     assert parse_device("auto") == parse_device("cpu") == torch.device("cpu")
+
+
+def test_deepspeed_with_one_visible_gpu_per_slurm_task_uses_device_0_everywhere():
+    """SLURM task 5 of 8, its node's tasks each seeing one GPU: init_distributed, then DeepSpeed's comm init
+    and engine (as far as a CPU-only torch goes: its first CUDA allocation). Every device choice is 0, and so is
+    the LOCAL_RANK DeepSpeed reads; the task keeps its rank and its position on the node."""
+    out = run_checked([sys.executable, "tests/engine/one_gpu_per_task.py"]).stdout
+    seen = json.loads(next(line for line in out.splitlines() if line.startswith("SEEN "))[5:])
+    assert seen["set_device"] and set(seen["set_device"]) == {0}  # ours, then DeepSpeed's engine
+    assert seen["init_process_group"] == {"LOCAL_RANK": "0", "device_id": "cuda:0"}  # DeepSpeed's comm init
+    assert seen["engine_local_rank"] == 0 and seen["engine_device"] == "cuda:0"
+    assert seen["LOCAL_RANK_after_init"] == seen["LOCAL_RANK_at_end"] == "0"
+    assert (seen["env_device"], seen["env_rank"], seen["env_local_rank"]) == ("cuda:0", 5, 5)
+    error = seen["engine_error"]
+    assert error is None or "not compiled with CUDA" in error, error  # not "invalid device ordinal"
+
+
+def _host_group_runs(mode: str) -> tuple[list[dict], str]:
+    proc = torchrun("tests/engine/host_group.py", mode, nproc=2)
+    rows = [json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("HOST ")]
+    return sorted(rows, key=lambda row: row["rank"]), proc.stdout + proc.stderr
+
+
+def test_the_host_group_is_gloo_with_the_configured_timeout():
+    rows, _ = _host_group_runs("ok")
+    assert [row["rank"] for row in rows] == [0, 1]
+    for row in rows:
+        assert row["gloo"] and row["timeout_s"] == row["default_timeout_s"] == 7 * 60
+        assert row["sums"] == [1.0 + 2.0, 10.0 + 20.0]
+
+
+def test_when_gloo_cannot_be_created_host_sums_use_the_default_group():
+    rows, output = _host_group_runs("gloo_fails")
+    assert [row["rank"] for row in rows] == [0, 1]
+    for row in rows:
+        assert not row["gloo"] and row["sums"] == [1.0 + 2.0, 10.0 + 20.0]
+    assert output.count("host-side gloo group cannot be used") == 1  # said once, by rank 0, for every rank
+    assert "rank 0 on" in output and "rank 1 on" in output and "connectFullMesh" in output
+
+
+@pytest.fixture
+def two_nodes(clean_env):
+    """Rank 0 of 2 processes, one per node; no process group is created before the refusals tested here."""
+    for var, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        clean_env.setenv(var, value)
+    return clean_env
+
+
+def test_gloo_across_nodes_with_a_loopback_host_name_is_refused_before_connecting(two_nodes):
+    two_nodes.setattr(socket, "gethostbyname", lambda host: "127.0.1.1")  # Debian's /etc/hosts
+    with pytest.raises(ConfigError, match="resolves to the loopback address 127.0.1.1; set GLOO_SOCKET_IFNAME"):
+        init_distributed(DistributedConfig(engine="ddp", timeout_minutes=1), device="cpu")
+
+
+def test_a_gloo_interface_that_does_not_exist_is_refused(two_nodes):
+    two_nodes.setenv("GLOO_SOCKET_IFNAME", "nosuch0")
+    with pytest.raises(ConfigError, match=r"GLOO_SOCKET_IFNAME=nosuch0: host .* has no network interface nosuch0 "
+                                          r"\(it has: .*lo"):
+        init_distributed(DistributedConfig(engine="ddp", timeout_minutes=1), device="cpu")
