@@ -78,6 +78,17 @@ def scheme_name(norm_type: str, qk_norm: str | None = None, norm_fn: str = "rmsn
     return "+".join(parts)
 
 
+SCHEME_AXES = ("qk_norm", "norm_fn", "residual", "depth_alpha", "depth_hparams", "hc_dynamic", "hc_streams")
+
+
+def model_scheme(model: Any) -> str:
+    """:func:`scheme_name` of a model's config (a ``ModelConfig``, a ``CodLlamaConfig`` or either as a dict)."""
+    def get(key: str) -> Any:
+        return model.get(key) if isinstance(model, dict) else getattr(model, key, None)
+
+    return scheme_name(str(get("norm_type")), **{k: get(k) for k in SCHEME_AXES if get(k) is not None})
+
+
 def _choice_problems(norm_type: str, qk_norm: str | None, norm_fn: str, residual: str) -> list[str]:
     axes = {"norm_type": (norm_type, NORM_TYPES), "norm_fn": (norm_fn, NORM_FNS), "residual": (residual, RESIDUALS + HYPER_RESIDUALS)}
     if qk_norm is not None:

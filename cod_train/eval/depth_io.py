@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cod_train.config import ConfigError
+from cod_train.config import ConfigError, model_scheme
 from cod_train.eval.depth_names import DIAG_FILES, SUMMARY_FILE
 
 __all__ = ["DIAG_FILES", "SUMMARY_FILE", "layout_layers", "model_info", "text_batches"]
@@ -71,13 +71,14 @@ def model_info(model: nn.Module, spec: str, label: str) -> dict[str, Any]:
 
     layers = layout_layers(model, spec)
     cfg = getattr(model, "config", None)
+    ours = getattr(cfg, "model_type", "") == "cod_llama"
+    norm_type = getattr(cfg, "norm_type", None if ours else "pre_ln")
     return {
         "label": label,
         "checkpoint": spec,
         "model_type": getattr(cfg, "model_type", None),
-        "norm_type": getattr(
-            cfg, "norm_type", "pre_ln" if getattr(cfg, "model_type", "") != "cod_llama" else None
-        ),
+        "norm_type": norm_type,
+        "scheme": model_scheme(cfg) if ours else norm_type,  # the run directory's name for it: lns+gpas+dyt
         "num_layers": layers,
         "params": sum(p.numel() for p in model.parameters()),
         "learned_scalars": learned_scalars(

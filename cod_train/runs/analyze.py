@@ -299,7 +299,7 @@ def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]
 
 def _identity(entries: dict[str, dict]) -> dict[str, Any]:
     first = next(iter(entries.values()))
-    keys = ("label", "checkpoint", "model_type", "norm_type", "num_layers", "params", "eval_tokens")
+    keys = ("label", "checkpoint", "model_type", "norm_type", "scheme", "num_layers", "params", "eval_tokens")
     return {k: first.get(k) for k in keys}
 
 

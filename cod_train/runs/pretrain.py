@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cod_train.config import PretrainConfig
+from cod_train.config import PretrainConfig, model_scheme
 from cod_train.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
         write_config(cfg, cfg.run_dir)
         n = sum(p.numel() for p in model.parameters())
         log.info("model %s (%s): %.2fM parameters; engine %s on %d process(es), %s", cfg.model.name,
-                 cfg.model.norm_type, n / 1e6, cfg.distributed.engine, env.world_size, env.device)
+                 model_scheme(cfg.model), n / 1e6, cfg.distributed.engine, env.world_size, env.device)
     return train(cfg, model, train_data, env=env, eval_data=eval_data if has_eval else None, tokenizer=tokenizer,
                  diagnostics_fn=diagnostics_for(cfg))
 

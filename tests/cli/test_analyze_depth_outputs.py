@@ -14,6 +14,7 @@ from cod_train.eval.depth_io import text_batches
 from cod_train.eval.depth_progress import BOOTSTRAP_SAMPLES
 from cod_train.runs.analyze import AnalyzeConfig, AnalyzeOptions, run
 from tests.cli.test_analyze import text_file, tiny_tokenizer, write_hf_run
+from tests.cli.test_pretrain import TINY, _main
 from tests.eval.hand import hand_layers
 
 SEQ, ROWS = 16, 2
@@ -56,3 +57,17 @@ def test_layer_variance_has_the_bootstrap_band_over_batches(tmp_path: Path) -> N
         assert got["layer_var_std"][layer - 1] == pytest.approx(
             float(torch.stack([v.var(unbiased=False) for v in per_batch]).std()), rel=1e-6)
         assert lo < got["layer_var"][layer - 1] < hi
+
+
+def test_training_log_and_depth_summary_name_the_whole_scheme(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The run directory, the training log and depth_summary.json name the scheme with the same function."""
+    monkeypatch.chdir(tmp_path)
+    args = [*TINY, "norm=lns", "residual=gpas", "norm_fn=dyt", "train.max_steps=1", "train.eval_tokens=0"]
+    assert _main(monkeypatch, *args) == 0
+    run_dir = tmp_path / "runs" / "llama_tiny-lns+gpas+dyt"
+    assert run_dir.is_dir(), sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert "(lns+gpas+dyt)" in capsys.readouterr().out
+    opts = AnalyzeOptions(diagnostics=["logit_lens"], eval_tokens=64, seq_len=32, progress=False)
+    run(AnalyzeConfig(checkpoint=[str(run_dir)], analyze=opts))
+    summary = json.loads((run_dir / "analysis" / "depth_summary.json").read_text())["models"][0]
+    assert summary["scheme"] == "lns+gpas+dyt" and summary["norm_type"] == "lns"
