@@ -3,7 +3,9 @@
 #   node 0: NNODES=2 NODE_RANK=0 MASTER_ADDR=10.0.0.1 scripts/train_multi_node.sh distributed=fsdp ...
 #   node 1: NNODES=2 NODE_RANK=1 MASTER_ADDR=10.0.0.1 scripts/train_multi_node.sh distributed=fsdp ...
 # run_dir must be on a filesystem every node sees (checkpoints are written by all ranks).
-# NCCL tips: NCCL_SOCKET_IFNAME=<iface> to pick the network, NCCL_DEBUG=WARN to diagnose.
+# Network: NCCL_SOCKET_IFNAME=<iface> and GLOO_SOCKET_IFNAME=<iface> pick the interface the nodes reach each
+# other on (gloo, used for host-side sums, otherwise binds to the host name's address, often 127.0.1.1);
+# NCCL_DEBUG=WARN to diagnose.
 set -euo pipefail
 : "${NNODES:?set NNODES}" "${NODE_RANK:?set NODE_RANK}" "${MASTER_ADDR:?set MASTER_ADDR}"
 MASTER_PORT=${MASTER_PORT:-29500}
