@@ -22,10 +22,12 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -209,12 +211,35 @@ def composition_problem(config_name: str, args: list[str]) -> str | None:
     missing = _missing_preset(overrides)
     if missing or any(a.startswith("-") for a in args):
         return missing
-    try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        try:
             compose(config_name, overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        return _one_line(str(err))
+        except (HydraException, OmegaConfBaseException) as err:
+            problem = _one_line(str(err))
+            return problem + _unknown_key_hint(problem, compose(config_name), overrides)
     return None
+
+
+def _unknown_key_hint(problem: str, base: DictConfig, overrides: list[str]) -> str:
+    """For ``Could not override 'K'``: the keys of the same name elsewhere (``hc_streams=0`` -> did you mean
+    ``model.hc_streams=0``), else the closest key name. Adding the key (``+K=``) never helps: the typed schema
+    refuses keys it does not know."""
+    match = re.match(r"Could not override '([^']+)'", problem)
+    if match is None:
+        return ""
+    key = match.group(1)
+    keys = _dotted_keys(OmegaConf.to_container(base, resolve=False))
+    leaf = key.rsplit(".", 1)[-1]
+    near = [k for k in keys if k.rsplit(".", 1)[-1] == leaf] or difflib.get_close_matches(key, keys, n=1, cutoff=0.85)
+    value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), "")
+    return f"; did you mean {' or '.join(f'{k}={value}' for k in near)}?" if near else ""
+
+
+def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every leaf of a config as ``a.b.c``."""
+    if isinstance(node, dict) and node:
+        return [k for name, child in node.items() for k in _dotted_keys(child, f"{prefix}.{name}" if prefix else str(name))]
+    return [prefix] if prefix else []
 
 
 def _missing_preset(overrides: list[str]) -> str | None:
@@ -239,7 +264,7 @@ def _one_line(message: str) -> str:
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     first = lines[0].split(": ", 1)[-1].rstrip(".") if lines else "the configuration does not compose"
     if first.startswith("Could not override"):
-        first += ": no such key (add a new key with +key=value)"
+        first += ": no such key"
     return first
 
 
