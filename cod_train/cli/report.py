@@ -3,9 +3,14 @@
     cod-report runs=[runs/llama_tiny-pre_ln,runs/llama_tiny-lns] run_dir=reports/tiny   # out= is an alias
     cod-report runs=[multirun/2026-01-01_12-00-00] run_dir=reports/sweep title="Norm sweep"
 
-Writes ``run_dir/report.md`` (table: variant, layers, params, tokens, final eval perplexity, downstream accuracy,
-tokens/s, status; loss curves; per-layer variance, angular-distance heatmaps, pruning curves, grad norms),
-``run_dir/report.json`` and ``run_dir/figures/*.png``. Runs with missing or partial files (a crashed run) still
+    cod-analyze checkpoint=[runs/a,runs/b] run_dir=runs/compare && cod-report runs=[runs/compare]   # its runs
+
+Writes ``run_dir/report.md`` (table: variant, layers, params, tokens, last train loss, eval perplexity, depth
+utilization, downstream accuracy, each with the training step it was measured at; tokens/s, status; the runs'
+directories; loss curves; the depth figures), ``run_dir/report.json`` and ``run_dir/figures/*.png``. A run is
+labelled by its scheme (the name its run directory uses) plus the settings that differ between the runs
+(``pre_ln+dhc8 seed=2``). A folder holding only ``analysis/`` (``cod-analyze`` of several checkpoints) is no run:
+each of its models goes to the run it was trained in. Runs with missing or partial files (a crashed run) still
 render; what is missing is listed. A path that does not exist or holds no run exits with code 2.
 """
 

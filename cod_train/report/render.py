@@ -57,20 +57,27 @@ def _num(value: float | None, fmt: str = ".2f") -> str:
 def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
-        ppl, ppl_src = run.eval_ppl
+        ppl, ppl_src, ppl_step = run.eval_ppl
+        loss, loss_step = run.train_loss
         rows.append(
             {
                 "run": run.label,
                 "path": str(run.path),
                 "variant": run.variant,
+                "settings": run.settings,
                 "layers": run.num_layers,
                 "params": run.params,
                 "tokens": run.tokens,
+                "train_loss": loss,
+                "train_loss_step": loss_step,
                 "eval_ppl": ppl,
                 "eval_ppl_source": ppl_src,
+                "eval_ppl_step": ppl_step,
                 "downstream": run.downstream,
+                "downstream_step": run.eval_json_step if run.downstream else None,
                 "tokens_per_s": run.tokens_per_s,
                 **run_depth_summary(run),
+                "analysis_from": str(run.analysis_from) if run.analysis_from else None,
                 "status": run.status,
                 "missing": run.missing,
                 "notes": run.notes,
@@ -79,25 +86,53 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     return rows
 
 
+STEP_COLUMNS = (("train_loss", "last train loss"), ("eval_ppl", "eval perplexity"), ("depth_utilization", "depth util."),
+                ("downstream", "downstream accuracy"))  # fmt: skip
+
+
+def _at(value: str, step: int | None, known: bool) -> str:
+    """A table cell with the step of its number (``3.21 @60``; ``@?`` when the step is unknown)."""
+    if not known:
+        return value
+    return f"{value} @{step if step is not None else '?'}"
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    head = ("| run | variant | layers | params | tokens | final eval ppl | depth util. | settling depth "
-            "| downstream avg acc (%) | tokens/s | status |")  # fmt: skip
+    head = ("| run | variant | layers | params | tokens | last train loss @step | eval ppl @step | depth util. @step "
+            "| settling depth | downstream avg acc (%) @step | tokens/s | status |")  # fmt: skip
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
-        ppl = _num(r["eval_ppl"]) + (" ‡" if r["eval_ppl_source"] == "metrics.jsonl" else "")
+        loss = _at(_num(r["train_loss"], ".3f"), r["train_loss_step"], r["train_loss"] is not None)
+        ppl = _at(_num(r["eval_ppl"]), r["eval_ppl_step"], r["eval_ppl"] is not None)
+        ppl += " ‡" if r["eval_ppl_source"] == "metrics.jsonl" else ""
+        util = _at(_util(r), r["depth_step"], r["depth_utilization"] is not None)
         avg = r["downstream"].get("average")
+        down = _at(_num(avg * 100 if avg is not None else None), r["downstream_step"], avg is not None)
         lines.append(
             f"| {r['run']} | {r['variant']} | {r['layers'] or DASH} | {human(r['params'])} | {human(r['tokens'], 2)} "
-            f"| {ppl} | {_util(r)} | {_num(r['settling_depth'])} "
-            f"| {_num(avg * 100 if avg is not None else None)} | {_num(r['tokens_per_s'], ',.0f')} "
+            f"| {loss} | {ppl} | {util} | {_num(r['settling_depth'])} | {down} | {_num(r['tokens_per_s'], ',.0f')} "
             f"| {r['status']} |"
         )
+    lines += [""] + _step_warnings(rows)
     if any(r["eval_ppl_source"] == "metrics.jsonl" for r in rows):
-        lines += ["", "‡ no eval.json: last in-training eval from metrics.jsonl."]
-    lines += ["", f"Depth util.: fraction of layers whose removal raises perplexity by more than {PRUNE_THRESHOLD_PCT:g}% "
-              "[range counted with each layer's 95% interval]; settling depth: logit-lens settling layer / L "
-              "(docs/depth.md). Both from cod-analyze."]  # fmt: skip
+        lines += ["‡ no eval.json: last in-training eval from metrics.jsonl.", ""]
+    lines += [f"@N: the training step of the weights each number was measured on. Depth util.: fraction of layers whose "
+              f"removal raises perplexity by more than {PRUNE_THRESHOLD_PCT:g}% [range counted with each layer's 95% "
+              "interval]; settling depth: logit-lens settling layer / L (docs/depth.md). Both from cod-analyze."]  # fmt: skip
     return lines
+
+
+def _step_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A warning per column whose numbers come from different training steps: they are not comparable as they are."""
+    lines = []
+    for key, name in STEP_COLUMNS:
+        step_key = "depth_step" if key == "depth_utilization" else f"{key}_step"
+        steps = {r[step_key] for r in rows if r[key] not in (None, {})}
+        if len(steps) > 1:
+            shown = ", ".join(str(s) for s in sorted(steps, key=lambda s: (s is None, s or 0)))
+            lines.append(f"**Note:** the {name} figures come from different training steps ({shown}); compare them "
+                         "with that in mind.")  # fmt: skip
+    return lines + ([""] if lines else [])
 
 
 def _util(row: dict[str, Any]) -> str:
@@ -107,12 +142,22 @@ def _util(row: dict[str, Any]) -> str:
     return f"{util:.2f}" + (f" [{span[0]:.2f}, {span[1]:.2f}]" if span and None not in span else "")
 
 
+def final_model(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of a run's analysed models (one per checkpoint), the one of the latest step."""
+    return max(entries, key=lambda e: e.get("step") or -1, default=None)
+
+
 def run_depth_summary(run: RunData) -> dict[str, Any]:
-    """The depth-utilization summary of a run's (first) analysed model (eval/depth_summary.py)."""
-    pruning, lens = (
-        next(iter(run.analysis.get(stem) or []), None) for stem in ("layer_pruning", "logit_lens")
-    )
-    return depth_summary(pruning, lens)
+    """The depth-utilization summary (eval/depth_summary.py) of the run's analysed model of the latest step, with
+    that step: pruning curve and logit lens of the same checkpoint."""
+    pruning = final_model(run.analysis.get("layer_pruning") or [])
+    chosen = pruning or final_model(run.analysis.get("logit_lens") or [])
+    lens = next((e for e in run.analysis.get("logit_lens") or [] if chosen and _same_model(e, chosen)), None)
+    return {**depth_summary(pruning, lens), "depth_step": chosen.get("step") if chosen else None}
+
+
+def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a.get("checkpoint"), a.get("step")) == (b.get("checkpoint"), b.get("step"))
 
 
 def _downstream_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -152,14 +197,13 @@ def _loss_entries(runs: Sequence[RunData]) -> list[dict[str, Any]]:
 
 
 def analysis_entries(runs: Sequence[RunData], stem: str) -> list[dict[str, Any]]:
-    """Model entries of ``analysis/<stem>.json`` across runs, labelled by run (and model when several)."""
-    out = []
-    for run in runs:
-        models = run.analysis.get(stem, [])
-        for entry in models:
-            label = run.label if len(models) == 1 else f"{run.label}: {entry.get('label', '?')}"
-            out.append({**entry, "label": label})
-    return out
+    """Each run's own analysed models of ``analysis/<stem>.json``, labelled by run, and by step where a run has
+    several checkpoints analysed or the steps differ between runs."""
+    pairs = [(run, entry) for run in runs for entry in run.analysis.get(stem, [])]
+    steps = {entry.get("step") for _, entry in pairs}
+    counts = {id(run): len(run.analysis.get(stem, [])) for run in runs}
+    return [{**entry, "label": run.label + (f" @{entry.get('step', '?')}" if counts[id(run)] > 1 or len(steps) > 1
+                                               else "")} for run, entry in pairs]  # fmt: skip
 
 
 def training_diag_entries(runs: Sequence[RunData], key: str) -> list[dict[str, Any]]:
@@ -168,7 +212,7 @@ def training_diag_entries(runs: Sequence[RunData], key: str) -> list[dict[str, A
     for run in runs:
         rows = [r for r in run.diags if isinstance(r.get(key), list)]
         if rows:
-            out.append({"label": f"{run.label} (step {rows[-1].get('step', '?')})", "values": rows[-1][key]})
+            out.append({"label": f"{run.label} @{rows[-1].get('step', '?')}", "values": rows[-1][key]})
     return out
 
 
@@ -184,7 +228,7 @@ def training_depth_entries(runs: Sequence[RunData]) -> list[dict[str, Any]]:
         ]
         bi = [(r["step"], sum(r["diag/bi"]) / len(r["diag/bi"])) for r in rows if r.get("diag/bi")]
         if settle or bi:
-            out.append({"label": f"{run.label} ({run.variant})", "settling_depth": settle, "mean_bi": bi})
+            out.append({"label": run.label, "settling_depth": settle, "mean_bi": bi})
     return out
 
 
@@ -232,16 +276,35 @@ def _figure(
     lines += [f"![{name}](figures/{name}.png)" if path else f"_{empty}_", ""]
 
 
-def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str) -> str:
+def _runs_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Which directory each label stands for, and every setting that differs between the runs."""
+    lines = ["### Runs", ""]
+    for r in rows:
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        lines.append(f"- **{r['run']}**: `{r['path']}`" + (f" ({settings})" if settings else ""))
+    return lines + [""]
+
+
+def _analysis_sources(runs: Sequence[RunData], notes: Sequence[str]) -> list[str]:
+    """Where each run's analysed model comes from (its own folder or a joint cod-analyze), and models left out."""
+    lines = []
+    for run in runs:
+        if run.analysis_from is not None and run.analysis_from.resolve() != run.path.resolve():
+            lines.append(f"- **{run.label}**: from the joint analysis in `{run.analysis_from}`")
+    lines += [f"- {note}" for note in notes]
+    return (["Analysed models:", "", *lines, ""]) if lines else []
+
+
+def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str, notes: Sequence[str] = ()) -> str:
     fig_dir = out_dir / "figures"
     rows = summary_rows(runs)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# {title}", "", f"Generated {now} from {len(runs)} run(s).", "", "## Summary", ""]
-    lines += _table(rows) + [""] + _downstream_table(rows) + _missing_section(rows)
+    lines += _table(rows) + [""] + _runs_section(rows) + _downstream_table(rows) + _missing_section(rows)
     lines += ["## Training and eval loss", ""]
     _figure(lines, fig_dir, "loss_curves", lambda p: plots.plot_loss_curves(_loss_entries(runs), p),
             "No run has loss rows in metrics.jsonl.")  # fmt: skip
-    lines += ["## Depth diagnostics (cod-analyze)", ""]
+    lines += ["## Depth diagnostics (cod-analyze)", ""] + _analysis_sources(runs, notes)
     for stem, heading, caption in ANALYSIS_SECTIONS:
         entries = analysis_entries(runs, stem)
         lines += [f"### {heading}", "", caption, ""]
@@ -270,10 +333,12 @@ def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "cod-train report") -> Path:
-    """Write ``out_dir/report.md``, ``out_dir/report.json`` and ``out_dir/figures/*.png``."""
+def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "cod-train report",
+                 notes: Sequence[str] = ()) -> Path:  # fmt: skip
+    """Write ``out_dir/report.md``, ``out_dir/report.json`` and ``out_dir/figures/*.png``; ``notes``: what belongs
+    to no single run (models of a joint analysis that are none of the runs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = render_markdown(runs, out_dir, title)
+    text = render_markdown(runs, out_dir, title, notes)
     (out_dir / "report.md").write_text(text + "\n", encoding="utf-8")
     from cod_train.core.io import atomic_write_json
 

@@ -26,11 +26,12 @@ class ReportConfig:
 
 def report_command(cfg: ReportConfig) -> int:
     """Load the runs (ConfigError before any file is written when a path is bad) and write the report."""
-    from cod_train.report import load_runs, write_report
+    from cod_train.report import collect, write_report
 
     out = cfg.output_dir()
-    runs = load_runs([str(p) for p in cfg.runs])
-    path = write_report(runs, out, title=cfg.title)
+    found = collect([str(p) for p in cfg.runs])
+    runs = found.runs
+    path = write_report(runs, out, title=cfg.title, notes=found.notes)
     incomplete = [r.label for r in runs if r.status != "complete" or r.notes]
     print(
         f"cod-report: {len(runs)} run(s) -> {path}"

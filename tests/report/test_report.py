@@ -83,22 +83,25 @@ def test_report_with_a_crashed_run(tmp_path: Path) -> None:
     out = tmp_path / "report"
     path = write_report(load_runs([str(good), str(bad)]), out)
     text = path.read_text()
+    # labelled by scheme; last loss 5 - 30 * 0.05 at step 30; eval.json and analysis/ name no step: "@?";
     # depth util.: 3 of 4 removals cost > 1% (100, 5, 2.5, 0.5 %); settling layer 4 of 4
-    assert "| tiny-pre_ln | pre_ln | 4 | 1.2M | 61.44K | 20.09 | 0.75 | 1.00 | 50.00 |" in text
-    assert "| tiny-lns | lns | 4 |" in text and "incomplete (12/30 steps)" in text
-    assert "‡" in text.split("| tiny-lns |")[1].split("\n")[0]  # ppl from the in-training eval
+    assert "| pre_ln | pre_ln | 4 | 1.2M | 61.44K | 3.500 @30 | 20.09 @? | 0.75 @? | 1.00 | 50.00 @? |" in text
+    assert "| lns | lns | 4 |" in text and "incomplete (12/30 steps)" in text
+    lns_row = text.split("| lns |")[1].split("\n")[0]
+    assert f"| {2.7 ** 4.4:.2f} @10 ‡ |" in lns_row and "| 4.400 @12 |" in lns_row  # the in-training eval at 10
+    assert f"- **lns**: `{bad}`" in text  # the run list says which directory a label stands for
     missing = text.split("## Missing or partial files")[1].split("##")[0]
     assert (
         "no eval.json" in missing and "no analysis/" in missing and "last line is not valid JSON" in missing
     )
-    assert "Not available for: tiny-lns." in text
+    assert "Not available for: lns." in text
     for name in ("loss_curves", "layer_variance", "angular_distance", "layer_pruning", "grad_norms",
                  "train_layer_variance", "train_grad_norms", "logit_lens", "train_depth_utilization",
                  "train_block_influence"):  # fmt: skip
         assert f"](figures/{name}.png)" in text
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
     summary = json.loads((out / "report.json").read_text())
-    assert [r["run"] for r in summary["runs"]] == ["tiny-pre_ln", "tiny-lns"]
+    assert [r["run"] for r in summary["runs"]] == ["pre_ln", "lns"]
     assert summary["runs"][0]["downstream"] == {"arc_easy": 0.4, "piqa": 0.6, "average": 0.5}
 
 
@@ -107,9 +110,9 @@ def test_run_with_nothing_but_a_truncated_metrics_file(tmp_path: Path) -> None:
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 1, "lo')
     data = load_run(run)
-    assert data.status == "no metrics" and data.eval_ppl == (None, "")
+    assert data.status == "no metrics" and data.eval_ppl == (None, "", None)
     text = write_report([data], tmp_path / "out").read_text()
-    assert "| empty-run | ? | — | — | — | — | — | — | — | — | no metrics |" in text
+    assert "| empty-run | ? | — | — | — | — | — | — | — | — | — | no metrics |" in text
     assert "No run has analysis/layer_variance.json" in text
     assert not (tmp_path / "out" / "figures" / "loss_curves.png").exists()
 
@@ -190,6 +193,6 @@ def test_noise_verdicts_from_the_intervals(tmp_path: Path) -> None:
         bi = {"label": run.name, "bi": [0.15] * 4, "bi_lo": bi_lo, "bi_hi": bi_hi}
         (run / "analysis" / "block_influence.json").write_text(json.dumps({"models": [bi]}))
     text = write_report(load_runs([str(r) for r in runs]), tmp_path / "out").read_text()
-    assert "pruning cost (%): **a** vs **b**: within noise" in text  # every pair of intervals overlaps
-    assert "Block Influence: **a** vs **b**: differ beyond noise at 2 of 4 layers" in text  # layers 2 and 3
-    assert "| a | pre_ln | 4 |" in text and "| 0.75 [0.50, 1.00] |" not in text
+    assert "pruning cost (%): **pre_ln** vs **lns**: within noise" in text  # every pair of intervals overlaps
+    assert "Block Influence: **pre_ln** vs **lns**: differ beyond noise at 2 of 4 layers" in text  # layers 2 and 3
+    assert "| pre_ln | pre_ln | 4 |" in text and "| 0.75 [0.50, 1.00] @? |" not in text
