@@ -33,7 +33,7 @@ from cod_train.engine.layers import decoder_layers, materialize
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
-    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
     from torch.nn.parallel import DistributedDataParallel
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,6 @@ class Engine:
 
     name = "base"
     format = "torch"
-    uses_autocast = True  # bf16-mixed through torch.autocast (FSDP2 and DeepSpeed cast parameters instead)
 
     def __init__(self, model: nn.Module, dist_cfg: DistributedConfig, env: DistEnv, *,
                  optimizer_fn: OptimizerFactory, precision: str, micro_batch_size: int,
@@ -96,7 +95,8 @@ class Engine:
 
     # --- one optimizer step -----------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16-mixed" and self.uses_autocast:
+        """bf16-mixed on every engine: bf16 matmuls through torch.autocast, an fp32 residual stream (docs/design.md)."""
+        if self.precision == "bf16-mixed":
             return torch.autocast(self.env.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -209,6 +209,27 @@ def fsdp_mesh_shape(world_size: int, hsdp_replicas: int) -> tuple[int, ...]:
     return (world_size,) if hsdp_replicas == 1 else (hsdp_replicas, world_size // hsdp_replicas)
 
 
+def fsdp_policies(precision: str, fsdp_param_dtype: str = "auto") -> tuple[MixedPrecisionPolicy, MixedPrecisionPolicy]:
+    """FSDP2's mixed-precision policies of the decoder blocks and of the root.
+
+    bf16-mixed, the numerics of every engine: the blocks all-gather bf16 copies of their weights, take their fp32
+    input as it is (no ``cast_forward_inputs``) and return fp32 (``output_dtype``), so the residual stream stays
+    fp32 as under autocast on the single and DDP engines, and the loop's autocast runs the matmuls in bf16; the
+    root (embedding, final norm, lm_head: about 4% of a 7B model's weights) is gathered in fp32, so the stream
+    starts in fp32. Gradients are reduced (and accumulated between reductions) in fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    param_dtype = _param_dtype(precision, fsdp_param_dtype)
+    if precision == "bf16-mixed":
+        blocks = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
+                                      output_dtype=torch.float32, cast_forward_inputs=False)
+        return blocks, MixedPrecisionPolicy(reduce_dtype=torch.float32)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype,
+                                  reduce_dtype=torch.float32 if param_dtype is not None else None)
+    return policy, policy
+
+
 class FSDPEngine(Engine):
     """FSDP2: each decoder block and then the root are ``fully_shard``-ed over the data-parallel mesh.
 
@@ -220,7 +241,6 @@ class FSDPEngine(Engine):
 
     name = "fsdp"
     format = "dcp"
-    uses_autocast = False
 
     def _mesh(self, shape: tuple[int, ...]) -> DeviceMesh:
         from torch.distributed.device_mesh import init_device_mesh
@@ -229,7 +249,7 @@ class FSDPEngine(Engine):
         return init_device_mesh(self.env.device.type, shape, mesh_dim_names=names)
 
     def setup(self, optimizer_fn: OptimizerFactory) -> None:
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from torch.distributed.fsdp import fully_shard
 
         mesh_shape = fsdp_mesh_shape(self.env.world_size, self.dist_cfg.hsdp_replicas)  # checked first
         if self.precision == "bf16-pure":
@@ -238,15 +258,13 @@ class FSDPEngine(Engine):
         if not on_meta:
             self.module.to(self.env.device)
         mesh = self._mesh(mesh_shape)
-        param_dtype = _param_dtype(self.precision, self.dist_cfg.fsdp_param_dtype)
-        policy = MixedPrecisionPolicy(param_dtype=param_dtype,
-                                      reduce_dtype=torch.float32 if param_dtype is not None else None)
+        block_policy, root_policy = fsdp_policies(self.precision, self.dist_cfg.fsdp_param_dtype)
         reshard = self.dist_cfg.reshard_after_forward
         for layer in decoder_layers(self.module):
-            fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard)
+            fully_shard(layer, mesh=mesh, mp_policy=block_policy, reshard_after_forward=reshard)
         # The root's parameters (embedding, final norm, lm_head) are used again as soon as the backward starts:
         # resharding them after the forward would only buy an immediate second all-gather.
-        fully_shard(self.module, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+        fully_shard(self.module, mesh=mesh, mp_policy=root_policy, reshard_after_forward=False)
         if on_meta:
             materialize(self.module, self.env.device)
         self.model = self.module
@@ -314,9 +332,15 @@ def deepspeed_config(dist_cfg: DistributedConfig, env: DistEnv, *, precision: st
         "gradient_accumulation_steps": grad_accum_steps,
         "gradient_clipping": grad_clip,
         "zero_optimization": zero,
-        # bf16-mixed runs DeepSpeed's bf16 mode (bf16 weights, fp32 master copy and Adam state); bf16-pure,
-        # which keeps everything in bf16, is refused in DistributedConfig.check_precision.
-        "bf16": {"enabled": precision != "fp32", "check_grad_overflow": True},
+        # bf16-mixed is the numerics of every engine (docs/design.md): fp32 weights, Adam state and gradients
+        # (accumulated and reduced in fp32: no module's gradients are communicated in bf16), bf16 matmuls through
+        # torch.autocast, an fp32 residual stream. DeepSpeed's own bf16 mode would keep bf16 weights (a bf16
+        # residual stream) and accumulate and reduce gradients in bf16. bf16-pure is refused in
+        # DistributedConfig.check_precision.
+        "bf16": {"enabled": False},
+        "torch_autocast": {"enabled": precision == "bf16-mixed", "dtype": "bfloat16",
+                           "lower_precision_safe_modules": []},
+        "communication_data_type": "fp32",
         "zero_allow_untested_optimizer": True,
         # read once, at deepspeed.initialize: whether load_checkpoint() expects DeepSpeed's universal format
         "checkpoint": {"load_universal": load_universal},
@@ -331,7 +355,6 @@ class DeepSpeedEngine(Engine):
 
     name = "deepspeed"
     format = "deepspeed"
-    uses_autocast = False
 
     def setup(self, optimizer_fn: OptimizerFactory) -> None:
         import deepspeed

@@ -319,7 +319,8 @@ class Trainer:
         every = self.tcfg.diag_every
         if self.diagnostics_fn is None or not every or (self.state.step + 1) % every:
             return {}
-        return self.diagnostics_fn(model=self.engine.module, step=self.state.step + 1, batch=batch) or {}
+        with self.engine.autocast():  # the training forward's numerics (FSDP2's bf16 blocks need autocast)
+            return self.diagnostics_fn(model=self.engine.module, step=self.state.step + 1, batch=batch) or {}
 
     def evaluate(self) -> dict[str, float] | None:
         if self.eval_data is None:

@@ -19,6 +19,7 @@ seen = []
 engine.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["num_items_in_batch"]), with_kwargs=True)
 ids = torch.randint(0, 64, (2, 16))
 for items in (torch.tensor(6250.0), loss_divisor(6250, 1)):
-    engine.model(input_ids=ids, labels=ids, shift_labels=ids, num_items_in_batch=items, use_cache=False)
+    with engine.autocast():
+        engine.model(input_ids=ids, labels=ids, shift_labels=ids, num_items_in_batch=items, use_cache=False)
 print("SEEN", [float(x) for x in seen], [type(x).__name__ for x in seen], flush=True)
 destroy_distributed()
