@@ -194,18 +194,26 @@ def _check_gloo_ifname() -> None:
 
 
 def _gloo_address_problem() -> str | None:
-    """Why gloo's default address (the host name's) cannot be reached from another node; None if it can, or
-    when ``GLOO_SOCKET_IFNAME`` chooses the interface instead."""
-    if os.environ.get("GLOO_SOCKET_IFNAME"):
+    """Why other nodes cannot reach gloo's default address (the host name's); None if they can, when
+    ``GLOO_SOCKET_IFNAME`` chooses the interface instead, or when the rendezvous host is this machine's loopback
+    (every process runs here)."""
+    if os.environ.get("GLOO_SOCKET_IFNAME") or _loopback_address(os.environ.get("MASTER_ADDR", "127.0.0.1")):
         return None
     host = socket.gethostname()
+    address = _loopback_address(host)
+    return f"the host name {host!r} resolves to the loopback address {address}" if address else None
+
+
+def _loopback_address(name: str) -> str | None:
+    """The loopback address ``name`` is or resolves to (a name that does not resolve: gloo uses 127.0.0.1)."""
     try:
-        address = socket.gethostbyname(host)
-    except OSError:
-        return f"the host name {host!r} does not resolve, so gloo binds to the loopback address"
-    if ipaddress.ip_address(address).is_loopback:
-        return f"the host name {host!r} resolves to the loopback address {address}"
-    return None
+        address = str(ipaddress.ip_address(name))
+    except ValueError:
+        try:
+            address = socket.gethostbyname(name)
+        except OSError:
+            return "127.0.0.1"
+    return address if ipaddress.ip_address(address).is_loopback else None
 
 
 @dataclass(frozen=True)

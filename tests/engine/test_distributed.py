@@ -135,9 +135,10 @@ def test_when_gloo_cannot_be_created_host_sums_use_the_default_group():
 
 @pytest.fixture
 def two_nodes(clean_env):
-    """Rank 0 of 2 processes, one per node; no process group is created before the refusals tested here."""
-    for var, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+    """Rank 1 of 2 processes, one per node, node 0 being 10.0.0.1; no process group is created before the
+    refusals tested here."""
+    for var, value in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+                       "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "1"}.items():
         clean_env.setenv(var, value)
     return clean_env
 
@@ -146,6 +147,8 @@ def test_gloo_across_nodes_with_a_loopback_host_name_is_refused_before_connectin
     two_nodes.setattr(socket, "gethostbyname", lambda host: "127.0.1.1")  # Debian's /etc/hosts
     with pytest.raises(ConfigError, match="resolves to the loopback address 127.0.1.1; set GLOO_SOCKET_IFNAME"):
         init_distributed(DistributedConfig(engine="ddp", timeout_minutes=1), device="cpu")
+    two_nodes.setenv("MASTER_ADDR", "localhost")  # every "node" on this machine (tests, a 2-node launch here)
+    assert distributed._gloo_address_problem() is None
 
 
 def test_a_gloo_interface_that_does_not_exist_is_refused(two_nodes):
