@@ -1,4 +1,5 @@
-"""Files written so that a crash never leaves half of one: the one atomic JSON writer."""
+"""Files written so that a crash never leaves half of one: the one atomic JSON writer; files whose CRC-32 is
+computed from the bytes as they are written (a checkpoint's manifest without reading anything back)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ import json
 import math
 import os
 import tempfile
+import threading
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+CHUNK = 8 << 20
+PathLike = str | os.PathLike[str]
 
 
 def jsonable(obj: Any) -> Any:
@@ -48,3 +56,114 @@ def make_readable(root: str | Path) -> None:
     for path in Path(root).rglob("*"):
         if path.is_file() and not path.is_symlink():
             path.chmod(0o666 & ~umask)
+
+
+def file_crc32(path: PathLike) -> str:
+    """The CRC-32 of a file's bytes, read from the disk, as 8 hex digits."""
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+class CrcWriter:
+    """A new binary file written front to back; its size and CRC-32 are computed from the bytes as they pass
+    (no read-back), and it is fsynced on close. It has no ``fileno()``, so a writer that would go around
+    ``write`` (torch.save's legacy format writes storages straight to a file descriptor) uses ``write``."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        self.size = 0
+        self.crc = 0
+        self.error: OSError | None = None  # the first write failure (torch.save turns it into a RuntimeError)
+        self._file = open(self.path, "wb")  # noqa: SIM115 - closed by close()
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            self._file.write(view)
+        except OSError as err:
+            self._fail(err)
+            raise
+        self.crc = zlib.crc32(view, self.crc)
+        self.size += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self.size
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush, fsync and close (again: a no-op)."""
+        if self._file.closed:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            self._fail(err)
+            raise
+        finally:
+            self._file.close()
+
+    def _fail(self, err: OSError) -> None:
+        if err.filename is None:
+            err.filename = str(self.path)
+        self.error = self.error or err
+
+
+class WrittenFiles:
+    """The size and CRC-32 of every file written through it, by path: a checkpoint's manifest, computed while
+    writing. Thread-safe (DCP writes from threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.files: dict[str, dict[str, Any]] = {}
+
+    def add(self, path: PathLike, size: int, crc: int) -> None:
+        with self._lock:
+            self.files[str(Path(path))] = {"size": size, "crc32": f"{crc:08x}"}
+
+    def rename(self, old: PathLike, new: PathLike) -> None:
+        """Move ``old`` to ``new`` on the disk and in the records."""
+        os.replace(old, new)
+        with self._lock:
+            if str(Path(old)) in self.files:
+                self.files[str(Path(new))] = self.files.pop(str(Path(old)))
+
+    @contextmanager
+    def open(self, path: PathLike) -> Iterator[CrcWriter]:
+        """A :class:`CrcWriter` for ``path``; recorded once it is closed without an error. A write failure
+        is raised as the OSError itself, whatever the writer made of it."""
+        writer = CrcWriter(path)
+        try:
+            yield writer
+            writer.close()
+        except BaseException as err:
+            try:
+                writer.close()
+            except OSError:
+                pass
+            if writer.error is not None and writer.error is not err:
+                raise writer.error from None
+            raise
+        self.add(path, writer.size, writer.crc)
+
+    def save_torch(self, obj: Any, path: PathLike, **kwargs: Any) -> None:
+        """``torch.save(obj)`` into ``path`` through a :class:`CrcWriter`."""
+        import torch
+
+        with self.open(path) as f:
+            torch.save(obj, f, **kwargs)  # type: ignore[arg-type]
+
+    def relative_to(self, root: PathLike) -> dict[str, dict[str, Any]]:
+        """The records of files under ``root``, keyed by their path relative to it."""
+        root = Path(root)
+        with self._lock:
+            return {str(Path(p).relative_to(root)): v for p, v in self.files.items() if Path(p).is_relative_to(root)}

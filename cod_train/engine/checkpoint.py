@@ -2,8 +2,8 @@
 
 Layout of ``run_dir/checkpoints/step_NNNNNNN/``::
 
-    meta.json              step, tokens, engine, format, world size, counters, the run's flattened config
-                           and every other file's size and CRC-32 (written last)
+    meta.json              step, tokens, engine, format, world size, counters, the run's flattened config,
+                           the save's duration and every other file's size and CRC-32 (written last)
     model.safetensors      weights (torch format; also the consolidated copy in DeepSpeed checkpoints)
     optimizer.pt           optimizer state (torch format)        | dcp/ (FSDP2) | deepspeed/ (DeepSpeed)
     config.json            the model's HF config
@@ -13,7 +13,10 @@ Layout of ``run_dir/checkpoints/step_NNNNNNN/``::
 
 Every rank writes into ``.tmp_step_NNNNNNN``; rank 0 then renames it. A crash mid-save leaves only a
 ``.tmp_*`` directory, which is never picked as ``latest`` and is removed by the next save. A save that fails
-(disk full) removes its ``.tmp_*`` directory and raises :class:`CheckpointSaveError`. ``resume=auto`` verifies
+to write (disk full, an I/O error) on any rank, inside an engine's own save too, removes its ``.tmp_*``
+directory and raises :class:`CheckpointSaveError` on every rank, none left waiting in a collective. The CRC-32s
+are computed from the bytes as they are written (the tensor files are never read back; only the few small
+files other libraries write, config.json and the tokenizer, are). ``resume=auto`` verifies
 the newest checkpoint against its manifest (sizes, CRC-32; the ranks share the reading) and falls back to the
 newest intact one, moving damaged ones aside as ``.damaged_step_*``. Non-tensor state is saved with
 ``torch.save`` and always read back with ``weights_only=True``.
@@ -40,8 +43,8 @@ import numpy as np
 import torch
 
 from cod_train.core.errors import CheckpointSaveError, ConfigError, RunError
-from cod_train.core.io import atomic_write_json, make_readable
-from cod_train.engine.distributed import DistEnv, all_gather_object, all_reduce, barrier, on_rank0
+from cod_train.core.io import WrittenFiles, atomic_write_json, file_crc32, make_readable
+from cod_train.engine.distributed import DistEnv, all_gather_object, barrier, on_rank0
 
 if TYPE_CHECKING:
     from cod_train.engine.engines import Engine
@@ -50,7 +53,10 @@ log = logging.getLogger("cod_train")
 STEP_RE = re.compile(r"^step_(\d+)$")
 META_FILE = "meta.json"
 FORMAT_VERSION = 1
-CHUNK = 8 << 20
+# The scheduler's warning before a job's time limit, in seconds (hydra/launcher=slurm exports its
+# signal_delay_s; set it to N with sbatch --signal=USR1@N): a save must fit in it, or the job is killed mid-save.
+SIGNAL_DELAY_ENV = "COD_TRAIN_SIGNAL_DELAY_S"
+SIGNAL_DELAY_MARGIN = 1.5
 
 
 def step_dirname(step: int) -> str:
@@ -158,25 +164,71 @@ def check_shared_dir(path: Path, env: DistEnv, wait_s: float = 10.0) -> None:
                           "file system every node mounts (checkpoints are written by all ranks)")
 
 
-def _crc32(path: Path) -> str:
-    crc = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            crc = zlib.crc32(chunk, crc)
-    return f"{crc:08x}"
-
-
 def _gathered(items: list[str], env: DistEnv) -> list[str]:
     return sorted(x for part in all_gather_object(items, env) for x in part)
 
 
-def file_manifest(path: Path, env: DistEnv) -> dict[str, dict[str, Any]]:
-    """``{relative path: {"size", "crc32"}}`` of every file under ``path`` but ``meta.json``; each rank reads a
-    share of the files (collective)."""
+def file_manifest(path: Path, env: DistEnv, written: WrittenFiles | None = None) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size", "crc32"}}`` of every file under ``path`` but ``meta.json`` (collective).
+
+    The files some rank wrote through ``written`` keep the CRC-32 computed while writing; the others (small
+    files other libraries write) are read, each rank a share. A record whose size is not the file's (something
+    wrote past our writer) is not trusted: that file is read too."""
+    recorded = written.relative_to(path) if written is not None else {}
+    known = {k: v for part in all_gather_object(recorded, env) for k, v in part.items()}
     files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() and p.name != META_FILE)
-    mine = {rel: {"size": (path / rel).stat().st_size, "crc32": _crc32(path / rel)}
-            for i, rel in enumerate(files) if i % env.world_size == env.rank}
-    return {k: v for part in all_gather_object(mine, env) for k, v in part.items()}
+    manifest = {rel: known[rel] for rel in files if rel in known and known[rel]["size"] == (path / rel).stat().st_size}
+    unread = [rel for rel in files if rel not in manifest]
+    mine = {rel: {"size": (path / rel).stat().st_size, "crc32": file_crc32(path / rel)}
+            for i, rel in enumerate(unread) if i % env.world_size == env.rank}
+    return manifest | {k: v for part in all_gather_object(mine, env) for k, v in part.items()}
+
+
+def save_safetensors(obj: torch.nn.Module | dict[str, torch.Tensor], path: Path, written: WrittenFiles) -> None:
+    """Write a module's weights (``save_model``: shared tensors once) or a dict of tensors as safetensors and
+    record the file's CRC-32 without reading its data back; a failure to write is raised as an OSError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file, save_model
+
+    try:
+        if isinstance(obj, torch.nn.Module):
+            save_model(obj, str(path))
+        else:
+            save_file(obj, str(path))
+    except SafetensorError as err:  # "... I/O error: No space left on device (os error 28)"
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
+    tensors = obj.state_dict() if isinstance(obj, torch.nn.Module) else obj
+    _record_safetensors(path, tensors, written)
+
+
+def _record_safetensors(path: Path, tensors: dict[str, torch.Tensor], written: WrittenFiles) -> None:
+    """Record the CRC-32 of the safetensors file just written at ``path`` from ``tensors`` in memory. By the
+    format, the file is an 8-byte length, a JSON header (read back: a few KB) and then the data, each tensor's
+    bytes at the offsets its header entry gives; when the offsets do not tile the data exactly with the
+    tensors given, nothing is recorded and the manifest reads the file."""
+    with open(path, "rb") as f:
+        length = f.read(8)
+        header = f.read(int.from_bytes(length, "little"))
+    index = json.loads(header)
+    index.pop("__metadata__", None)
+    crc, end = zlib.crc32(header, zlib.crc32(length)), 0
+    for name, info in sorted(index.items(), key=lambda item: item[1]["data_offsets"]):
+        begin, stop = info["data_offsets"]
+        data = _tensor_bytes(tensors[name]) if name in tensors else None
+        if begin != end or data is None or len(data) != stop - begin:
+            return
+        crc, end = zlib.crc32(data, crc), stop
+    size = len(length) + len(header) + end
+    if size == path.stat().st_size:
+        written.add(path, size, crc)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's bytes as safetensors writes them (little-endian, row-major), without a copy on the CPU."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
 
 
 def checkpoint_problems(path: Path, env: DistEnv) -> list[str]:
@@ -195,7 +247,7 @@ def checkpoint_problems(path: Path, env: DistEnv) -> list[str]:
             mine.append(f"{rel} is missing")
         elif target.stat().st_size != want["size"]:
             mine.append(f"{rel} has {target.stat().st_size} bytes, {want['size']} expected")
-        elif _crc32(target) != want["crc32"]:
+        elif file_crc32(target) != want["crc32"]:
             mine.append(f"{rel} fails its CRC-32 check")
     return _gathered(mine, env)
 
@@ -249,10 +301,10 @@ def _rank_file(path: Path, kind: str, rank: int) -> Path:
     return path / kind / f"rank_{rank:05d}.pt"
 
 
-def _save_rank_state(path: Path, kind: str, rank: int, obj: Any) -> None:
+def _save_rank_state(path: Path, kind: str, rank: int, obj: Any, written: WrittenFiles) -> None:
     target = _rank_file(path, kind, rank)
     target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, target)
+    written.save_torch(obj, target)
 
 
 def _load_rank_state(path: Path, kind: str, env: DistEnv, saved_world: int) -> Any:
@@ -312,20 +364,50 @@ def prune(root: Path, keep_last: int) -> None:
 
 
 def _collectively(env: DistEnv, final: Path, tmp: Path, what: Callable[[], None]) -> None:
-    """Run ``what`` on every rank; if it fails with an OSError on any rank (a full disk), every rank removes the
-    temporary directory and raises the same CheckpointSaveError instead of hanging in the next collective."""
-    failure: OSError | None = None
+    """Run ``what`` on every rank (its collectives aligned across ranks, whatever fails: see the engines'
+    ``save``). If it fails on any rank, every rank removes the temporary directory and raises instead of
+    waiting in the next collective: a CheckpointSaveError naming the first failed write (a full disk, an I/O
+    error) on every rank; for anything else (a bug), the original error with its traceback on the rank it
+    happened on, a RunError on the others."""
+    failure: Exception | None = None
     try:
         what()
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - reported to every rank, re-raised below
         failure = err
-    flag = torch.tensor([1.0 if failure is not None else 0.0], device=env.device)
-    if not bool(all_reduce(flag, env).item() > 0):
+    write = _write_failure(failure) if failure is not None else None
+    mine = None if failure is None else ("write", write) if write else ("other", _first_line(failure))
+    outcomes = [(rank, o) for rank, o in enumerate(all_gather_object(mine, env)) if o is not None]
+    if not outcomes:
         return
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
-    reason = f"{failure.strerror or failure} ({failure.filename})" if failure is not None else "on another rank"
-    raise CheckpointSaveError(_save_failure(final, reason))
+    writes = [(rank, reason) for rank, (kind, reason) in outcomes if kind == "write"]
+    if failure is not None and not write:
+        raise failure
+    if writes:
+        rank, reason = writes[0]
+        where = f" on rank {rank}" if env.world_size > 1 else ""
+        raise CheckpointSaveError(_save_failure(final, f"{reason}{where}"))
+    raise RunError(f"checkpoint {final} could not be written: {outcomes[0][1][1]} on rank {outcomes[0][0]} "
+                   "(its traceback is in that rank's log)")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0][:300]}" if text else type(err).__name__
+
+
+def _write_failure(err: BaseException) -> str | None:
+    """Why the write failed when ``err`` is a failure to write (an OSError in its chain: a full disk, a quota,
+    an I/O error; torch.save wraps its writer's OSError in a RuntimeError), else None."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError):
+            return f"{cause.strerror or cause}" + (f" ({cause.filename})" if cause.filename else "")
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _save_failure(final: Path, reason: str) -> str:
@@ -347,6 +429,32 @@ def _warn_if_low_space(root: Path) -> None:
                     free / 2**30, root, need / 2**30)
 
 
+def signal_delay_s() -> float | None:
+    """The scheduler's warning before the time limit (``$COD_TRAIN_SIGNAL_DELAY_S``), None when not known."""
+    raw = os.environ.get(SIGNAL_DELAY_ENV, "").strip()
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        log.warning("%s=%r is not a number of seconds; not checking that a save fits in it", SIGNAL_DELAY_ENV, raw)
+        return None
+
+
+def warn_if_signal_delay_short(ckpt: Path) -> bool:
+    """Warn (True) when the scheduler's warning before the time limit is shorter than 1.5x the time the
+    checkpoint at ``ckpt`` took to save: at the time limit that save would be killed mid-way, and a job killed
+    at its time limit is not requeued (the chain of jobs ends there)."""
+    delay = signal_delay_s()
+    seconds = float(read_meta(ckpt).get("save_seconds") or 0.0)
+    need = SIGNAL_DELAY_MARGIN * seconds
+    if delay is None or not seconds or delay >= need:
+        return False
+    log.warning("saving %s took %.1f s, but the scheduler warns only %.0f s before the time limit (%s): a save "
+                "there would be killed mid-way and the job not requeued; set hydra.launcher.signal_delay_s "
+                "(or sbatch --signal=USR1@N) to at least %.0f s, %.1fx the save time, plus a step",
+                ckpt.name, seconds, delay, SIGNAL_DELAY_ENV, need, SIGNAL_DELAY_MARGIN)
+    return True
+
+
 def save_checkpoint(engine: Engine, root: Path, state: TrainState, *, data_state: Any = None,
                     tokenizer: Any = None, keep_last: int = 0, run_config: dict[str, Any] | None = None) -> Path:
     """Write the full training state of ``engine`` atomically to ``root/step_NNNNNNN``; collective. A failure to
@@ -354,6 +462,8 @@ def save_checkpoint(engine: Engine, root: Path, state: TrainState, *, data_state
     env: DistEnv = engine.env
     final = root / step_dirname(state.step)
     tmp = root / f".tmp_{final.name}"
+    written = WrittenFiles()
+    started = time.perf_counter()
 
     def prepare() -> None:
         if env.is_main:
@@ -364,23 +474,28 @@ def save_checkpoint(engine: Engine, root: Path, state: TrainState, *, data_state
 
     def rank_parts() -> None:
         barrier(env)
-        engine.save(tmp)
-        _save_rank_state(tmp, "rng", env.rank, rng_state())
+        engine.save(tmp, written)
+        _save_rank_state(tmp, "rng", env.rank, rng_state(), written)
         if data_state is not None:
-            _save_rank_state(tmp, "data", env.rank, data_state)
+            _save_rank_state(tmp, "data", env.rank, data_state, written)
 
     def main_parts() -> None:
         config = getattr(engine.module, "config", None)
         if env.is_main and config is not None:
+            if tokenizer is not None:  # the tokenizer's ids, not the config class's Llama defaults
+                from cod_train.model.configuration import set_token_ids
+
+                set_token_ids(config, tokenizer)
             config.to_json_file(str(tmp / "config.json"))
         if env.is_main and tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
         if env.is_main:
             make_readable(tmp)
         barrier(env)
-        files = file_manifest(tmp, env)
+        files = file_manifest(tmp, env, written)
         if env.is_main:
-            meta = _meta(engine, state, env) | {"run_config": run_config or {}, "files": files}
+            meta = _meta(engine, state, env) | {"run_config": run_config or {}, "files": files,
+                                                "save_seconds": round(time.perf_counter() - started, 3)}
             atomic_write_json(tmp / META_FILE, meta, indent=2)  # written last: marks the directory complete
             _fsync_dir(tmp)
             _publish(tmp, final)

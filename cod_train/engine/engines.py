@@ -17,17 +17,21 @@ DeepSpeed native, plus a consolidated ``model.safetensors`` for export).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from torch import nn
 
 from cod_train.config import DistributedConfig
 from cod_train.core.errors import ConfigError, RunError
+from cod_train.core.io import WrittenFiles
+from cod_train.engine.checkpoint import save_safetensors
 from cod_train.engine.distributed import DistEnv, barrier
 from cod_train.engine.layers import decoder_layers, materialize
 
@@ -150,11 +154,12 @@ class Engine:
         the optimizer step). A no-op but for FSDP2."""
 
     # --- state ------------------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        """Write model + optimizer state under ``path`` (collective: every rank calls it)."""
+    def save(self, path: Path, written: WrittenFiles) -> None:
+        """Write model + optimizer state under ``path``, each file through ``written`` (collective: every rank
+        calls it). A failed write is raised (an OSError) only after this rank's last collective in here."""
         if self.env.is_main:
-            save_model(self.module, str(path / MODEL_FILE))
-            torch.save(self.optimizer.state_dict(), path / OPTIM_FILE)
+            save_safetensors(self.module, path / MODEL_FILE, written)
+            written.save_torch(self.optimizer.state_dict(), path / OPTIM_FILE)
 
     def load(self, path: Path, meta: dict[str, Any]) -> None:
         _expect_format(path, meta, self.format)
@@ -295,10 +300,17 @@ class FSDPEngine(Engine):
         model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
         return {"model": model_sd, "optim": optim_sd}
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, written: WrittenFiles) -> None:
         import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.api import CheckpointException
 
-        dcp.save(self._state(), checkpoint_id=str(path / "dcp"))
+        # sync_files=False: the streams of _crc_file_system fsync themselves
+        writer = dcp.FileSystemWriter(str(path / "dcp"), sync_files=False)
+        writer.fs = _crc_file_system(written)
+        try:
+            dcp.save(self._state(), storage_writer=writer)
+        except CheckpointException as err:  # a BaseException, raised on every rank with every rank's failure
+            raise _dcp_failure(err) from None
 
     def load(self, path: Path, meta: dict[str, Any]) -> None:
         import torch.distributed.checkpoint as dcp
@@ -392,13 +404,17 @@ class DeepSpeedEngine(Engine):
         norm = self.ds.get_global_grad_norm()
         return None if norm is None else torch.as_tensor(float(norm))
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, written: WrittenFiles) -> None:
+        # save_checkpoint is full of collectives (and ZeRO-3's gather follows): a write that failed on one rank
+        # must not send it out while the others wait in one. Its writes fail quietly and raise after the gather.
+        deferred = _DeferredWrites(written)
+        self.ds.checkpoint_engine = _deferring_checkpoint_engine(self.ds.checkpoint_engine, deferred)
+        self.ds._copy_recovery_script = functools.partial(deferred.run, type(self.ds)._copy_recovery_script, self.ds)
         self.ds.save_checkpoint(str(path / "deepspeed"), tag="state", save_latest=False)
         state = self.full_state_dict()
+        deferred.raise_first()
         if state is not None:
-            from safetensors.torch import save_file
-
-            save_file(_unshare(state), str(path / MODEL_FILE))
+            save_safetensors(_unshare(state), path / MODEL_FILE, written)
 
     def load(self, path: Path, meta: dict[str, Any]) -> None:
         _expect_format(path, meta, self.format)
@@ -434,6 +450,71 @@ class DeepSpeedEngine(Engine):
             return None
         buffers = dict(self.module.named_buffers())
         return {key: state[key] if key in state else buffers[key].detach().cpu() for key in keys}
+
+
+class _DeferredWrites:
+    """Writes whose first failure (an OSError) is kept, not raised, until :meth:`raise_first`; the writes
+    after it are skipped."""
+
+    def __init__(self, written: WrittenFiles):
+        self.written = written
+        self.error: OSError | None = None
+
+    def run(self, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if self.error is not None:
+            return
+        try:
+            write(*args, **kwargs)
+        except OSError as err:
+            self.error = err
+
+    def raise_first(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+def _deferring_checkpoint_engine(current: Any, deferred: _DeferredWrites) -> Any:
+    """DeepSpeed's torch checkpoint engine writing through ``deferred`` (CRC-32s kept, failures deferred)."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    class DeferringCheckpointEngine(TorchCheckpointEngine):
+        def save(self, state_dict: Any, path: str) -> None:
+            deferred.run(deferred.written.save_torch, state_dict, path,
+                         _use_new_zipfile_serialization=self.zipfile_serialization)
+
+        def makedirs(self, path: str, exist_ok: bool = False) -> None:
+            deferred.run(os.makedirs, path, exist_ok=exist_ok)
+
+    engine = DeferringCheckpointEngine()
+    engine.zipfile_serialization = getattr(current, "zipfile_serialization", False)
+    return engine
+
+
+def _crc_file_system(written: WrittenFiles) -> Any:
+    """DCP's file system, its files written through ``written`` (CRC-32 while writing, fsync on close)."""
+    from torch.distributed.checkpoint.filesystem import FileSystem
+
+    class CrcFileSystem(FileSystem):
+        @contextlib.contextmanager
+        def create_stream(self, path: str | os.PathLike, mode: str) -> Iterator[Any]:
+            if "w" not in mode:
+                with super().create_stream(path, mode) as stream:
+                    yield stream
+                return
+            with written.open(path) as stream:
+                yield stream
+
+        def rename(self, path: str | os.PathLike, new_path: str | os.PathLike) -> None:
+            written.rename(path, new_path)
+
+    return CrcFileSystem()
+
+
+def _dcp_failure(err: Any) -> Exception:
+    """The first failed write (an OSError) inside DCP's CheckpointException, else the exception as a RuntimeError
+    (CheckpointException is a BaseException: it would pass every ``except Exception``)."""
+    failures = [f[0] if isinstance(f, tuple) else f for _, f in sorted(err.failures.items())]
+    return next((f for f in failures if isinstance(f, OSError)), RuntimeError(f"DCP save failed: {err}"))
 
 
 def _unshare(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -36,6 +36,7 @@ from cod_train.engine.checkpoint import (
     read_meta,
     resolve_resume,
     save_checkpoint,
+    warn_if_signal_delay_short,
 )
 from cod_train.engine.distributed import DistEnv, all_reduce, barrier, host_all_reduce
 from cod_train.engine.engines import Engine
@@ -240,6 +241,8 @@ class Trainer:
         if data_state is not None and hasattr(self.train_data, "load_state_dict"):
             self.train_data.load_state_dict(data_state)
         self.info(f"resumed from {self.resume_from} at step {self.state.step}")
+        if self.env.is_main:  # before hours of work: will the next save fit in the scheduler's warning?
+            warn_if_signal_delay_short(self.resume_from)
 
     def save(self) -> Path:
         self.read_stats()  # the checkpoint's metadata holds the non-finite counters
@@ -249,6 +252,8 @@ class Trainer:
                                run_config=flatten_config(self.cfg))
         self.last_saved_step = self.state.step
         self.info(f"saved checkpoint {path}")
+        if self.env.is_main:
+            warn_if_signal_delay_short(path)
         return path
 
     def info(self, msg: str) -> None:
