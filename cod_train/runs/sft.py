@@ -4,11 +4,10 @@ shared loop (same engines, checkpoints, resume, metrics and final ``run_dir/hf``
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from cod_train.core.errors import ConfigError
-from cod_train.sft.config import SFTConfig, default_run_dir
+from cod_train.sft.config import MAX_LENGTH_CAP, SFTConfig, default_run_dir
 
 if TYPE_CHECKING:
     from cod_train.train.loop import RunConfig
@@ -25,7 +24,7 @@ def preflight(cfg: SFTConfig) -> tuple[Any, list]:
     cfg.validate()
     source = resolve_checkpoint(cfg.checkpoint)
     cfg.run_dir = cfg.run_dir or default_run_dir(cfg.checkpoint, source.run_dir)
-    check_max_length(cfg, source)
+    resolve_max_length(cfg, source)
     examples = load_examples(cfg.sft)
     prepare_run_dir(cfg)
     return source, examples
@@ -69,14 +68,34 @@ def sft(cfg: SFTConfig) -> int:
     return run_training(cfg, lambda cfg, env: run_sft(cfg, env, source, examples))
 
 
-def check_max_length(cfg: SFTConfig, source: Any) -> None:
-    """Rows longer than the model's positions would train on positions it never saw: refuse up front."""
-    import json
-
-    config = Path(source.path) / "config.json"
-    if source.kind == "hub" or not config.is_file():
-        return
-    positions = json.loads(config.read_text()).get("max_position_embeddings")
-    if isinstance(positions, int) and cfg.sft.max_length > positions:
+def resolve_max_length(cfg: SFTConfig, source: Any) -> None:
+    """``sft.max_length``: unset, the model's max_position_embeddings (at most MAX_LENGTH_CAP); set, at most
+    that, since longer rows would train on positions the model never saw (refused up front)."""
+    positions = model_positions(source)
+    if cfg.sft.max_length is None:
+        cfg.sft.max_length = min(positions or MAX_LENGTH_CAP, MAX_LENGTH_CAP)
+        log.info("sft.max_length=%d (the model's max_position_embeddings: %s)", cfg.sft.max_length, positions)
+    elif positions is not None and cfg.sft.max_length > positions:
         raise ConfigError(f"sft.max_length={cfg.sft.max_length} exceeds the model's max_position_embeddings="
-                          f"{positions}; set sft.max_length={positions} or less")
+                          f"{positions}; set sft.max_length={positions} or less, or leave it unset")
+
+
+def model_positions(source: Any) -> int | None:
+    """The ``max_position_embeddings`` of the model's config (read, not the model), None where it has none."""
+    from transformers import AutoConfig
+
+    import cod_train.model  # noqa: F401  (registers cod_llama with the Auto classes)
+    from cod_train.core import hub
+    from cod_train.runs.models import HUB_MODEL_HINT
+
+    if source.kind == "hub":
+        config = hub.cached_or_hub(AutoConfig.from_pretrained, source.path, f"checkpoint={source.spec!r}",
+                                   HUB_MODEL_HINT)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(source.path)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"checkpoint={source.spec!r}: its config.json cannot be read: "
+                              f"{str(err).splitlines()[0]}") from None
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) else None

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cod_train.config import DEVICES, ConfigError, DistributedConfig, LoggerConfig, TrainConfig
+from cod_train.config import DEVICES, ConfigError, DistributedConfig, LoggerConfig, TrainConfig, source_name
 
 FORMATS = ("auto", "alpaca", "messages")
+# sft.max_length=null takes the model's max_position_embeddings, at most this many tokens (LLaMA-Factory's
+# cutoff_len default): a 128k-position hub model would otherwise pack 128k-token rows.
+MAX_LENGTH_CAP = 2048
 TEMPLATES = ("auto", "chat", "alpaca")
 
 ALPACA_PROMPT = (
@@ -40,7 +43,7 @@ class SFTDataConfig:
     prompt: str = ALPACA_PROMPT  # alpaca template: a Python format string with {instruction} and {input}
     prompt_no_input: str = ALPACA_PROMPT_NO_INPUT
     prompt_followup: str = ALPACA_FOLLOWUP
-    max_length: int = 512  # tokens per row (input_ids length); longer examples are truncated
+    max_length: int | None = None  # tokens per row (longer examples are truncated); None = the model's positions
     packing: bool = False  # pack several examples per row (no example is split) instead of one per row
     eval_fraction: float = 0.02  # held-out share of the examples for eval_loss
     max_examples: int | None = None  # use only the first N records (quick runs)
@@ -50,7 +53,7 @@ class SFTDataConfig:
             raise ConfigError(f"sft.format must be one of {FORMATS}, got {self.format!r}")
         if self.template not in TEMPLATES:
             raise ConfigError(f"sft.template must be one of {TEMPLATES}, got {self.template!r}")
-        if self.max_length < 8:
+        if self.max_length is not None and self.max_length < 8:
             raise ConfigError(f"sft.max_length must be >= 8, got {self.max_length}")
         if not 0.0 <= self.eval_fraction < 0.5:
             raise ConfigError(f"sft.eval_fraction must be in [0, 0.5), got {self.eval_fraction}")
@@ -63,6 +66,13 @@ class SFTDataConfig:
                                   "{input}, and double other braces") from None
             if "{instruction}" not in template:
                 raise ConfigError(f"sft.{key} must contain '{{instruction}}'")
+
+    @property
+    def row_length(self) -> int:
+        """``max_length`` once cod-sft has set it from the model (``cod_train.runs.sft.resolve_max_length``)."""
+        if self.max_length is None:
+            raise ValueError("sft.max_length is unset: resolve it against the model first")
+        return self.max_length
 
 
 @dataclass
@@ -109,8 +119,4 @@ def default_run_dir(checkpoint: str, run_dir: Path | None) -> str:
     """``<run_dir>-sft`` for our runs, else ``runs/<name>-sft`` (``name`` from the HF dir or hub name)."""
     if run_dir is not None:
         return f"{str(run_dir).rstrip('/')}-sft"
-    path = Path(checkpoint.rstrip("/"))
-    name = path.parent.name if path.name == "hf" and path.parent.name else path.name
-    if not path.exists():  # hub name org/model
-        name = checkpoint.strip("/").replace("/", "_")
-    return f"runs/{name}-sft"
+    return f"runs/{source_name(checkpoint)}-sft"

@@ -55,7 +55,7 @@ def encode_examples(examples: list[Example], template: str, tokenizer: Any, cfg:
         if all(lab == IGNORE_INDEX for lab in labels):
             no_target += 1
             continue
-        truncated += len(ids) == cfg.max_length
+        truncated += len(ids) == cfg.row_length
         rows.append((ids, labels))
     return rows, {"examples": len(examples), "dropped_no_response": no_target, "truncated": truncated}
 
@@ -92,9 +92,9 @@ def build_sft_data(cfg: SFTDataConfig, tokenizer: Any, seed: int, examples: list
     held, held_stats = encode_examples(eval_ex, template, tokenizer, cfg)
     stats = {k: stats[k] + held_stats[k] for k in stats}
     if not train:
-        raise SFTDataError(f"no training example has a response within sft.max_length={cfg.max_length} tokens")
+        raise SFTDataError(f"no training example has a response within sft.max_length={cfg.row_length} tokens")
     if cfg.packing:
-        train, held = pack(train, cfg.max_length), pack(held, cfg.max_length)
+        train, held = pack(train, cfg.row_length), pack(held, cfg.row_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stats.update(template=template, train_rows=len(train), eval_rows=len(held),
                  response_tokens=sum(sum(lab != IGNORE_INDEX for lab in labels) for _, labels in train))

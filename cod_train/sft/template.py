@@ -99,7 +99,7 @@ def shift(ids: list[int], mask: list[bool], max_length: int) -> tuple[list[int],
 
 
 def encode(ex: Example, template: str, tokenizer: Any, cfg: SFTDataConfig) -> tuple[list[int], list[int]]:
-    """One example -> ``(input_ids, labels)`` of at most ``cfg.max_length`` tokens."""
+    """One example -> ``(input_ids, labels)`` of at most ``cfg.row_length`` tokens."""
     segs = segments(ex, template, tokenizer, cfg)
     ids, mask = token_mask(segs, tokenizer, add_bos=template == "alpaca")
-    return shift(ids, mask, cfg.max_length)
+    return shift(ids, mask, cfg.row_length)

@@ -27,7 +27,7 @@ def counted(labels: list[int]) -> list[int]:
 def test_alpaca_masking_counts_exactly_the_response_and_eos():
     tok = char_tokenizer()
     ex = Example.from_alpaca("Say hi", "", "hi!")
-    input_ids, labels = encode(ex, "alpaca", tok, SFTDataConfig(template="alpaca"))
+    input_ids, labels = encode(ex, "alpaca", tok, SFTDataConfig(template="alpaca", max_length=512))
 
     prompt = ALPACA_PROMPT_NO_INPUT.replace("{instruction}", "Say hi")
     full = [tok.bos_token_id] + char_ids(tok, prompt) + char_ids(tok, "hi!") + [tok.eos_token_id]
@@ -41,7 +41,7 @@ def test_alpaca_masking_counts_exactly_the_response_and_eos():
 
 def test_alpaca_with_input_uses_the_input_prompt():
     tok = char_tokenizer()
-    cfg = SFTDataConfig()
+    cfg = SFTDataConfig(max_length=512)
     ex = Example.from_alpaca("Add", "2 and 3", "5")
     input_ids, labels = encode(ex, "alpaca", tok, cfg)
     prompt = ALPACA_PROMPT.replace("{instruction}", "Add").replace("{input}", "2 and 3")
@@ -56,7 +56,7 @@ def test_chat_masking_counts_each_assistant_turn_with_its_end_marker():
     msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
             {"role": "assistant", "content": "yo"}, {"role": "user", "content": "bye"},
             {"role": "assistant", "content": "ok"}]
-    input_ids, labels = encode(Example(msgs), "chat", tok, SFTDataConfig())
+    input_ids, labels = encode(Example(msgs), "chat", tok, SFTDataConfig(max_length=512))
 
     v = tok.get_vocab()
     eos, sys_, usr, ast = v["</s>"], v["<|system|>"], v["<|user|>"], v["<|assistant|>"]
@@ -75,7 +75,7 @@ def test_alpaca_template_on_chat_records_counts_each_assistant_turn():
     tok = char_tokenizer()
     msgs = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
-    cfg = SFTDataConfig()
+    cfg = SFTDataConfig(max_length=512)
     input_ids, labels = encode(Example(msgs), "alpaca", tok, cfg)
     p1 = ALPACA_PROMPT_NO_INPUT.replace("{instruction}", "a")
     p2 = cfg.prompt_followup.replace("{instruction}", "c")
@@ -173,7 +173,7 @@ def test_build_sft_data_splits_and_packs():
 
 def test_iterator_is_world_size_invariant_and_resumes_exactly():
     tok = char_tokenizer()
-    data = build_sft_data(SFTDataConfig(eval_fraction=0.0), tok, seed=3, examples=_examples(10))
+    data = build_sft_data(SFTDataConfig(max_length=512, eval_fraction=0.0), tok, seed=3, examples=_examples(10))
     single = SFTBatches(data, global_batch_size=4, seed=3)
     ranks = [SFTBatches(data, global_batch_size=4, dp_rank=r, dp_world=2, seed=3) for r in range(2)]
     for _ in range(6):  # 24 rows > 2 epochs of 10
@@ -195,7 +195,7 @@ def test_iterator_is_world_size_invariant_and_resumes_exactly():
 
 def test_every_epoch_visits_every_row_once():
     tok = char_tokenizer()
-    data = build_sft_data(SFTDataConfig(eval_fraction=0.0), tok, seed=1, examples=_examples(8))
+    data = build_sft_data(SFTDataConfig(max_length=512, eval_fraction=0.0), tok, seed=1, examples=_examples(8))
     it = SFTBatches(data, global_batch_size=4, seed=1)
     seen = [tuple(r[0]) for s in range(2) for r in it.global_rows(s)]
     assert sorted(seen) == sorted(tuple(ids) for ids, _ in data.train)
@@ -206,7 +206,7 @@ def test_collate_and_eval_batches_pad_with_ignored_labels():
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert batch["labels"].tolist() == [[2, 3, -100], [9, -100, -100]]
     tok = char_tokenizer()
-    data = build_sft_data(SFTDataConfig(eval_fraction=0.25), tok, seed=0, examples=_examples(20))
+    data = build_sft_data(SFTDataConfig(max_length=512, eval_fraction=0.25), tok, seed=0, examples=_examples(20))
     shards = [eval_batches(data, micro_batch_size=2, dp_rank=r, dp_world=2) for r in range(2)]
     assert sum(b["input_ids"].shape[0] for s in shards for b in s) == len(data.eval) == 5
 
@@ -228,7 +228,7 @@ def test_custom_prompt_is_used_and_bad_prompts_are_rejected():
     from cod_train.config import ConfigError
 
     tok = char_tokenizer()
-    cfg = SFTDataConfig(prompt_no_input="Q: {instruction}\nA: ")
+    cfg = SFTDataConfig(prompt_no_input="Q: {instruction}\nA: ", max_length=512)
     cfg.validate()
     ids, labels = encode(Example.from_alpaca("2+2?", "", "4"), "alpaca", tok, cfg)
     assert ids == [tok.bos_token_id] + char_ids(tok, "Q: 2+2?\nA: 4")
