@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
@@ -87,6 +88,21 @@ def model_scheme(model: Any) -> str:
         return model.get(key) if isinstance(model, dict) else getattr(model, key, None)
 
     return scheme_name(str(get("norm_type")), **{k: get(k) for k in SCHEME_AXES if get(k) is not None})
+
+
+def source_name(spec: str) -> str:
+    """A model source's short name for a run directory: a local directory's own name (its run's for
+    ``<run>/hf``), a hub name with ``_`` for ``/`` (``Qwen/Qwen3-0.6B`` -> ``Qwen_Qwen3-0.6B``)."""
+    path = Path(spec.rstrip("/")).expanduser()
+    if not path.exists():
+        return spec.strip("/").replace("/", "_")
+    return path.parent.name if path.name == "hf" and path.parent.name else path.name
+
+
+def pretrain_run_dir(model_name: str, scheme: str, init_from: str = "") -> str:
+    """cod-pretrain's default run_dir: ``runs/<model>-<scheme>``, or ``runs/from-<source name>`` with
+    ``init_from=`` (the model is then the source's, whatever ``model=`` / ``norm=`` say)."""
+    return f"runs/from-{source_name(init_from)}" if init_from else f"runs/{model_name}-{scheme}"
 
 
 def _choice_problems(norm_type: str, qk_norm: str | None, norm_fn: str, residual: str) -> list[str]:

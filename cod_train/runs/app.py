@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from cod_train.config import scheme_name, to_typed
+from cod_train.config import pretrain_run_dir, scheme_name, to_typed
 from cod_train.core.errors import ConfigError, RunError
 
 T = TypeVar("T")
@@ -91,6 +91,8 @@ if not OmegaConf.has_resolver("cod_short"):
     OmegaConf.register_new_resolver("cod_short", _short_dirname)
 if not OmegaConf.has_resolver("cod_scheme"):  # run_dir: runs/<model>-<placement>[+<each axis off its default>]
     OmegaConf.register_new_resolver("cod_scheme", scheme_name)
+if not OmegaConf.has_resolver("cod_run_dir"):  # runs/<model>-<scheme>, or runs/from-<source> with init_from=
+    OmegaConf.register_new_resolver("cod_run_dir", pretrain_run_dir)
 
 
 def _sweep_run_dir(raw: DictConfig) -> None:

@@ -1,7 +1,7 @@
-"""A run's identity: the configuration keys that change the model or the data stream. Each checkpoint stores
-it; resuming under a different identity would silently mix two runs in one, so it is refused (exit 2) unless
-``resume_allow_change=true``. Every other key (max_steps, cadences, logger, eval budget, lr schedule) may
-change on resume; the changes are logged."""
+"""A run's identity: the configuration keys that change the model or the data stream (``init_from=`` too: another
+source is another run, even where its sizes match). Each checkpoint stores it; resuming under a different identity
+would silently mix two runs in one, so it is refused (exit 2) unless ``resume_allow_change=true``. Every other key
+(max_steps, cadences, logger, eval budget, lr schedule) may change on resume; the changes are logged."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from cod_train.core.errors import ConfigError
 log = logging.getLogger("cod_train")
 
 # A flattened key is part of the identity when it starts with one of these (and is not excluded below).
-IDENTITY_PREFIXES = ("model.", "data.", "sft.", "seed", "checkpoint", "tokenizer", "train.global_batch_size",
-                     "train.optimizer")
+IDENTITY_PREFIXES = ("model.", "data.", "sft.", "seed", "checkpoint", "tokenizer", "init_from",
+                     "train.global_batch_size", "train.optimizer")
 # Labels, performance switches and I/O plumbing: they do not change what is computed.
 NOT_IDENTITY = {"model.name", "model.fused_loss", "model.loss_chunk_size", "model.use_kernels", "data.cache_dir",
                 "data.num_workers", "data.tokenize_workers", "data.snapshot_every", "data.hub_timeout_s"}

@@ -5,12 +5,18 @@ QK-norm for Qwen3), or any cod-train export, becomes the run's model: ``model.*`
 (written to the run's config.yaml), ``data.tokenizer`` its tokenizer unless one was given, and the weights are
 loaded into the freshly built model before training starts. Anything that does not map is refused with the
 reason, before the run directory exists (``cod_train.model.portable.import_problems``).
+
+The run is named after its source: ``runs/from-<source name>`` unless ``run_dir=`` is given
+(``cod_train.config.pretrain_run_dir``), and another ``init_from`` is another run (resuming a run directory
+with a different one is refused: runs/identity.py). A value that names a local path (:func:`names_a_local_path`)
+and does not exist is "no such directory", never a hub lookup.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +27,30 @@ from cod_train.core.errors import ConfigError, RunError
 log = logging.getLogger("cod_train")
 HINT = "pass init_from= a local HF directory (config.json + weights), or run where the hub is reachable"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+LOCAL_FOLDERS = ("runs", "exports", "outputs", "multirun")
+
+
+def names_a_local_path(spec: str) -> bool:
+    """Whether ``init_from=spec`` means a local directory rather than a hub model: it cannot be a hub id
+    (``name`` or ``owner/name`` of letters, digits, ``-_.``), starts with ``.``, ``/`` or ``~``, or its first
+    part is a directory here or one of the folders cod-train writes (``exports/nope`` is a typo, not a model)."""
+    first = Path(spec).parts[0] if spec else ""
+    return (spec.startswith((".", "/", "~")) or not HUB_ID.match(spec) or first in LOCAL_FOLDERS
+            or Path(first).is_dir())
 
 
 def _load(fn: Any, spec: str, what: str, **kwargs: Any) -> Any:
-    if Path(spec).expanduser().is_dir():
+    local = Path(spec).expanduser()
+    if local.is_dir():
         try:
-            return fn(str(Path(spec).expanduser()), **kwargs)
+            return fn(str(local), **kwargs)
         except (OSError, ValueError) as err:
             raise ConfigError(f"init_from={spec!r}: {what} cannot be read: {str(err).splitlines()[0]}") from None
-    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
-        raise ConfigError(f"init_from={spec!r}: not an HF directory (config.json + weights) or a hub name")
+    if local.exists():
+        raise ConfigError(f"init_from={spec!r} is a file, not an HF directory (config.json + weights)")
+    if names_a_local_path(spec):
+        raise ConfigError(f"init_from={spec!r}: no such directory")
     return hub.cached_or_hub(fn, spec, f"init_from={spec!r} ({what})", HINT, **kwargs)
 
 
