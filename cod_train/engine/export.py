@@ -11,7 +11,8 @@ Formats (``FORMATS``; ``auto`` picks the first the model can take):
 - ``gguf``: the Llama form plus ``model-<type>.gguf`` for llama.cpp / ollama (``cod_train.engine.gguf_export``).
 
 Every export is checked before it is written: the exported model's logits against the trained model's.
-The directory appears whole or not at all (written next to its place, then renamed).
+The directory appears whole or not at all (written next to its place, then renamed). Its config.json and
+generation_config.json carry the tokenizer's bos / eos / pad ids, so ``generate()`` stops at its end of text.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class ExportOptions:
     gguf_type: str = "f16"
     run_dir: Path | None = None  # config.yaml, metrics, eval.json for the card
     repo_id: str | None = None  # the Hub name the card's usage snippet loads
+    step: int | None = None  # the checkpoint's training step and tokens seen, for the card
+    tokens: int | None = None
 
 
 def possible_formats(config: Any) -> list[str]:
@@ -86,8 +89,8 @@ def resolve_format(config: Any, fmt: str) -> str:
     return fmt
 
 
-def _write_format(model: PreTrainedModel, out: Path, fmt: str, dtype: torch.dtype | None) -> str:
-    """Save ``model`` in ``fmt`` into ``out``; the architecture written."""
+def _write_format(model: PreTrainedModel, out: Path, fmt: str, dtype: torch.dtype | None, tokenizer: Any) -> str:
+    """Save ``model`` in ``fmt`` into ``out`` (with ``tokenizer``'s special-token ids); the architecture written."""
     from cod_train.model.portable import TARGETS, to_target
 
     out_dtype = dtype or next(model.parameters()).dtype
@@ -100,8 +103,19 @@ def _write_format(model: PreTrainedModel, out: Path, fmt: str, dtype: torch.dtyp
     elif fmt == "remote_code":
         _write_remote_code(model, out)
     nn.Module.to(model, out_dtype)
+    if tokenizer is not None:
+        _set_token_ids(model, tokenizer)
     model.save_pretrained(str(out))
     return str((model.config.architectures or [type(model).__name__])[0])
+
+
+def _set_token_ids(model: PreTrainedModel, tokenizer: Any) -> None:
+    """config.json and generation_config.json (the one ``generate()`` reads) get ``tokenizer``'s ids."""
+    from cod_train.model.configuration import set_token_ids
+
+    set_token_ids(model.config, tokenizer)
+    if model.generation_config is not None:
+        set_token_ids(model.generation_config, tokenizer)
 
 
 def _verify(trained: PreTrainedModel, exported: PreTrainedModel, what: str) -> None:
@@ -205,7 +219,7 @@ def save_hf(model: nn.Module, out_dir: Path, tokenizer: Any = None, dtype: torch
     from cod_train.engine.model_card import write_card
 
     with atomic_dir(out_dir) as tmp:
-        architecture = _write_format(pm, tmp, fmt, dtype)
+        architecture = _write_format(pm, tmp, fmt, dtype, tokenizer)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if fmt == "gguf":
@@ -270,11 +284,18 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: torch.
         tokenizer = _load_tokenizer(ckpt)
         if dtype is None and read_meta(ckpt).get("precision") == "bf16-pure":
             dtype = torch.bfloat16  # as the run's own final export: every engine's checkpoint holds bf16 weights
-    if ckpt is not None and ckpt.parent.name == "checkpoints" and not (options and options.run_dir):
-        options = dataclasses.replace(options or ExportOptions(), run_dir=ckpt.parent.parent)  # for the card
+    if ckpt is not None:
+        options = _with_checkpoint(options or ExportOptions(), ckpt)
     out = save_hf(model, Path(out_dir), tokenizer, dtype=dtype, fmt=fmt, options=options)
     log.debug("exported %s -> %s (%s)", ckpt or src, out, fmt)
     return out
+
+
+def _with_checkpoint(options: ExportOptions, ckpt: Path) -> ExportOptions:
+    """``options`` plus what the card says about training checkpoint ``ckpt``: its step, tokens and run."""
+    meta = read_meta(ckpt)
+    run_dir = options.run_dir or (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None)
+    return dataclasses.replace(options, run_dir=run_dir, step=meta.get("step"), tokens=meta.get("tokens"))
 
 
 def _register_models() -> None:

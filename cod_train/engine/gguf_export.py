@@ -3,7 +3,10 @@
 The file holds llama.cpp's ``llama`` architecture: its tensor names, q/k rows permuted from transformers'
 rotate-half RoPE layout to GGML's interleaved one (transformers' GGUF loader permutes them back), and the
 tokenizer as GGUF metadata. Tokenizers: byte-level BPE (GPT-2 style, cod-train's ``train:<vocab>``); the model's
-rows beyond the tokenizer (the vocabulary is padded to a multiple of 64) get placeholder tokens.
+rows beyond the tokenizer (the vocabulary is padded to a multiple of 64) get placeholder tokens. The pre-tokenizer
+is named ``gpt-2`` (``PRE_TOKENIZER``), llama.cpp's name for the GPT-2 regex that ``tokenizers``' ByteLevel
+pre-tokenizer applies (``'s|'t|... ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``: runs of digits stay one
+piece, letters of every script are letters); llama.cpp refuses a name it does not know.
 Types: ``f32``; ``f16`` and ``q8_0`` for matrices (1-D norm weights stay f32, as llama.cpp keeps them; a
 matrix whose rows are not a multiple of 32 falls back to f16 under q8_0).
 """
@@ -20,6 +23,9 @@ import torch
 from safetensors.torch import load_file
 
 from cod_train.core.errors import ConfigError
+
+# tokenizer.ggml.pre: llama.cpp (src/llama-vocab.cpp) maps "gpt-2" to LLAMA_VOCAB_PRE_TYPE_GPT2, the regex above
+PRE_TOKENIZER = "gpt-2"
 
 LAYER_NAMES = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
@@ -49,9 +55,14 @@ def tokenizer_problem(tokenizer_json: Path) -> str | None:
         return "the export has no tokenizer.json"
     spec = json.loads(tokenizer_json.read_text(encoding="utf-8"))
     pre = spec.get("pre_tokenizer") or {}
-    if (spec.get("model") or {}).get("type") != "BPE" or pre.get("type") != "ByteLevel" or spec.get("normalizer"):
-        return ("format=gguf writes byte-level BPE tokenizers (GPT-2 style, cod-train's train:<vocab>); this one is "
-                f"{(spec.get('model') or {}).get('type')} with pre-tokenizer {pre.get('type')}")
+    gpt2_style = (pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+                  and not pre.get("add_prefix_space", False))
+    if (spec.get("model") or {}).get("type") != "BPE" or not gpt2_style or spec.get("normalizer"):
+        settings = ", ".join(f"{k}={pre.get(k)}" for k in ("use_regex", "add_prefix_space") if k in pre)
+        return ("format=gguf writes byte-level BPE tokenizers (GPT-2 style: ByteLevel with its regex, no prefix "
+                f"space, no normalizer; cod-train's train:<vocab>); this one is {(spec.get('model') or {}).get('type')}"
+                f" with pre-tokenizer {pre.get('type')}{f' ({settings})' if settings else ''}"
+                f"{' and a normalizer' if spec.get('normalizer') else ''}")
     return None
 
 
@@ -69,7 +80,7 @@ def _add_tokenizer(writer: Any, out: Path, vocab_size: int) -> None:
         types[i] = gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"].get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
+    writer.add_tokenizer_pre(PRE_TOKENIZER)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)

@@ -1,7 +1,9 @@
-"""The ``README.md`` model card of an export: Hub metadata, architecture, training data, config, evals, usage.
+"""The ``README.md`` model card of an export: Hub metadata, the scheme, training data, config, evals, usage.
 
 Everything comes from the model's config and, when the export belongs to a run, from the run directory
-(``config.yaml``, ``metrics.jsonl``, ``eval.json``); a missing piece is left out, never guessed.
+(``config.yaml``, ``eval.json``) and the checkpoint it was made from (its step and tokens: ``ExportOptions``,
+or for the end-of-run export ``run_dir/hf``, the run's last checkpoint, saved at the same step just before);
+a missing piece is left out, never guessed. The usage snippet runs as written (``tests/export``).
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-USAGE = {
-    "remote_code": "AutoModelForCausalLM.from_pretrained({repo!r}, trust_remote_code=True)",
-    "cod_llama": "AutoModelForCausalLM.from_pretrained({repo!r})  # after `import cod_train`",
+# how the exported model class is found, per format: the snippet's imports and keyword arguments
+LOADERS = {
+    "remote_code": ("", ", trust_remote_code=True"),
+    "cod_llama": ("import cod_train  # registers model_type cod_llama with transformers\n", ""),
 }
+RESIDUAL_NAMES = {"hc": "Hyper-Connections", "mhc": "manifold-constrained Hyper-Connections (mHC)"}
+# config keys that say how the loss or kernels are computed, not what the model is
+NOT_SCHEME = frozenset({"fused_loss", "loss_chunk_size", "use_kernels"})
 
 
 def run_dir_of(out: Path) -> Path | None:
@@ -24,70 +30,138 @@ def run_dir_of(out: Path) -> Path | None:
     return out.parent if out.name == "hf" and (out.parent / "config.yaml").is_file() else None
 
 
-def placement_equation(norm_type: str) -> str | None:
-    """The line of ``cod_train.model.modeling``'s docstring that defines ``norm_type`` (its one home)."""
+def docstring_entry(name: str) -> list[str]:
+    """The lines of ``cod_train.model.modeling``'s docstring that define ``name`` (a placement or a residual
+    join; its one home), continuation lines included; empty if it defines none."""
     from cod_train.model import modeling
 
-    for line in (modeling.__doc__ or "").splitlines():
-        if re.match(rf"\s+{re.escape(norm_type)}\s", line):
-            return line.strip()
-    return None
+    lines = (modeling.__doc__ or "").splitlines()
+    for i, line in enumerate(lines):
+        head = re.match(r"(\s+)([\w, ]+?)\s{2,}\S", line)
+        if head and name in [n.strip() for n in head.group(2).split(",")]:
+            indent = len(head.group(1))
+            more = []
+            for nxt in lines[i + 1:]:
+                if not nxt.strip() or len(nxt) - len(nxt.lstrip()) <= indent:
+                    break
+                more.append(nxt)
+            return [line.strip(), *(m[indent:].rstrip() for m in more)]
+    return []
 
 
-def _last_tokens(run_dir: Path) -> int | None:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    tokens = None
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        tokens = row.get("tokens", tokens)
-    return tokens
+def scheme_axes(config: Any, norm: str) -> dict[str, Any]:
+    """Every axis of the scheme that is off its default, resolved where the placement picks it, with the
+    numbers its equations use (the streams of hc / mhc, alpha of depth_scaled, the Post-LN share of mix_ln)."""
+    from cod_train.model.configuration import CodLlamaConfig
+    from cod_train.model.portable import cod_only_keys
+
+    values, defaults = config.to_dict(), CodLlamaConfig().to_dict()
+    axes: dict[str, Any] = {"norm_type": norm}
+    axes.update({k: values[k] for k in sorted(cod_only_keys() - NOT_SCHEME - {"norm_type"})
+                 if k in values and values[k] != defaults.get(k)})
+    if not isinstance(config, CodLlamaConfig):
+        return axes
+    for key, value in (("qk_norm", config.resolved_qk_norm), ("embed_norm", config.has_embed_norm),
+                       ("embed_scale", config.has_embed_scale)):
+        if value not in ("none", False):
+            axes[key] = value
+    residual = config.residual
+    if residual in RESIDUAL_NAMES:
+        axes.update(hc_streams=config.hc_streams, hc_collapse=config.resolved_hc_collapse)
+        axes.update({"hc_dynamic": config.hc_dynamic} if residual == "hc" else
+                    {"hc_sinkhorn_iters": config.hc_sinkhorn_iters})
+    elif residual == "depth_scaled":
+        axes.update(depth_alpha=config.depth_alpha, depth_base_layers=config.depth_base_layers)
+    if norm == "mix_ln":
+        axes["mix_ln_ratio"] = config.mix_ln_ratio
+    return axes
 
 
-def _front_matter(norm: str, fmt: str, run_cfg: dict[str, Any]) -> str:
+def scheme_label(axes: dict[str, Any]) -> str:
+    """The scheme in one word, as its run directory is named (``cod_train.config.scheme_name``)."""
+    from cod_train.config import scheme_name
+
+    keys = ("qk_norm", "norm_fn", "residual", "depth_alpha", "depth_hparams", "hc_dynamic", "hc_streams")
+    return scheme_name(axes["norm_type"], **{k: axes[k] for k in keys if k in axes})
+
+
+def _front_matter(axes: dict[str, Any], fmt: str, run_cfg: dict[str, Any]) -> str:
     from huggingface_hub import ModelCardData
 
     data = run_cfg.get("data") or {}
+    scheme_tags = [axes["norm_type"], axes.get("residual"), axes.get("norm_fn"),
+                   f"qk-norm-{axes['qk_norm']}" if "qk_norm" in axes else None]
+    if axes.get("residual") in RESIDUAL_NAMES:
+        scheme_tags.append("hyper-connections")
     meta = ModelCardData(
         library_name="transformers", pipeline_tag="text-generation",
-        tags=["cod-train", norm.replace("_", "-"), *(["custom_code"] if fmt == "remote_code" else []),
-              *(["gguf"] if fmt == "gguf" else [])],
+        tags=["cod-train", *(t.replace("_", "-") for t in scheme_tags if t),
+              *(["custom_code"] if fmt == "remote_code" else []), *(["gguf"] if fmt == "gguf" else [])],
         datasets=[data.get("hub_dataset", "allenai/c4")] if data.get("source") == "c4" else None,
     )
     return f"---\n{meta.to_yaml()}\n---\n"
 
 
-def _architecture(config: Any, norm: str) -> list[str]:
-    eq = placement_equation(norm)
+def _scheme_sentence(axes: dict[str, Any]) -> str:
+    out = f"scheme `{scheme_label(axes)}`: normalization placement `{axes['norm_type']}`"
+    residual = axes.get("residual")
+    if residual in RESIDUAL_NAMES:
+        out += (f", residual `{residual}`, {RESIDUAL_NAMES[residual]} over {axes['hc_streams']} residual streams "
+                f"(collapsed into one by `{axes['hc_collapse']}` before the final norm)")
+    elif residual:
+        out += f", residual join `{residual}`"
+    if "norm_fn" in axes:
+        out += f", norm function `{axes['norm_fn']}` in place of RMSNorm"
+    if "qk_norm" in axes:
+        out += f", QK-norm `{axes['qk_norm']}`"
+    return out + "."
+
+
+def _architecture(config: Any, axes: dict[str, Any]) -> list[str]:
+    equations = [*docstring_entry(axes["norm_type"]), *docstring_entry(str(axes.get("residual", "plain")))]
     keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
             "vocab_size", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings")
     rows = [f"| {k} | {getattr(config, k, None)} |" for k in keys]
-    out = ["## Architecture", "", f"A LLaMA-style decoder trained with cod-train, normalization `{norm}`."]
-    if eq:
-        out += ["", "With x the residual stream entering layer l, N1/N2 its two norms:", "", f"    {eq}"]
+    out = ["## Architecture", "", f"A LLaMA-style decoder trained with cod-train, {_scheme_sentence(axes)}"]
+    if equations:
+        out += ["", "With x the residual stream entering layer l, N1/N2 its two norms, `x (+) f` the residual join "
+                "of the branch output f (equations: cod_train/model/modeling.py):", "",
+                *(f"    {line}" for line in equations)]
+    out += ["", "| scheme axis | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in axes.items())]
     return [*out, "", "| size | value |", "|---|---|", *rows, ""]
 
 
-def _training(run_dir: Path | None, run_cfg: dict[str, Any]) -> list[str]:
-    if run_dir is None:
+def _checkpoint_facts(options: Any, run_dir: Path | None, final_dir: Path) -> tuple[int | None, int | None]:
+    """(step, tokens) of the checkpoint exported: given, or, for the end-of-run export, the run's last
+    checkpoint's (the run saves it at the step it stops at, right before it exports)."""
+    if options.step is not None or run_dir is None or run_dir_of(final_dir) != run_dir:
+        return options.step, options.tokens
+    from cod_train.engine.checkpoint import latest_checkpoint, read_meta
+
+    last = latest_checkpoint(run_dir / "checkpoints")
+    if last is None:
+        return None, None
+    meta = read_meta(last)
+    return meta.get("step"), meta.get("tokens")
+
+
+def _training(run_dir: Path | None, run_cfg: dict[str, Any], step: int | None, tokens: int | None) -> list[str]:
+    if run_dir is None and step is None:
         return []
     data, train = run_cfg.get("data") or {}, run_cfg.get("train") or {}
-    tokens = _last_tokens(run_dir)
     out = ["## Training", ""]
     if data:
         where = {"c4": data.get("hub_dataset", "allenai/c4"), "sample": "cod-train's bundled text sample"}
         out.append(f"- data: `{data.get('source')}` ({where.get(str(data.get('source')), data.get('paths'))}), "
                    f"tokenizer `{data.get('tokenizer')}`, sequence length {data.get('seq_len')}")
-    if tokens is not None:
-        out.append(f"- tokens seen: {tokens:,}")
+    if step is not None:
+        planned = f" of the {train['max_steps']} configured (train.max_steps)" if train.get("max_steps") else ""
+        out.append(f"- this checkpoint: step {step}{planned}"
+                   + (f", {tokens:,} tokens seen" if tokens is not None else ""))
     if train:
-        out.append(f"- steps: {train.get('max_steps')}, global batch {train.get('global_batch_size')} sequences, "
-                   f"lr {train.get('lr')}, precision {train.get('precision')}")
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+        out.append(f"- global batch {train.get('global_batch_size')} sequences, lr {train.get('lr')}, "
+                   f"precision {train.get('precision')}")
+    config_text = (run_dir / "config.yaml").read_text() if run_dir and (run_dir / "config.yaml").is_file() else ""
     if config_text:
         out += ["", "<details><summary>The run's config (config.yaml)</summary>", "", "```yaml",
                 config_text.rstrip(), "```", "</details>"]
@@ -105,15 +179,23 @@ def _evals(run_dir: Path | None) -> list[str]:
             rows += [f"| {task} | {k} | {v} |" for k, v in scores.items() if isinstance(v, (int, float))]
         elif isinstance(scores, (int, float)):
             rows.append(f"| {task} | | {scores} |")
-    return ["## Evaluation (cod-eval, eval.json)", "", "| task | metric | value |", "|---|---|---|", *rows, ""]
+    which = f" of `{result['checkpoint']}`" if result.get("checkpoint") else ""
+    return [f"## Evaluation (cod-eval{which}, eval.json)", "", "| task | metric | value |", "|---|---|---|",
+            *rows, ""]
+
+
+def usage_snippet(fmt: str, repo: str) -> str:
+    """Python that loads the export from ``repo`` (a Hub id or a directory) and greedily continues a prompt."""
+    imports, kwargs = LOADERS.get(fmt, ("", ""))
+    return (f"{imports}from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f"model = AutoModelForCausalLM.from_pretrained({repo!r}{kwargs})\n"
+            f"tokenizer = AutoTokenizer.from_pretrained({repo!r}{kwargs})\n"
+            'ids = tokenizer("The capital of France is", return_tensors="pt").input_ids\n'
+            "print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))\n")
 
 
 def _usage(fmt: str, repo: str, gguf_files: list[str]) -> list[str]:
-    load = USAGE.get(fmt, "AutoModelForCausalLM.from_pretrained({repo!r})").format(repo=repo)
-    out = ["## Usage", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-           f"model = {load}", f"tokenizer = AutoTokenizer.from_pretrained({repo!r})",
-           'ids = tokenizer("The capital of France is", return_tensors="pt").input_ids',
-           "print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))", "```"]
+    out = ["## Usage", "", "```python", *usage_snippet(fmt, repo).splitlines(), "```"]
     for name in gguf_files:
         out += ["", f"llama.cpp: `llama-cli -m {name} -p \"The capital of France is\"`; transformers: "
                 f"`AutoModelForCausalLM.from_pretrained({repo!r}, gguf_file={name!r})`"]
@@ -122,21 +204,24 @@ def _usage(fmt: str, repo: str, gguf_files: list[str]) -> list[str]:
 
 def write_card(out: Path, config: Any, fmt: str, options: Any, final_dir: Path, architecture: str) -> Path:
     """Write ``out/README.md`` for the export that will live at ``final_dir``. ``config`` is the trained model's,
-    ``architecture`` the exported class, ``options`` an ``ExportOptions`` (run_dir, repo_id)."""
+    ``architecture`` the exported class, ``options`` an ``ExportOptions`` (run_dir, repo_id, step, tokens)."""
     run_dir = options.run_dir or run_dir_of(final_dir)
     cfg_path = run_dir / "config.yaml" if run_dir else None
     run_cfg: dict[str, Any] = {}
     if cfg_path is not None and cfg_path.is_file():
         run_cfg = OmegaConf.to_container(OmegaConf.load(cfg_path)) or {}  # type: ignore[assignment]
     norm = str(getattr(config, "norm_type", None) or (run_cfg.get("model") or {}).get("norm_type") or "pre_ln")
+    axes = scheme_axes(config, norm)
     title = options.repo_id or (run_dir.name if run_dir else final_dir.name)
     repo = options.repo_id or str(final_dir)
+    label = scheme_label(axes)
+    folded = "" if label == "pre_ln" else f"; `{label}` maps onto it exactly (its extra factors folded into the weights)"
     how = {"remote_code": "the generated `modeling_cod_llama.py` (imports only torch and transformers)",
-           "cod_llama": "cod-train's own classes"}.get(fmt, "a class transformers ships" + (
-               "" if norm == "pre_ln" else f"; {norm}'s extra factors are folded into the weights exactly"))
-    lines = [_front_matter(norm, fmt, run_cfg), f"# {title}", "",
+           "cod_llama": "cod-train's own classes"}.get(fmt, "a class transformers ships" + folded)
+    step, tokens = _checkpoint_facts(options, run_dir, final_dir)
+    lines = [_front_matter(axes, fmt, run_cfg), f"# {title}", "",
              f"Exported by cod-train as `{fmt}`: `{architecture}`, {how}.", "",
-             *_architecture(config, norm), *_training(run_dir, run_cfg), *_evals(run_dir),
+             *_architecture(config, axes), *_training(run_dir, run_cfg, step, tokens), *_evals(run_dir),
              *_usage(fmt, repo, sorted(p.name for p in out.glob("*.gguf")))]
     path = out / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")

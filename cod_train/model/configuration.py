@@ -7,6 +7,7 @@ read Llama configs read ours; `model_type = "cod_llama"` routes the Auto classes
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
@@ -148,3 +149,14 @@ class CodLlamaConfig(LlamaConfig):
         if self.residual != "depth_scaled":
             return 1.0
         return (self.num_hidden_layers / self.depth_base_layers) ** -self.depth_alpha
+
+
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def set_token_ids(config: Any, tokenizer: Any) -> None:
+    """Give ``config`` (a model or a generation config) the bos / eos / pad ids of ``tokenizer``, None where it
+    has none. The config classes default to Llama's bos 1 / eos 2, other tokens of other tokenizers (cod-train's
+    own has eos `<|endoftext|>` = 0, and 2 is "!"), and ``generate()`` stops at the generation config's eos."""
+    for key in TOKEN_ID_KEYS:
+        setattr(config, key, getattr(tokenizer, key, None))

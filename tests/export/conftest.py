@@ -1,12 +1,14 @@
-"""Helpers of the export tests: one tiny model per scheme the model supports, and loading exports in a
-Python where cod_train cannot be imported."""
+"""Helpers of the export tests: one tiny model per scheme the model supports, tiny ``cod-pretrain`` runs, and
+loading exports in a Python where cod_train cannot be imported."""
 
 from __future__ import annotations
 
 import site
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -79,3 +81,38 @@ def load_isolated(jobs: list[dict], tmp: Path, timeout: float = 240) -> dict:
 
 def rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max() / want.float().abs().max())
+
+
+# 3 steps of a tiny model on the bundled sample, checkpoints at steps 2 and 3, the end-of-run export in run/hf
+TINY_RUN = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
+            "model.num_attention_heads=2", "data.seq_len=32", "train.global_batch_size=4", "train.micro_batch_size=2",
+            "train.eval_tokens=256", "train.log_every=1", "train.diag_every=0", "train.cpu_peak_flops=1e11",
+            "train.max_steps=3", "train.ckpt_every=2"]
+
+
+def run_command(main: Callable[[], object], name: str, *args: str) -> int:
+    """A cod-* command's ``main`` run in this process with ``args``; its exit code."""
+    with mock.patch.object(sys, "argv", [name, *args]):
+        try:
+            main()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Callable[..., Path]:
+    """``tiny_run(*overrides)``: the run directory of ``cod-pretrain TINY_RUN overrides`` (one run per overrides)."""
+    from cod_train.cli import pretrain
+
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run(*overrides: str) -> Path:
+        if overrides not in runs:
+            run_dir = tmp_path_factory.mktemp("run") / "run"
+            code = run_command(pretrain.main, "cod-pretrain", f"run_dir={run_dir}", *TINY_RUN, *overrides)
+            assert code == 0 and (run_dir / "hf").is_dir(), f"cod-pretrain {overrides} exited {code}"
+            runs[overrides] = run_dir
+        return runs[overrides]
+
+    return run
