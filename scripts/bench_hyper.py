@@ -17,13 +17,22 @@ shapes, times the 2L sub-layers: the weights (HC: static / tanh terms; mHC: RMS 
 the read (pre^T H) and the write (res^T H + post^T F). Their sum against the measured step difference says
 where the overhead is.
 
+Saved bytes per layer (`--saved`, nothing timed): for every residual scheme on pre_ln blocks (plain = `pre_ln`,
+layerscale, rezero, depth_scaled, gpas, hc, hc_dynamic, mhc; n = 4) at d = 256 (4 heads, MLP 688, 3 layers,
+vocabulary 512, batch 2 x 256), in fp32, bf16-mixed (autocast over fp32 parameters, as single / DDP run it) and
+bf16-pure (parameters in bf16): the bytes of the storages the training forward saves for the backward while
+inside the middle layer (each storage once, the first layer to save it; weights and autocast's weight copies
+included), per token per hidden unit, and as a ratio to pre_ln's in the same precision.
+
     python scripts/bench_hyper.py --out hyper.json
     python scripts/bench_hyper.py --size tiny --pairs 2 --schemes mhc4
+    python scripts/bench_hyper.py --saved --out saved.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -142,6 +151,58 @@ def breakdown(name: str, args) -> dict:
     return {k: v * sub for k, v in out.items()}
 
 
+SAVED_SHAPE = dict(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_hidden_layers=3,
+                   max_position_embeddings=256)
+SAVED_SCHEMES: dict[str, dict] = {
+    "pre_ln": {}, "layerscale": {"residual": "layerscale"}, "rezero": {"residual": "rezero"},
+    "depth_scaled": {"residual": "depth_scaled"}, "gpas": {"residual": "gpas"}, "hc": {"residual": "hc"},
+    "hc_dynamic": {"residual": "hc", "hc_dynamic": True}, "mhc": {"residual": "mhc"},
+}
+PRECISIONS = ("fp32", "bf16-mixed", "bf16-pure")
+
+
+def layer_saved_bytes(model, ids: torch.Tensor, precision: str, layer: int = 1) -> int:
+    """Bytes of the storages the training forward saves for the backward while inside `model.model.layers[layer]`
+    (each storage counted once, for the layer that saves it first), under `precision`'s autocast / dtype."""
+    layers, inside, first = model.model.layers, [-1], {}
+    handles = [m.register_forward_pre_hook(lambda _m, _a, i=i: inside.__setitem__(0, i)) for i, m in enumerate(layers)]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        first.setdefault(storage.data_ptr(), (inside[0], storage.nbytes()))
+        return t
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
+    n = int(ids.numel())
+    with autocast, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(input_ids=ids, labels=ids, shift_labels=ids, num_items_in_batch=n).loss
+    loss.backward()
+    for handle in handles:
+        handle.remove()
+    return sum(nbytes for owner, nbytes in first.values() if owner == layer)
+
+
+def saved_table(batch: int, seq: int) -> dict:
+    """{precision: {scheme: {"bytes_per_token_per_unit", "ratio_to_pre_ln"}}} (see the module docstring)."""
+    from cod_train.config import ModelConfig
+    from cod_train.model import build_model
+
+    ids = torch.randint(0, 512, (batch, seq), generator=torch.Generator().manual_seed(0))
+    table: dict[str, dict] = {}
+    for precision in PRECISIONS:
+        rows = table.setdefault(precision, {})
+        for name, axes in SAVED_SCHEMES.items():
+            torch.manual_seed(0)
+            model = build_model(ModelConfig(**SAVED_SHAPE, **axes), 512)
+            if precision == "bf16-pure":
+                model.to(torch.bfloat16)
+            per_unit = layer_saved_bytes(model, ids, precision) / (ids.numel() * SAVED_SHAPE["hidden_size"])
+            base = rows["pre_ln"]["bytes_per_token_per_unit"] if rows else per_unit  # pre_ln comes first
+            rows[name] = {"bytes_per_token_per_unit": per_unit, "ratio_to_pre_ln": per_unit / base}
+            print(precision, name, json.dumps(rows[name]), flush=True)
+    return table
+
+
 def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
@@ -160,10 +221,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--breakdown", action="store_true")
     ap.add_argument("--breakdown-reps", type=int, default=3)
+    ap.add_argument("--saved", action="store_true", help="only the saved-bytes table (fixed d = 256 model)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.saved:
+        saved = {"machine": machine(), "shape": SAVED_SHAPE, "batch": [args.batch, args.seq],
+                 "saved": saved_table(args.batch, args.seq)}
+        if args.out:
+            Path(args.out).write_text(json.dumps(saved, indent=1))
+        return
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.vocab, (args.batch, args.seq + 1), generator=g)
     batch = (ids[:, :-1].contiguous(), ids[:, 1:].contiguous())

@@ -31,22 +31,29 @@ are averaged at the end of the stack instead of passing a learned head (`hc_coll
 
 Before the final norm the streams become one (`hc_collapse`): `sum` (the HC paper), `mean` (Megatron-LM) or
 `head` (DeepSeek-V4's `hc_head`: y = sum_j (sigmoid(a m_j + b_j) + eps) H_j, m = RMS(flatten(H)) fn^T).
-Every weight is computed in fp32; the streams keep the activation dtype. Nothing here is a buffer.
+Precision and memory: every weight is computed in fp32 and the read and the write accumulate in fp32, also under
+autocast (which is switched off around them); the streams keep the activation dtype. For the backward the streams
+are kept once per sub-layer, in the compute dtype (`kept_for_backward`: the streams as they are, or their bf16
+copy where autocast runs over fp32 streams), never as an fp32 copy: the projection, the read and the write are
+autograd Functions that upcast in their forward and again in their backward, Sinkhorn-Knopp recomputes its
+iterations from the logits, and DHC's N(H) W is recomputed in the backward from the kept streams. Nothing here is
+a buffer.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import initialization as init
 
 from cod_train.model.configuration import CodLlamaConfig
 from cod_train.model.norms import make_norm
-from cod_train.model.param_init import copy_full_, normal_full_
 
 HC_EPS = 1e-6  # mHC: added to H_pre and to the softmax before Sinkhorn, and to every Sinkhorn denominator
 DHC_SCALE_INIT = 0.01  # DHC: initial s_a, s_b (the paper's Algorithm 2)
@@ -65,40 +72,89 @@ def sinkhorn(logits: torch.Tensor, iters: int, eps: float = HC_EPS) -> torch.Ten
     return cast(torch.Tensor, _SinkhornKnopp.apply(logits, iters, eps))
 
 
+def _sinkhorn_steps(logits: torch.Tensor, iters: int, eps: float) -> tuple[torch.Tensor, list[int], list[torch.Tensor]]:
+    """(softmax p, the normalized dims, [den, m] after each normalization)."""
+    p = torch.softmax(logits, dim=-1)
+    m, dims, steps = p + eps, [-2] + [-1, -2] * (iters - 1), []
+    for dim in dims:
+        den = m.sum(dim=dim, keepdim=True) + eps
+        m = m / den
+        steps += [den, m]
+    return p, dims, steps
+
+
 class _SinkhornKnopp(torch.autograd.Function):
     """`sinkhorn` with its exact gradient written out: each normalization y = m / (sum m + eps) pulls back g to
     (g - sum(g y)) / (sum m + eps), the softmax p to p (g - sum(g p)). Autograd would record ~4 nodes per
     normalization (2 `iters` - 1 of them, on [..., n, n] tensors: op overhead, not arithmetic); this is ~half the
-    ops and no graph."""
+    ops and no graph. Only the logits are kept: the backward runs the iterations again (kept, the 2 `iters`
+    intermediates of n x n per token would outweigh the bf16 streams themselves at d = 256)."""
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
-        p = torch.softmax(logits, dim=-1)
-        m, dims, saved = p + eps, [-2] + [-1, -2] * (iters - 1), []
-        for dim in dims:
-            den = m.sum(dim=dim, keepdim=True) + eps
-            m = m / den
-            saved += [den, m]
-        ctx.dims = dims
-        ctx.save_for_backward(p, *saved)
-        return m
+        ctx.iters, ctx.eps = iters, eps
+        ctx.save_for_backward(logits)
+        return _sinkhorn_steps(logits, iters, eps)[2][-1]
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        p, *saved = ctx.saved_tensors
-        for i in reversed(range(len(ctx.dims))):
-            den, y = saved[2 * i], saved[2 * i + 1]
-            grad = (grad - (grad * y).sum(dim=ctx.dims[i], keepdim=True)) / den
+        (logits,) = ctx.saved_tensors
+        p, dims, steps = _sinkhorn_steps(logits, ctx.iters, ctx.eps)
+        for i in reversed(range(len(dims))):
+            den, y = steps[2 * i], steps[2 * i + 1]
+            grad = (grad - (grad * y).sum(dim=dims[i], keepdim=True)) / den
         return p * (grad - (grad * p).sum(dim=-1, keepdim=True)), None, None
 
 
-def _rms_linear(streams: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMS(flatten(H)) weight^T in fp32, as (flatten(H) weight^T) / rms: the per-token scale moves past the
-    projection, so the normalized copy of the n-wide stream is neither made nor kept for the backward, and the
-    mean square comes from one norm pass (no squared copy)."""
-    flat = streams.flatten(-2).float()
-    mean_square = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square() / flat.shape[-1]
-    return F.linear(flat, weight.float()) * torch.rsqrt(mean_square + eps)
+def no_autocast(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on `t`'s device: the connections compute in fp32 whatever autocast would pick."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def kept_for_backward(streams: torch.Tensor) -> torch.Tensor:
+    """The streams as the connections keep them for the backward: in autocast's dtype where autocast runs over
+    wider streams (its bf16 copy, made once per sub-layer, as autocast keeps a matmul's input), else as they are
+    (no copy). Differentiable (a cast), so DHC's recomputed terms pass their gradient back to the streams."""
+    device = streams.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        if streams.dtype.itemsize > dtype.itemsize:
+            return streams.to(dtype)
+    return streams
+
+
+def _rms_linear(streams: torch.Tensor, weight: torch.Tensor, eps: float, kept: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """RMS(flatten(H)) weight^T in fp32 (`kept`: the streams as kept for the backward, `kept_for_backward`)."""
+    kept = streams if kept is None else kept
+    return cast(torch.Tensor, _RmsLinear.apply(streams, kept.detach(), weight, eps))
+
+
+class _RmsLinear(torch.autograd.Function):
+    """y = (x W^T) r with x = flatten(H) in fp32, r = 1 / sqrt(mean(x^2) + eps): the per-token scale moves past
+    the projection, so no normalized n-wide copy is made, and only the kept streams (compute dtype), W, r and
+    x W^T (small) are saved. Backward, with z = x W^T: gz = g r, gW = gz^T x, gx = gz W - (sum(g z) r^3 / N) x."""
+
+    @staticmethod
+    def forward(ctx: Any, streams: torch.Tensor, kept: torch.Tensor, weight: torch.Tensor, eps: float
+                ) -> torch.Tensor:
+        flat = streams.flatten(-2).float()
+        mean_square = torch.linalg.vector_norm(flat, dim=-1, keepdim=True).square() / flat.shape[-1]
+        rsqrt, z = torch.rsqrt(mean_square + eps), F.linear(flat, weight.float())
+        ctx.save_for_backward(kept, weight, rsqrt, z)
+        ctx.dtype = streams.dtype
+        return z * rsqrt
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor, None]:
+        kept, weight, rsqrt, z = ctx.saved_tensors
+        flat = kept.flatten(-2).float()
+        grad_z = grad * rsqrt
+        grad_rsqrt = (grad * z).sum(-1, keepdim=True)
+        with no_autocast(grad):
+            grad_flat = grad_z @ weight.float() - flat * (grad_rsqrt * rsqrt.pow(3) / flat.shape[-1])
+            grad_weight = grad_z.flatten(0, -2).T @ flat.flatten(0, -2)
+        return grad_flat.unflatten(-1, kept.shape[-2:]).to(ctx.dtype), None, grad_weight.to(weight.dtype), None
 
 
 class HyperConnection(nn.Module):
@@ -122,7 +178,7 @@ class HyperConnection(nn.Module):
     def reset_parameters(self) -> None:
         alpha = torch.cat([torch.zeros(self.n, 1), torch.eye(self.n)], dim=1)
         alpha[self.sublayer % self.n, 0] = 1.0
-        copy_full_(self.static_alpha, alpha)
+        init.copy_(self.static_alpha, alpha.to(self.static_alpha.device))
         init.ones_(self.static_beta)
         if self.dynamic:
             init.zeros_(self.dynamic_alpha_fn)
@@ -130,13 +186,36 @@ class HyperConnection(nn.Module):
             init.constant_(self.dynamic_alpha_scale, DHC_SCALE_INIT)
             init.constant_(self.dynamic_beta_scale, DHC_SCALE_INIT)
 
-    def forward(self, streams: torch.Tensor) -> Weights:
+    def forward(self, streams: torch.Tensor, kept: torch.Tensor | None = None) -> Weights:
+        """`kept`: the streams as kept for the backward (`kept_for_backward`; default: `streams`)."""
         alpha, beta = self.static_alpha.float(), self.static_beta.float()
         if self.dynamic:
-            hn = self.norm(streams).float()
-            alpha = alpha + self.dynamic_alpha_scale.float() * torch.tanh(hn @ self.dynamic_alpha_fn.float())
-            beta = beta + self.dynamic_beta_scale.float() * torch.tanh(hn @ self.dynamic_beta_fn.float())
+            terms = self.recomputed_dynamic_terms(streams, streams if kept is None else kept)
+            alpha, beta = alpha + terms[..., :-1], beta + terms[..., -1]
         return alpha[..., 0], beta, alpha[..., 1:]
+
+    def recomputed_dynamic_terms(self, streams: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """`dynamic_terms` of the streams, recomputed in the backward from `kept` (checkpointed). Where `kept` is
+        a bf16 copy (autocast over fp32 streams) the value is still that of the fp32 streams: the gradient comes
+        from the copy, as autocast takes a matmul's gradient from its bf16 input, the value is corrected to the
+        exact one outside autograd (one more forward of the terms, only there)."""
+        if not (torch.is_grad_enabled() and kept.requires_grad):
+            return self.dynamic_terms(streams)
+        terms = cast(torch.Tensor, checkpoint(self.dynamic_terms, kept, use_reentrant=False))
+        if kept is streams:
+            return terms
+        with torch.no_grad():
+            exact = self.dynamic_terms(streams)
+        return terms + (exact - terms.detach())
+
+    def dynamic_terms(self, streams: torch.Tensor) -> torch.Tensor:
+        """[s_a tanh(N(H) W_a) | s_b tanh(N(H) w_b)] [..., n, n + 2] in fp32. Recomputed in the backward from the
+        kept streams (`forward`), so neither N(H) nor its fp32 copy (n-wide both) is kept."""
+        with no_autocast(streams):
+            hn = self.norm(streams).float()
+            fn = torch.cat([self.dynamic_alpha_fn, self.dynamic_beta_fn.unsqueeze(-1)], dim=-1).float()
+            scale = torch.cat([self.dynamic_alpha_scale.expand(self.n + 1), self.dynamic_beta_scale]).float()
+            return scale * torch.tanh(hn @ fn)
 
 
 class ManifoldHyperConnection(nn.Module):
@@ -153,12 +232,14 @@ class ManifoldHyperConnection(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        normal_full_(self.fn, mean=0.0, std=self.init_std)
+        init.normal_(self.fn, mean=0.0, std=self.init_std)
         init.zeros_(self.base)
         init.ones_(self.scale)
 
-    def forward(self, streams: torch.Tensor) -> Weights:
-        return self.mappings(_rms_linear(streams, self.fn, self.norm_eps))
+    def forward(self, streams: torch.Tensor, kept: torch.Tensor | None = None) -> Weights:
+        """`kept`: the streams as kept for the backward (`kept_for_backward`; default: `streams`)."""
+        with no_autocast(streams):
+            return self.mappings(_rms_linear(streams, self.fn, self.norm_eps, kept))
 
     def mappings(self, mix: torch.Tensor) -> Weights:
         """pre, post, res from the projected streams `mix` [..., (n+2) n] (zeros: the input-independent part)."""
@@ -193,7 +274,7 @@ class HyperHead(nn.Module):
 
     def reset_parameters(self) -> None:
         if self.mode == "head":
-            normal_full_(self.hc_fn, mean=0.0, std=self.init_std)
+            init.normal_(self.hc_fn, mean=0.0, std=self.init_std)
             init.zeros_(self.hc_base)
             init.ones_(self.hc_scale)
 
@@ -208,33 +289,83 @@ class HyperHead(nn.Module):
             return streams.sum(-2)
         if self.mode == "mean":
             return streams.mean(-2)
-        return _read(self.weights(streams), streams)
+        kept = kept_for_backward(streams)
+        return _read(self.weights(streams, kept=kept), streams, kept)
 
-    def weights(self, streams: torch.Tensor | None = None, value: Value | None = None) -> torch.Tensor:
+    def weights(self, streams: torch.Tensor | None = None, value: Value | None = None,
+                kept: torch.Tensor | None = None) -> torch.Tensor:
         """The collapse weights [..., n] of each stream; without `streams` their input-independent part (`head`:
-        sigmoid(b) + eps). `value`: a parameter's full value (gathered where sharded)."""
+        sigmoid(b) + eps). `value`: a parameter's full value (gathered where sharded); `kept`: the streams as
+        kept for the backward."""
         value = value or _as_is
         if self.mode != "head":
             return torch.full((self.n,), 1.0 if self.mode == "sum" else 1.0 / self.n)
         base, scale = value(self.hc_base).float(), value(self.hc_scale).float()
         if streams is None:
             return torch.sigmoid(base) + HC_EPS
-        mix = _rms_linear(streams, value(self.hc_fn), self.norm_eps)
-        return torch.sigmoid(mix * scale + base) + HC_EPS
+        with no_autocast(streams):
+            mix = _rms_linear(streams, value(self.hc_fn), self.norm_eps, kept)
+            return torch.sigmoid(mix * scale + base) + HC_EPS
 
 
-def _read(pre: torch.Tensor, streams: torch.Tensor) -> torch.Tensor:
-    """sum_j pre_j H_j, in fp32, rounded to the streams' dtype."""
-    return torch.einsum("...j,...jd->...d", pre, streams.float()).to(streams.dtype)
+def _read(pre: torch.Tensor, streams: torch.Tensor, kept: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_j pre_j H_j, in fp32, rounded to the streams' dtype (`kept`: the streams as kept for the backward)."""
+    kept = streams if kept is None else kept
+    with no_autocast(streams):
+        return cast(torch.Tensor, _Read.apply(pre, streams, kept.detach()))
+
+
+class _Read(torch.autograd.Function):
+    """h = pre^T H in fp32 from the streams in their dtype; keeps pre and the kept streams (no fp32 copy)."""
+
+    @staticmethod
+    def forward(ctx: Any, pre: torch.Tensor, streams: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(pre, kept)
+        ctx.dtype = streams.dtype
+        return torch.einsum("...j,...jd->...d", pre, streams.float()).to(streams.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        pre, kept = ctx.saved_tensors
+        grad = grad.float()
+        with no_autocast(grad):
+            grad_pre = torch.einsum("...d,...jd->...j", grad, kept.float())
+        return grad_pre, (pre.unsqueeze(-1) * grad.unsqueeze(-2)).to(ctx.dtype), None
+
+
+class _Write(torch.autograd.Function):
+    """H' = res^T H + post^T F in fp32, rounded once to the streams' dtype; keeps res, post, F and the kept
+    streams (no fp32 copy)."""
+
+    @staticmethod
+    def forward(ctx: Any, res: torch.Tensor, streams: torch.Tensor, kept: torch.Tensor, post: torch.Tensor,
+                out: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(res, kept, post, out)
+        ctx.dtype = streams.dtype
+        mixed = torch.einsum("...ji,...jd->...id", res, streams.float())
+        return torch.addcmul(mixed, post.unsqueeze(-1), out.float().unsqueeze(-2)).to(streams.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None, torch.Tensor,
+                                                         torch.Tensor]:
+        res, kept, post, out = ctx.saved_tensors
+        grad = grad.float()
+        with no_autocast(grad):
+            grad_res = torch.einsum("...id,...jd->...ji", grad, kept.float())
+            grad_streams = torch.einsum("...ji,...id->...jd", res, grad).to(ctx.dtype)
+            grad_post = torch.einsum("...id,...d->...i", grad, out.float())
+            grad_out = torch.einsum("...i,...id->...d", post, grad).to(out.dtype)
+        return grad_res, grad_streams, None, grad_post, grad_out
 
 
 def hyper_sublayer(hc: nn.Module, streams: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """H' = res^T H + post^T F(pre^T H) for one sub-layer F = `fn`."""
-    pre, post, res = hc(streams)
-    out = fn(_read(pre, streams))
-    dtype = streams.dtype
-    mixed = torch.einsum("...ji,...jd->...id", res.to(dtype), streams)
-    return torch.addcmul(mixed, post.to(dtype).unsqueeze(-1), out.unsqueeze(-2))  # one pass, no product copy
+    """H' = res^T H + post^T F(pre^T H) for one sub-layer F = `fn`; the connections in fp32, F as the caller runs
+    it (under autocast where on)."""
+    kept = kept_for_backward(streams)
+    pre, post, res = hc(streams, kept)
+    out = fn(_read(pre, streams, kept))
+    with no_autocast(streams):
+        return cast(torch.Tensor, _Write.apply(res, streams, kept.detach(), post, out))
 
 
 def hyper_block(b: Any, streams: torch.Tensor, attn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
