@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import time
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ import pytest
 from cod_train.engine.checkpoint import checkpoint_problems
 from cod_train.engine.distributed import DistEnv
 from tests.conftest import REPO, free_port, subprocess_env
+from tests.runs.tmpfs import can_mount, remount, tmpfs, used_bytes  # noqa: F401 - can_mount: a fixture
 
 pytestmark = pytest.mark.slow
 TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
@@ -37,42 +36,6 @@ ENGINES = {
     "zero3": (2, ["distributed=deepspeed", "distributed.zero_stage=3"]),
 }
 HANG_S = 420  # far above a run's time on a busy 2-core machine, far below the 30-min collective timeout
-
-
-def _mount(where: Path, size: int) -> None:
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True,
-                   capture_output=True)
-
-
-def _remount(where: Path, size: int) -> None:
-    subprocess.run(["mount", "-o", f"remount,size={size}", str(where)], check=True, capture_output=True)
-
-
-@contextmanager
-def _tmpfs(where: Path, size: int):
-    where.mkdir(parents=True, exist_ok=True)
-    _mount(where, size)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def can_mount(tmp_path_factory) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs (a real full file system) needs root")
-    probe = tmp_path_factory.mktemp("mount_probe")
-    try:
-        with _tmpfs(probe, 1 << 20):
-            pass
-    except subprocess.CalledProcessError as err:
-        pytest.skip(f"mount -t tmpfs is not permitted here: {err.stderr.decode().strip()}")
-
-
-def _used(fs: Path) -> int:
-    stat = os.statvfs(fs)
-    return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
 
 
 def _run(nproc: int, run_dir: Path, args: list[str], logs: Path) -> list[tuple[int, str]]:
@@ -115,10 +78,11 @@ def _hashes(ckpt: Path) -> dict[str, str]:
             if p.is_file()}
 
 
+@pytest.mark.usefixtures("can_mount")
 @pytest.mark.parametrize("engine", list(ENGINES))
-def test_a_full_disk_exits_4_on_every_rank_and_keeps_the_last_checkpoint(can_mount, tmp_path, engine):
+def test_a_full_disk_exits_4_on_every_rank_and_keeps_the_last_checkpoint(tmp_path, engine):
     nproc, args = ENGINES[engine]
-    with _tmpfs(tmp_path / "fs", 64 << 20) as fs:
+    with tmpfs(tmp_path / "fs", 64 << 20) as fs:
         run_dir = fs / "run"
         first = _run(nproc, run_dir, [*args, "train.max_steps=2"], tmp_path / "logs1")
         assert [code for code, _ in first] == [0] * nproc, first[0][1][-3000:]
@@ -126,7 +90,7 @@ def test_a_full_disk_exits_4_on_every_rank_and_keeps_the_last_checkpoint(can_mou
         _manifest_matches_disk(step2)
         before = _hashes(step2)
         checkpoint_bytes = sum(p.stat().st_size for p in step2.rglob("*") if p.is_file())
-        _remount(fs, _used(fs) + checkpoint_bytes // 2)  # the step-4 checkpoint cannot fit
+        remount(fs, used_bytes(fs) + checkpoint_bytes // 2)  # the step-4 checkpoint cannot fit
 
         outs = _run(nproc, run_dir, [*args, "train.max_steps=4"], tmp_path / "logs2")
         for rank, (code, out) in enumerate(outs):

@@ -4,7 +4,6 @@ resume afterwards logs the uninterrupted run's losses bit-exactly (tiny model, b
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -13,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cod_train.cli import pretrain
 from cod_train.core.errors import ConfigError
 from cod_train.runs.lock import RunDirLock
 from tests.conftest import REPO, losses, subprocess_env
+from tests.runs.tmpfs import can_mount, remount, tmpfs, used_bytes  # noqa: F401 - can_mount: a fixture
 
 TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
         "model.num_attention_heads=2", "data.seq_len=32", "train.global_batch_size=4", "train.micro_batch_size=2",
@@ -143,27 +142,25 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(monkeypat
     assert losses(run_dir) == reference
 
 
+@pytest.mark.usefixtures("can_mount")
 def test_disk_full_during_a_save_keeps_the_last_checkpoint_and_resumes_bit_exact(monkeypatch, capsys, tmp_path,
                                                                                   reference):
-    """Disk full is simulated by a patched torch.save raising ENOSPC for the step-6 checkpoint's files."""
-    run_dir = tmp_path / "run"
-    real_save = torch.save
-
-    def full_disk(obj, f, *args, **kwargs):
-        if "step_0000006" in str(f):
-            raise OSError(errno.ENOSPC, "No space left on device", str(f))
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", full_disk)
-    code, err = _main(monkeypatch, capsys, run_dir)
-    line = _one_error_line(err)
-    assert code == 4 and "could not write checkpoint" in line and "No space left on device" in line
-    assert "GiB free" in line and "the last checkpoint took" in line and "step_0000003" in line
-    ckpts = run_dir / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000003"]  # no partial .tmp_step_0000006
-    monkeypatch.setattr(torch, "save", real_save)  # space freed
-    code, _ = _main(monkeypatch, capsys, run_dir)
-    assert code == 0 and losses(run_dir) == reference
+    """A real full disk: run_dir on a tmpfs shrunk, after the step-3 checkpoint, to what is used plus half a
+    checkpoint (tests/runs/test_disk_full.py does the same on every engine, in separate processes)."""
+    with tmpfs(tmp_path / "fs", 64 << 20) as fs:
+        run_dir = fs / "run"
+        assert _main(monkeypatch, capsys, run_dir, "train.max_steps=3")[0] == 0
+        ckpt = run_dir / "checkpoints" / "step_0000003"
+        remount(fs, used_bytes(fs) + sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file()) // 2)
+        code, err = _main(monkeypatch, capsys, run_dir)  # saving step 6 fails
+        line = _one_error_line(err)
+        assert code == 4 and "could not write checkpoint" in line and "No space left on device" in line
+        assert "free on" in line and "the last checkpoint took" in line and "step_0000003" in line
+        ckpts = run_dir / "checkpoints"
+        assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000003"]  # no partial .tmp_step_0000006
+        remount(fs, 64 << 20)  # space freed
+        code, _ = _main(monkeypatch, capsys, run_dir)
+        assert code == 0 and losses(run_dir) == reference
 
 
 @pytest.mark.parametrize(("args", "message"), [
