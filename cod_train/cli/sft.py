@@ -8,7 +8,8 @@
 The run uses the shared loop (``cod_train.train.train``): the same engines, checkpoints, resume, metrics
 and final ``run_dir/hf`` export as pre-training. Bad input (a path that is no checkpoint, instruction data
 without the expected fields, an inconsistent config) exits with code 2 and a one-line message before
-any model is loaded.
+any model is loaded. Rows hold at most ``sft.max_length`` tokens: unset, the model's max_position_embeddings
+(at most 2048); more than that is refused.
 """
 
 from __future__ import annotations
