@@ -80,7 +80,7 @@ def _legend(fig: Figure, axes: Sequence[Any], title: str | None = None) -> None:
                 labels.append(label)
     if not labels:
         return
-    renderer = fig.canvas.get_renderer()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]  # the Agg canvas (matplotlib.use above)
     for ncol in range(min(len(labels), 6), 0, -1):
         legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=LEGEND_FONTSIZE,
                             title=title, title_fontsize=LEGEND_FONTSIZE, frameon=False)  # fmt: skip

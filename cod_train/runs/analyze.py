@@ -239,6 +239,7 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
     tokenizer = _tokenizer_for(source, data_cfg)
     model = load_model(source, getattr(torch, cfg.analyze.dtype)).to(device)
     info = model_info(model, source.spec, label)  # checks the layout before any data work
+    info.update(weights_origin(source))
     check_layer_range(cfg, info["num_layers"], source.spec)
     config: Any = model.config  # an HF config, whatever the model class
     if tokenizer is not None and len(tokenizer) > config.vocab_size:
@@ -264,6 +265,17 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
     del model
     gc.collect()
     return {name: {**info, **entry} for name, entry in results.items()}
+
+
+def weights_origin(source: Any) -> dict[str, Any]:
+    """The run directory the weights were trained in (absolute) and their training step, so that cod-report gives
+    each model of a joint analysis to its own run and says which step it shows; None for a hub model."""
+    from cod_train.report.runs import weights_step
+
+    if source.kind == "hub":
+        return {"run_dir": None, "step": None}
+    return {"run_dir": str(source.run_dir.resolve()) if source.run_dir is not None else None,
+            "step": weights_step(Path(source.path))}  # fmt: skip
 
 
 def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]:
@@ -299,7 +311,7 @@ def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]
 
 def _identity(entries: dict[str, dict]) -> dict[str, Any]:
     first = next(iter(entries.values()))
-    keys = ("label", "checkpoint", "model_type", "norm_type", "scheme", "num_layers", "params", "eval_tokens")
+    keys = ("label", "checkpoint", "run_dir", "step", "model_type", "norm_type", "scheme", "num_layers", "params", "eval_tokens")
     return {k: first.get(k) for k in keys}
 
 
