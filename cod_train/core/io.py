@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 CHUNK = 8 << 20
 PathLike = str | os.PathLike[str]
@@ -162,8 +166,57 @@ class WrittenFiles:
         with self.open(path) as f:
             torch.save(obj, f, **kwargs)  # type: ignore[arg-type]
 
+    def save_safetensors(self, obj: torch.nn.Module | dict[str, torch.Tensor], path: PathLike) -> None:
+        """Write a module's weights (``save_model``: shared tensors once) or a dict of tensors as safetensors; its
+        CRC-32 comes from the tensors in memory (see :func:`_safetensors_crc`). A failed write raises OSError."""
+        import torch
+        from safetensors import SafetensorError
+        from safetensors.torch import save_file, save_model
+
+        try:
+            if isinstance(obj, torch.nn.Module):
+                save_model(obj, str(path))
+            else:
+                save_file(obj, str(path))
+        except SafetensorError as err:  # "... I/O error: No space left on device (os error 28)"
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
+        size_crc = _safetensors_crc(Path(path), obj.state_dict() if isinstance(obj, torch.nn.Module) else obj)
+        if size_crc is not None:
+            self.add(path, *size_crc)
+
     def relative_to(self, root: PathLike) -> dict[str, dict[str, Any]]:
         """The records of files under ``root``, keyed by their path relative to it."""
         root = Path(root)
         with self._lock:
             return {str(Path(p).relative_to(root)): v for p, v in self.files.items() if Path(p).is_relative_to(root)}
+
+
+def _safetensors_crc(path: Path, tensors: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """(size, CRC-32) of the safetensors file just written at ``path``, from ``tensors`` in memory. By the
+    format, the file is an 8-byte length, a JSON header (read back: a few KB) and then the data, each tensor's
+    bytes at the offsets its header entry gives; None when the offsets do not tile the data exactly with the
+    tensors given (the manifest then reads the file)."""
+    with open(path, "rb") as f:
+        length = f.read(8)
+        header = f.read(int.from_bytes(length, "little"))
+    index = json.loads(header)
+    index.pop("__metadata__", None)
+    crc, end = zlib.crc32(header, zlib.crc32(length)), 0
+    for name, info in sorted(index.items(), key=lambda item: item[1]["data_offsets"]):
+        begin, stop = info["data_offsets"]
+        data = _tensor_bytes(tensors[name]) if name in tensors else None
+        if begin != end or data is None or len(data) != stop - begin:
+            return None
+        crc, end = zlib.crc32(data, crc), stop
+    size = len(length) + len(header) + end
+    return (size, crc) if size == path.stat().st_size else None
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A tensor's bytes as safetensors writes them (little-endian, row-major), without a copy on the CPU."""
+    import torch
+
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data

@@ -33,7 +33,6 @@ import shutil
 import socket
 import time
 import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,53 +181,6 @@ def file_manifest(path: Path, env: DistEnv, written: WrittenFiles | None = None)
     mine = {rel: {"size": (path / rel).stat().st_size, "crc32": file_crc32(path / rel)}
             for i, rel in enumerate(unread) if i % env.world_size == env.rank}
     return manifest | {k: v for part in all_gather_object(mine, env) for k, v in part.items()}
-
-
-def save_safetensors(obj: torch.nn.Module | dict[str, torch.Tensor], path: Path, written: WrittenFiles) -> None:
-    """Write a module's weights (``save_model``: shared tensors once) or a dict of tensors as safetensors and
-    record the file's CRC-32 without reading its data back; a failure to write is raised as an OSError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file, save_model
-
-    try:
-        if isinstance(obj, torch.nn.Module):
-            save_model(obj, str(path))
-        else:
-            save_file(obj, str(path))
-    except SafetensorError as err:  # "... I/O error: No space left on device (os error 28)"
-        code = re.search(r"\(os error (\d+)\)", str(err))
-        if code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from err
-    tensors = obj.state_dict() if isinstance(obj, torch.nn.Module) else obj
-    _record_safetensors(path, tensors, written)
-
-
-def _record_safetensors(path: Path, tensors: dict[str, torch.Tensor], written: WrittenFiles) -> None:
-    """Record the CRC-32 of the safetensors file just written at ``path`` from ``tensors`` in memory. By the
-    format, the file is an 8-byte length, a JSON header (read back: a few KB) and then the data, each tensor's
-    bytes at the offsets its header entry gives; when the offsets do not tile the data exactly with the
-    tensors given, nothing is recorded and the manifest reads the file."""
-    with open(path, "rb") as f:
-        length = f.read(8)
-        header = f.read(int.from_bytes(length, "little"))
-    index = json.loads(header)
-    index.pop("__metadata__", None)
-    crc, end = zlib.crc32(header, zlib.crc32(length)), 0
-    for name, info in sorted(index.items(), key=lambda item: item[1]["data_offsets"]):
-        begin, stop = info["data_offsets"]
-        data = _tensor_bytes(tensors[name]) if name in tensors else None
-        if begin != end or data is None or len(data) != stop - begin:
-            return
-        crc, end = zlib.crc32(data, crc), stop
-    size = len(length) + len(header) + end
-    if size == path.stat().st_size:
-        written.add(path, size, crc)
-
-
-def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
-    """A tensor's bytes as safetensors writes them (little-endian, row-major), without a copy on the CPU."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data
 
 
 def checkpoint_problems(path: Path, env: DistEnv) -> list[str]:

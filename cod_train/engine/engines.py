@@ -31,7 +31,6 @@ from torch import nn
 from cod_train.config import DistributedConfig
 from cod_train.core.errors import ConfigError, RunError
 from cod_train.core.io import WrittenFiles
-from cod_train.engine.checkpoint import save_safetensors
 from cod_train.engine.distributed import DistEnv, barrier
 from cod_train.engine.layers import decoder_layers, materialize
 
@@ -158,7 +157,7 @@ class Engine:
         """Write model + optimizer state under ``path``, each file through ``written`` (collective: every rank
         calls it). A failed write is raised (an OSError) only after this rank's last collective in here."""
         if self.env.is_main:
-            save_safetensors(self.module, path / MODEL_FILE, written)
+            written.save_safetensors(self.module, path / MODEL_FILE)
             written.save_torch(self.optimizer.state_dict(), path / OPTIM_FILE)
 
     def load(self, path: Path, meta: dict[str, Any]) -> None:
@@ -414,7 +413,7 @@ class DeepSpeedEngine(Engine):
         state = self.full_state_dict()
         deferred.raise_first()
         if state is not None:
-            save_safetensors(_unshare(state), path / MODEL_FILE, written)
+            written.save_safetensors(_unshare(state), path / MODEL_FILE)
 
     def load(self, path: Path, meta: dict[str, Any]) -> None:
         _expect_format(path, meta, self.format)
