@@ -284,15 +284,15 @@ def hydra_app(config_name: str, schema: type[T]) -> Callable[[Callable[[T], int 
 
         @functools.wraps(fn)
         def main() -> None:
-            sys.argv = prepare_argv(sys.argv)
-            problem = composition_problem(config_name, sys.argv[1:])
-            if problem:
-                sys.exit(report_error(ConfigError(problem)))
             try:
+                sys.argv = prepare_argv(sys.argv)
+                problem = composition_problem(config_name, sys.argv[1:])
+                if problem:
+                    sys.exit(report_error(ConfigError(problem)))
                 _hydra_main()
             except KeyboardInterrupt:  # outside the training loop (which saves on Ctrl-C), or a second Ctrl-C
-                print("interrupted (Ctrl-C): stopped without saving; the run's last checkpoint, if any, is kept",
-                      file=sys.stderr, flush=True)
+                print("interrupted (Ctrl-C): stopped at once; what was already written (checkpoints, results) is "
+                      "kept", file=sys.stderr, flush=True)
                 sys.exit(EXIT_INTERRUPTED)
 
         return main

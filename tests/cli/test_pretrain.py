@@ -125,3 +125,14 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     stopped_at = max(r["step"] for r in metric_rows(run_dir) if "loss" in r)
     assert (run_dir / "checkpoints" / f"step_{stopped_at:07d}" / "meta.json").is_file()
     assert f"stopped: sigint at step {stopped_at}" in out
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
+    """Ctrl-C while the data or the model is being prepared (nothing to save yet): no traceback."""
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cod_train.runs.pretrain.pretrain", interrupted)
+    assert _main(monkeypatch, f"run_dir={tmp_path / 'run'}") == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "interrupted (Ctrl-C): stopped at once; what was already written (checkpoints, results) is kept"]
