@@ -108,23 +108,23 @@ def test_deepspeed_launcher_local_rank_is_consumed(monkeypatch):
     assert argv[:2] == ["cod-pretrain", "-m"] and argv[-1] == "train.lr=1e-3,2e-3"
 
 
-@pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
-    """Ctrl-C (SIGINT to the process group, as a terminal sends it) saves like SIGTERM, then exits 130 (so that
-    `cod-pretrain && cod-sft` stops), without a KeyboardInterrupt traceback."""
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(monkeypatch, capsys, tmp_path):
+    """Ctrl-C during training saves like SIGTERM, then exits 130 (so that `cod-pretrain && cod-sft` stops there),
+    without a KeyboardInterrupt traceback. (A real Ctrl-C to a process group: tests/cli/test_sweep.py.)"""
+    def ctrl_c_in_step_1(model, step, batch):
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)
+        return {}
+
+    monkeypatch.setattr("cod_train.runs.pretrain.diagnostics_for", lambda cfg: ctrl_c_in_step_1)
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "cod_train.cli.pretrain", f"run_dir={run_dir}", *TINY,
-                             "train.ckpt_every=0", "train.eval_every=0", "train.max_steps=100000"],
-                            cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    _wait_for_step(run_dir, 1, proc)
-    os.killpg(proc.pid, signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
+    assert _main(monkeypatch, f"run_dir={run_dir}", *TINY, "train.diag_every=1", "train.ckpt_every=0",
+                 "train.eval_every=0", "train.max_steps=5") == 130
+    out, err = capsys.readouterr()
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
-    stopped_at = max(r["step"] for r in metric_rows(run_dir) if "loss" in r)
-    assert (run_dir / "checkpoints" / f"step_{stopped_at:07d}" / "meta.json").is_file()
-    assert f"stopped: sigint at step {stopped_at}" in out
+    assert [r["step"] for r in metric_rows(run_dir) if "loss" in r] == [1]
+    assert (run_dir / "checkpoints" / "step_0000001" / "meta.json").is_file()
+    assert "stopped: sigint at step 1" in out
 
 
 def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
