@@ -60,13 +60,26 @@ def _slurm_env() -> dict[str, str]:
         "RANK": os.environ["SLURM_PROCID"],
         "WORLD_SIZE": os.environ["SLURM_NTASKS"],
         "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
-        "LOCAL_WORLD_SIZE": os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0],
+        "LOCAL_WORLD_SIZE": str(_slurm_tasks_on_this_node()),
     }
     if "MASTER_ADDR" not in os.environ:
         out["MASTER_ADDR"] = _first_slurm_host()
     if "MASTER_PORT" not in os.environ:
         out["MASTER_PORT"] = str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)
     return out
+
+
+def _slurm_tasks_on_this_node() -> int:
+    """This node's task count from SLURM's per-node list, e.g. ``8(x2),4`` = 8, 8, 4 (nodes with different
+    counts), indexed by ``SLURM_NODEID``."""
+    spec = (os.environ.get("SLURM_STEP_TASKS_PER_NODE") or os.environ.get("SLURM_TASKS_PER_NODE")
+            or os.environ.get("SLURM_NTASKS_PER_NODE") or "1")
+    counts: list[int] = []
+    for part in spec.split(","):
+        count, _, repeat = part.partition("(x")
+        counts += [int(count)] * int(repeat.rstrip(")") or 1)
+    node = int(os.environ.get("SLURM_NODEID", "0"))
+    return counts[node] if node < len(counts) else counts[-1]
 
 
 def _first_slurm_host() -> str:

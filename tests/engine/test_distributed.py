@@ -16,7 +16,8 @@ from tests.conftest import run_checked, torchrun
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                  "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST",
-                 "SLURM_JOB_ID", "GLOO_SOCKET_IFNAME")
+                 "SLURM_JOB_ID", "GLOO_SOCKET_IFNAME", "SLURM_TASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE",
+                 "SLURM_NODEID")
 
 
 @pytest.fixture
@@ -49,6 +50,18 @@ def test_srun_variables_are_translated(clean_env):
     env = distributed._launcher_env()
     assert env == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4",
                    "MASTER_ADDR": "gpu-a", "MASTER_PORT": str(20000 + 1234)}
+
+
+@pytest.mark.parametrize(("per_node", "node", "local_world"), [
+    ("8(x2),4", "0", "8"), ("8(x2),4", "1", "8"), ("8(x2),4", "2", "4"), ("3", "5", "3"), ("2,6", "1", "6"),
+])
+def test_nodes_with_different_task_counts(clean_env, per_node, node, local_world):
+    """srun's per-node list (``8(x2),4``: 8, 8 and 4 tasks) gives this node's count; it used to crash."""
+    for var, value in (("SLURM_PROCID", "0"), ("SLURM_NTASKS", "20"), ("SLURM_LOCALID", "0"),
+                       ("SLURM_STEP_TASKS_PER_NODE", per_node), ("SLURM_NODEID", node), ("MASTER_ADDR", "h"),
+                       ("MASTER_PORT", "1")):
+        clean_env.setenv(var, value)
+    assert distributed._launcher_env()["LOCAL_WORLD_SIZE"] == local_world
 
 
 def test_torchrun_variables_win_over_slurm(clean_env):
