@@ -81,10 +81,6 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
     from cod_train.runs.lifecycle import seed_everything
     from cod_train.train.loop import grad_accum_steps, train
 
-    if cfg.distributed.meta_init and env.device.type != "cuda":
-        raise ConfigError("distributed.meta_init=true needs CUDA: on the CPU, DTensor's random initialisation gives "
-                          "every rank the same values, so the shards would not make the intended model; drop it "
-                          "(it only saves memory at start-up)")
     if cfg.model.use_kernels:
         from cod_train.model.kernels import check_available
 

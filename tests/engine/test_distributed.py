@@ -87,15 +87,6 @@ def test_first_slurm_host_without_scontrol(nodelist, host):
     assert first_host(nodelist) == host
 
 
-def test_meta_init_is_refused_on_cpu():
-    from cod_train.config import ConfigError, DistributedConfig, PretrainConfig
-    from cod_train.runs.pretrain import run_pretrain
-
-    cfg = PretrainConfig(distributed=DistributedConfig(engine="fsdp", meta_init=True))
-    with pytest.raises(ConfigError, match="meta_init=true needs CUDA"):
-        run_pretrain(cfg, DistEnv())
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusals of a machine without a GPU")
 @pytest.mark.parametrize("name", ["cuda", "cuda:0", "tpu", "gpu", "cuda:x"])
 def test_device_names_are_checked_before_any_work(name):

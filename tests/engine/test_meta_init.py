@@ -77,3 +77,30 @@ def test_meta_init_under_fsdp2_equals_the_whole_models_init(tmp_path):
     assert torch.equal(layerscale["model.embed_scale.weight"], torch.tensor([math.sqrt(32)]))
     gpas = torch.load(tmp_path / "5.pt", weights_only=True)
     assert torch.equal(gpas["model.layers.1.gpas_gate.weight"], torch.zeros(1))
+
+
+
+def test_cod_pretrain_with_meta_init_on_two_processes_draws_each_shard_of_the_whole_model(tmp_path):
+    """Through the command (meta_init used to be refused on the CPU, where every rank drew the same values):
+    ``distributed=fsdp distributed.meta_init=true`` on 2 processes, a learning rate too small to move the
+    weights, the export read back: each weight has the init's distribution, and the two ranks' row halves differ
+    (identical halves were the old bug); the norms are ones."""
+    from safetensors.torch import load_file
+
+    from tests.cli.test_pretrain import TINY
+    from tests.conftest import TORCHRUN, run_checked
+
+    run_checked([*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "cod_train.cli.pretrain",
+                 f"run_dir={tmp_path}", *TINY, "model.hidden_size=64", "model.intermediate_size=128",
+                 "train.max_steps=1", "train.lr=1e-9", "train.ckpt_every=0", "train.eval_tokens=0",
+                 "train.export_hf=true", "distributed=fsdp", "distributed.meta_init=true"])
+    weights = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    linear = {k: w for k, w in weights.items() if w.dim() == 2}
+    assert len(linear) >= 2 * 7 + 2  # q k v o gate up down per layer, the embedding and the head
+    for key, w in linear.items():
+        assert abs(w.std().item() - 0.02) < 0.15 * 0.02 and abs(w.mean().item()) < 0.004, key
+        top, bottom = w.chunk(2, dim=0)
+        assert not torch.allclose(top, bottom), f"{key}: both ranks drew the same shard"
+    for key, w in weights.items():
+        if key.endswith("layernorm.weight") or key == "model.norm.weight":
+            assert torch.equal(w, torch.ones_like(w)), key
