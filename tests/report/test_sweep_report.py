@@ -41,9 +41,7 @@ def layout_problems(name: str, fig) -> list[str]:
     """What a reader would see clipped or hidden: anything outside the canvas, a legend over a panel, a title cut."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    canvas_agg = FigureCanvasAgg(fig)  # plt.close() left the figure without its canvas
-    canvas_agg.draw()
-    renderer = canvas_agg.get_renderer()
+    renderer = FigureCanvasAgg(fig).get_renderer()  # the layout savefig computed stays; plt.close() took the canvas
     canvas = fig.bbox
     problems = []
     if not _inside(fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans), canvas):
@@ -68,18 +66,33 @@ def legend_entries(fig) -> list[tuple[str, tuple]]:
             for legend in legends for text, handle in zip(legend.get_texts(), legend.legend_handles, strict=True)]  # fmt: skip
 
 
-@pytest.mark.parametrize("n", SIZES)
-def test_every_figure_keeps_legend_and_titles_readable(sweep, n, tmp_path, monkeypatch):
-    figures = {}
+@pytest.fixture(scope="module")
+def reports(sweep, tmp_path_factory) -> dict[int, tuple]:
+    """cod-report's report of the first 2, 8 and 16 jobs: (collection, {figure name: Figure}, report folder)."""
+    out = {}
     save = plots_module._save
 
-    def keep(fig, path):
-        figures[path.stem] = fig
-        return save(fig, path)
+    def keeping(figures: dict):
+        def keep(fig, path):
+            figures[path.stem] = fig
+            return save(fig, path)
 
-    monkeypatch.setattr(plots_module, "_save", keep)
-    found = collect(_subset(sweep, n))
-    write_report(found.runs, tmp_path / "report", notes=found.notes)
+        return keep
+
+    with pytest.MonkeyPatch.context() as mp:
+        for n in SIZES:
+            figures: dict = {}
+            mp.setattr(plots_module, "_save", keeping(figures))
+            found = collect(_subset(sweep, n))
+            folder = tmp_path_factory.mktemp(f"report{n}")
+            write_report(found.runs, folder, notes=found.notes)
+            out[n] = (found, figures, folder)
+    return out
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_every_figure_keeps_legend_and_titles_readable(reports, n):
+    found, figures, _ = reports[n]
     labels = [r.label for r in found.runs]
     assert len(set(labels)) == n and all(len(label) <= MAX_LABEL for label in labels)
     assert not any(re.match(r"\d+_", label) or "seq_len" in label for label in labels)  # no job directory names
@@ -133,11 +146,11 @@ def test_label_is_the_scheme_of_the_run_directory(tmp_path, overrides):
         assert scheme == "pre_ln+dhc8"  # was labelled pre_ln+hc4: five of the eight axes were passed
 
 
-def test_table_gives_the_step_of_every_number(sweep, tmp_path):
+def test_table_gives_the_step_of_every_number(reports):
     """A run stopped at step 30 next to one that finished at 60: each number with its step, and a warning."""
-    found = collect(_subset(sweep, 2))
-    text = write_report(found.runs, tmp_path / "report").read_text()
-    rows = json.loads((tmp_path / "report" / "report.json").read_text())["runs"]
+    folder = reports[2][2]
+    text = (folder / "report.md").read_text()
+    rows = json.loads((folder / "report.json").read_text())["runs"]
     stopped_rows = metrics_rows(1, 30)  # what the fixture wrote for job 1, read independently of the report
     last_loss = [r for r in stopped_rows if "loss" in r][-1]
     last_eval = [r for r in stopped_rows if "eval_loss" in r][-1]
