@@ -11,7 +11,7 @@ LOCK := requirements-lock.txt
 TORCH_SPEC ?= $(shell cat requirements-torch.txt)
 TORCH_INDEX ?=
 UV_SPEC ?= uv==0.13.9
-EXTRAS := --extra dev --extra slurm --extra deepspeed
+EXTRAS := --extra dev --extra slurm --extra deepspeed --extra llamacpp
 STAMP := $(VENV)/.cod-train-installed
 LATEST_VENV ?= .venv-latest
 ARGS ?=
