@@ -54,6 +54,7 @@ from transformers import initialization as init
 
 from cod_train.model.configuration import CodLlamaConfig
 from cod_train.model.norms import make_norm
+from cod_train.model.param_init import copy_full_, normal_full_
 
 HC_EPS = 1e-6  # mHC: added to H_pre and to the softmax before Sinkhorn, and to every Sinkhorn denominator
 DHC_SCALE_INIT = 0.01  # DHC: initial s_a, s_b (the paper's Algorithm 2)
@@ -178,7 +179,7 @@ class HyperConnection(nn.Module):
     def reset_parameters(self) -> None:
         alpha = torch.cat([torch.zeros(self.n, 1), torch.eye(self.n)], dim=1)
         alpha[self.sublayer % self.n, 0] = 1.0
-        init.copy_(self.static_alpha, alpha.to(self.static_alpha.device))
+        copy_full_(self.static_alpha, alpha)
         init.ones_(self.static_beta)
         if self.dynamic:
             init.zeros_(self.dynamic_alpha_fn)
@@ -232,7 +233,7 @@ class ManifoldHyperConnection(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init.normal_(self.fn, mean=0.0, std=self.init_std)
+        normal_full_(self.fn, mean=0.0, std=self.init_std)
         init.zeros_(self.base)
         init.ones_(self.scale)
 
@@ -274,7 +275,7 @@ class HyperHead(nn.Module):
 
     def reset_parameters(self) -> None:
         if self.mode == "head":
-            init.normal_(self.hc_fn, mean=0.0, std=self.init_std)
+            normal_full_(self.hc_fn, mean=0.0, std=self.init_std)
             init.zeros_(self.hc_base)
             init.ones_(self.hc_scale)
 
