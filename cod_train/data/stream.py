@@ -18,6 +18,7 @@ and a restore loads the snapshot and replays at most ``snapshot_every`` batches.
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -222,6 +223,14 @@ def restore_stream(stream: DocStream, base: dict | None, replay: int) -> DocStre
     return stream
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Ctrl-C and a scheduler's SIGTERM reach every process of the job, the loader's workers too. The main process
+    saves a checkpoint and then shuts the workers down; a worker killed by the signal first would fail that run
+    with "DataLoader worker exited unexpectedly" instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class StreamLoader:
     """This rank's batches from ``max(num_workers, 1)`` streams; ``state_dict`` is exact (see module doc)."""
 
@@ -257,7 +266,8 @@ class StreamLoader:
             return
         ds = _WorkerStreams(self.make_stream, list(self._starts), self.next_stream, self.snapshot_every,
                             self.cfg.seq_len, self.pad_id)
-        self._it = iter(DataLoader(ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=4))
+        self._it = iter(DataLoader(ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
+                                   worker_init_fn=_ignore_stop_signals))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self
