@@ -253,7 +253,7 @@ def plot_sublayer(entries: Sequence[Entry], path: Path) -> Path | None:
                 title=f"{name}: relative norm of its output{BAND_NOTE}", values=values, log_y=True)  # fmt: skip
         axes[1][col].axhline(0.0, color="grey", linewidth=0.8, linestyle="--")
         _finish(axes[1][col], xlabel="layer l", ylabel="cos(F(x), x)  (token mean)",
-                title=f"{name}: direction (< 0: erases the stream)", values=[], log_y=False)  # fmt: skip
+                title=f"{name}: direction (< 0: against x)", values=[], log_y=False)  # fmt: skip
     _legend(fig, [axes[0][0]])
     return _save(fig, path)
 

@@ -32,8 +32,9 @@ ANALYSIS_SECTIONS = (
      "The final norm and lm_head applied to each layer's output: KL to the final prediction and top-1 "
      "agreement with it; the dotted line is the settling layer (agreement >= 50% from there on)."),
     ("sublayer_contribution", "Sub-layer contribution (Csordas et al.)",
-     "||F(x)|| / ||x|| and cos(F(x), x) of the attention (solid) and MLP (dashed) sub-layers: how much each "
-     "writes into the residual stream, and whether it adds to it (cos > 0) or erases it (cos < 0)."),
+     "||F(x)|| / ||x|| and cos(F(x), x) of the attention (left) and MLP (right) sub-layers, x the sub-layer's "
+     "input (for hyper-connection models its own read of the streams, docs/depth.md): how much each writes, "
+     "and whether it points along x (cos > 0) or against it (cos < 0)."),
     ("skip_effect", "Skip effect",
      "Removing layer l: relative change of each later layer's output, and KL of the final distribution."),
 )  # fmt: skip

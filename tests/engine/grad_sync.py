@@ -26,11 +26,19 @@ CALLS: Counter[str] = Counter()
 
 def _counting(name: str, fn, *, only_subgroups: bool = False):
     def wrapper(*args, **kwargs):
-        if not only_subgroups or kwargs.get("group") is not None:
+        group = kwargs.get("group")
+        if not only_subgroups or (group is not None and not _is_host_group(group)):
             CALLS[name] += 1
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+def _is_host_group(group) -> bool:
+    """The loop's host-side sums (token counts, the stop flag) go through their own gloo group: not gradients."""
+    from cod_train.engine import distributed
+
+    return any(group is host.group for host in distributed._HOST_GROUP)
 
 
 dist.reduce_scatter_single = _counting("reduce_scatter", dist.reduce_scatter_single)

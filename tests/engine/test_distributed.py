@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sys
 
@@ -116,7 +117,8 @@ def test_deepspeed_with_one_visible_gpu_per_slurm_task_uses_device_0_everywhere(
 
 def _host_group_runs(mode: str) -> tuple[list[dict], str]:
     proc = torchrun("tests/engine/host_group.py", mode, nproc=2)
-    rows = [json.loads(line[5:]) for line in proc.stdout.splitlines() if line.startswith("HOST ")]
+    # two ranks print at once: their lines may run together
+    rows = [json.loads(m) for m in re.findall(r"HOST (\{.*?\})", proc.stdout)]
     return sorted(rows, key=lambda row: row["rank"]), proc.stdout + proc.stderr
 
 

@@ -148,19 +148,24 @@ def run(*overrides: str, diagnostics_fn=None):
 
 
 def _fill_disk_on(rank: int, marker: str) -> None:
-    """Make this process's torch.save raise ENOSPC for paths containing ``marker`` when it is ``rank``."""
+    """Make this process's checkpoint writes (core.io's CrcWriter: torch.save and the CRC'd files) fail with
+    ENOSPC for paths containing ``marker`` when it is ``rank``."""
     import errno
+
+    from cod_train.core.io import CrcWriter
 
     if int(os.environ.get("RANK", "0")) != rank:
         return
-    real_save = torch.save
+    real_write = CrcWriter.write
 
-    def full_disk(obj, f, *args, **kwargs):
-        if marker in str(f):
-            raise OSError(errno.ENOSPC, "No space left on device", str(f))
-        return real_save(obj, f, *args, **kwargs)
+    def full_disk(self, data):
+        if marker in str(self.path):
+            err = OSError(errno.ENOSPC, "No space left on device")
+            self._fail(err)
+            raise err
+        return real_write(self, data)
 
-    torch.save = full_disk
+    CrcWriter.write = full_disk
 
 
 def _record_gathers(path: str) -> None:

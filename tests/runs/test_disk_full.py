@@ -27,11 +27,11 @@ TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_
         "model.num_attention_heads=2", "data.seq_len=32", "train.global_batch_size=4", "train.micro_batch_size=2",
         "train.eval_tokens=128", "train.log_every=1", "train.diag_every=0", "train.cpu_peak_flops=1e11",
         "train.ckpt_every=2", "train.keep_last=0", "train.eval_every=0", "train.export_hf=false"]
+# ZeRO-1 is left out: it shares ZeRO-2's optimizer class and save path (about 40 s of suite time saved).
 ENGINES = {
     "single": (1, ["distributed=single"]),
     "ddp": (2, ["distributed=ddp"]),
     "fsdp": (2, ["distributed=fsdp"]),
-    "zero1": (2, ["distributed=deepspeed", "distributed.zero_stage=1"]),
     "zero2": (2, ["distributed=deepspeed", "distributed.zero_stage=2"]),
     "zero3": (2, ["distributed=deepspeed", "distributed.zero_stage=3"]),
 }
