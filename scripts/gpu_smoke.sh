@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
-# GPU smoke test: what the CPU test suite cannot exercise, in about 7 minutes on one H100/H200.
+# GPU smoke test: what the CPU test suite cannot exercise, in about 10 minutes on one H100/H200.
 #
 #   bash scripts/gpu_smoke.sh                      # everything; results under $OUT (default smoke_out/)
+#   DEVICE=cpu bash scripts/gpu_smoke.sh           # a dry run of the script itself on the CPU (llama_tiny;
+#                                                  # CUDA-only checks SKIPPED): run it before spending GPU time
 #   SKIP="bench train_deepspeed_*" bash scripts/gpu_smoke.sh     # leave steps out (glob patterns)
 #   ONLY="train_fsdp_* generate" bash scripts/gpu_smoke.sh       # only these (gpu_check, deps, data always run)
 #   COD_TRAIN_CACHE=.smoke_cache bash scripts/gpu_smoke.sh --prepare   # CPU, with network: build the data only
 #
 # Steps: gpu_check (torch, CUDA, GPU name; exit 2 with one `error:` line when no GPU is visible), deps, data
 # (bundled sample + train:8192 BPE + token shards, offline once cached), then llama_130m pre-training runs of
-# $STEPS steps on data=sample: distributed=single / fsdp (torchrun, 1 process) / deepspeed ZeRO-2 (deepspeed
-# launcher, 1 GPU), each in train.precision=bf16-mixed and (but DeepSpeed, which refuses it) bf16-pure, plus distributed.compile=true and
-# distributed.activation_checkpointing=full; every run is checked from run_dir/metrics.jsonl (finite loss that
-# fell by at least $MIN_DROP, every step logged, finite eval loss, hf/ exported). Then: fused_loss (chunked
-# loss == plain loss and gradients on CUDA, bf16-mixed and bf16-pure), liger_kernels (SKIPPED when liger_kernel
-# is not importable), generate (greedy generate() with cache == without cache == a manual argmax loop, on the
-# exported hf/), host_syncs_single (no synchronizing CUDA call inside an optimizer step between logging steps,
-# torch.cuda.set_sync_debug_mode), bench (scripts/bench.py, ours vs LlamaForCausalLM at 130m and 1b -> $OUT/bench.json).
+# $STEPS steps on data=sample: distributed=single / fsdp (torchrun, 1 process) / deepspeed ZeRO-2 and ZeRO-3
+# (deepspeed launcher, 1 GPU), in train.precision=bf16-mixed and (but DeepSpeed, which refuses it) bf16-pure,
+# plus distributed.compile=true, distributed.activation_checkpointing=full, FSDP2 + compile + activation
+# checkpointing, residual=mhc in bf16, and DDP / FSDP2 on 2 GPUs (SKIPPED when fewer are visible); every run is
+# checked from run_dir/metrics.jsonl (finite loss that fell by at least $MIN_DROP, every step logged, finite
+# eval loss, hf/ exported). Then: fused_loss (chunked loss == plain loss and gradients on CUDA, bf16-mixed and
+# bf16-pure; the lm_head gradient's addmm(out_dtype=fp32) against a float64 reference), mhc_memory (peak memory
+# and saved-for-backward bytes of one bf16-mixed forward+backward, residual=mhc / hc vs pre_ln), liger_kernels
+# (SKIPPED when liger_kernel is not importable), generate (greedy generate() with cache == without cache == a
+# manual argmax loop, on the exported hf/, loaded as the class its config.json names), host_syncs_single (no
+# synchronizing CUDA call inside an optimizer step between logging steps, torch.cuda.set_sync_debug_mode), bench
+# (scripts/bench.py, ours vs LlamaForCausalLM at 130m and 1b -> $OUT/bench.json).
 # Writes $OUT/smoke_summary.json (status and wall time per step) and prints a table. Exit 0 when nothing
 # failed, 1 when a step FAILED (a `FAILED: step NAME` line each), 2 when no GPU is visible.
 #
@@ -25,8 +31,9 @@
 # gensim 4.4.0 wheel. The GPU machine needs torch (CUDA), the project's dependencies and deepspeed;
 # liger-kernel is optional.
 #
-# Environment (defaults): OUT=smoke_out PYTHON=.venv/bin/python if present, else python3; STEPS=30 GBS=16
-# MBS=8 SEQ=256 LR=1.0e-3 WARMUP=5 MIN_DROP=0.5; STEP_TIMEOUT=180 BENCH_TIMEOUT=300 (seconds, per step);
+# Environment (defaults): OUT=smoke_out PYTHON=.venv/bin/python if present, else python3; DEVICE=cuda (cpu: the
+# dry run, with MODEL=llama_tiny STEPS=12 SEQ=32 GBS=4 MBS=2 LR=3e-3 MIN_DROP=0.2); MODEL=llama_130m STEPS=30 GBS=16
+# MBS=8 SEQ=256 LR=1.0e-3 WARMUP=5 MIN_DROP=0.5; MHC_MAX_RATIO=1.6 (mhc_memory fails above it); STEP_TIMEOUT=180 BENCH_TIMEOUT=300 (seconds, per step);
 # BENCH_SIZES=130m,1b BENCH_ARGS="--modes eager --warmup 2 --pairs 3 --steps 5 --mem-steps 2";
 # KEEP_GOING=1 (0: stop at the first failure); KEEP_CKPT=0 (1: keep each run's checkpoints/);
 # DS_LAUNCHER=auto (deepspeed launcher: scripts/train_deepspeed.sh when `deepspeed` is on PATH, else
@@ -51,7 +58,16 @@ if [[ -n ${PYTHON:-} ]]; then PY=$PYTHON
 elif [[ -x .venv/bin/python ]]; then PY=$REPO/.venv/bin/python
 else PY=$(command -v python3 || command -v python || echo python3); fi
 
-STEPS=${STEPS:-30} GBS=${GBS:-16} MBS=${MBS:-8} SEQ=${SEQ:-256} LR=${LR:-1.0e-3} WARMUP=${WARMUP:-5}
+DEVICE=${DEVICE:-cuda}
+case $DEVICE in
+  cuda) MODEL=${MODEL:-llama_130m} GBS=${GBS:-16} MBS=${MBS:-8} SEQ=${SEQ:-256} LR=${LR:-1.0e-3} ;;
+  cpu) MODEL=${MODEL:-llama_tiny} GBS=${GBS:-4} MBS=${MBS:-2} SEQ=${SEQ:-32} LR=${LR:-3.0e-3} STEPS=${STEPS:-12}
+    MIN_DROP=${MIN_DROP:-0.2} DS_LAUNCHER=torchrun ;;  # bf16 on a CPU is slow: a few small steps
+  *) echo "error: DEVICE=$DEVICE (cuda | cpu)" >&2; exit 2 ;;
+esac
+MHC_MAX_RATIO=${MHC_MAX_RATIO:-1.6}
+STEPS=${STEPS:-30} WARMUP=${WARMUP:-5}
+export DEVICE MODEL SEQ MHC_MAX_RATIO
 MIN_DROP=${MIN_DROP:-0.5} STEP_TIMEOUT=${STEP_TIMEOUT:-180} BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
 BENCH_SIZES=${BENCH_SIZES:-130m,1b}
 BENCH_ARGS=${BENCH_ARGS:---modes eager --warmup 2 --pairs 3 --steps 5 --mem-steps 2}
@@ -89,7 +105,11 @@ PY
   GPU_INFO=$info
 }
 GPU_INFO=""
-if (( ! PREPARE )); then gpu_check; fi
+if (( PREPARE )); then :
+elif [[ $DEVICE == cpu ]]; then
+  GPU_INFO="CPU dry run ($("$PY" -c 'import os, torch; print(f"torch {torch.__version__}, {os.cpu_count()} cores")'
+  2>/dev/null || echo "torch not importable")): CUDA-only checks are SKIPPED"
+else gpu_check; fi
 T_GPU=$(now)
 
 mkdir -p "$OUT/logs" "$OUT/runs"
@@ -124,6 +144,8 @@ selected() {  # ONLY / SKIP: space-separated glob patterns over step names
 
 detail() { echo "$*" >>"$DETAIL"; }            # one line for the summary table (inside a step)
 skip_step() { detail "$*"; exit 77; }            # inside a step: end it as SKIPPED
+needs_cuda() { [[ $DEVICE == cuda ]] || skip_step "needs CUDA (DEVICE=$DEVICE dry run)"; }
+gpus() { "$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0; }
 
 # step NAME [--needs STEP,...] CMD... : run CMD (a function or a program) in a subshell with `set -e`, its
 # output in $OUT/logs/NAME.log, timed; PASS / SKIPPED (exit 77) / FAILED are recorded and printed.
@@ -173,7 +195,7 @@ finish() {  # write $OUT/smoke_summary.json, print the table, exit 0 / 1
   FINISHED=1
   trap - EXIT
   local rc=0
-  SMOKE_T0=$T_START GPU_INFO=$GPU_INFO STEPS=$STEPS GBS=$GBS MBS=$MBS SEQ=$SEQ LR=$LR WARMUP=$WARMUP \
+  SMOKE_T0=$T_START GPU_INFO=$GPU_INFO DEVICE=$DEVICE MODEL=$MODEL STEPS=$STEPS GBS=$GBS MBS=$MBS SEQ=$SEQ LR=$LR WARMUP=$WARMUP \
     MIN_DROP=$MIN_DROP BENCH_SIZES=$BENCH_SIZES BENCH_ARGS=$BENCH_ARGS DS_LAUNCHER=$DS_LAUNCHER SKIP=$SKIP ONLY=$ONLY \
     "$PY" - "$TSV" "$OUT" <<'PY' || rc=$?
 import json, os, sys, time
@@ -185,7 +207,7 @@ for line in open(tsv, encoding="utf-8"):
     steps.append({"name": name, "status": status, "seconds": float(secs or 0), "detail": detail,
                   "log": log if os.path.exists(log) else None})
 failed = [s["name"] for s in steps if s["status"] == "FAILED"]
-keys = ("STEPS", "GBS", "MBS", "SEQ", "LR", "WARMUP", "MIN_DROP", "BENCH_SIZES", "BENCH_ARGS", "DS_LAUNCHER",
+keys = ("DEVICE", "MODEL", "STEPS", "GBS", "MBS", "SEQ", "LR", "WARMUP", "MIN_DROP", "BENCH_SIZES", "BENCH_ARGS", "DS_LAUNCHER",
         "SKIP", "ONLY", "COD_TRAIN_CACHE")
 summary = {"ok": not failed, "failed": failed, "gpu": os.environ.get("GPU_INFO", ""),
            "wall_s": round(time.time() - float(os.environ["SMOKE_T0"]), 1), "out": out,
@@ -334,12 +356,13 @@ detail(msg)
 PY
 }
 
-# train NAME LAUNCHER OVERRIDES... : one llama_130m run on the bundled sample into $RUNS/NAME, then check_run.
+# train NAME LAUNCHER OVERRIDES... : one $MODEL run on the bundled sample into $RUNS/NAME, then check_run.
+# LAUNCHER: python | torchrun (1 process) | torchrun2 (2 processes: 2 GPUs, SKIPPED with fewer) | deepspeed.
 train() {
   local name=$1 launcher=$2 run_dir=$RUNS/$1
   shift 2
   rm -rf "$run_dir"
-  local args=(model=llama_130m data=sample "data.seq_len=$SEQ" device=cuda "run_dir=$run_dir" resume=none logger=none
+  local args=("model=$MODEL" data=sample "data.seq_len=$SEQ" "device=$DEVICE" "run_dir=$run_dir" resume=none logger=none
     "train.max_steps=$STEPS" "train.global_batch_size=$GBS" "train.micro_batch_size=$MBS" "train.lr=$LR"
     "train.warmup_steps=$WARMUP" train.log_every=1 train.eval_every=0 train.eval_tokens=8192 train.ckpt_every=0
     train.keep_last=1 train.diag_every=10 train.export_hf=true ++model.fused_loss=true "$@")
@@ -348,6 +371,10 @@ train() {
     torchrun)
       set -x
       "${TIMEOUT[@]}" "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m cod_train.cli.pretrain "${args[@]}" ;;
+    torchrun2)
+      if [[ $DEVICE == cuda ]] && (( $(gpus) < 2 )); then skip_step "needs 2 GPUs ($(gpus) visible)"; fi
+      set -x
+      "${TIMEOUT[@]}" "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m cod_train.cli.pretrain "${args[@]}" ;;
     deepspeed)
       have deepspeed || { detail "deepspeed is not importable (pip install --no-build-isolation deepspeed)"; exit 1; }
       if [[ $DS_LAUNCHER == torchrun ]]; then
@@ -370,6 +397,7 @@ train_step() { local name=$1; shift; step "train_$name" --needs data train "$nam
 
 host_syncs() {  # no synchronizing CUDA call inside an optimizer step (torch.cuda.set_sync_debug_mode), per engine
   local engine=$1 run_dir=$RUNS/host_syncs_$1
+  needs_cuda
   rm -rf "$run_dir"
   "${TIMEOUT[@]}" "$PY" - "$engine" "$run_dir" "$SEQ" <<'PY'
 import sys, warnings
@@ -410,6 +438,7 @@ PY
 }
 
 fused_loss() {  # chunked fused loss == plain loss and gradients on CUDA (GPU chunk size, bf16 paths)
+  needs_cuda
   "$PY" - <<'PY'
 import os, sys
 import torch
@@ -475,6 +504,16 @@ bp_loss, bp_g, _ = run(False, autocast=False)
 bf_loss, bf_g, _ = run(True, autocast=False)
 check(abs(bf_loss - bp_loss) <= 5e-3 * abs(bp_loss) and rel(bf_g, bp_g) < 5e-2,
       f"bf16-pure fused vs plain: loss {bf_loss:.4f} vs {bp_loss:.4f}, grad rel err {rel(bf_g, bp_g):.2e}")
+# The lm_head gradient's CUDA path: bf16 x bf16 summed into the fp32 accumulator (addmm with out_dtype=fp32).
+from cod_train.model.loss import _accumulate_grad_w
+d = model.config.hidden_size
+gl = torch.randn(3000, V, device="cuda") * 1e-3
+hc = torch.randn(3000, d, device="cuda").to(torch.bfloat16)
+acc = torch.randn(V, d, device="cuda")
+want = acc.double() + gl.to(torch.bfloat16).double().t() @ hc.double()
+_accumulate_grad_w(acc, gl, hc)
+e_mm = ((acc.double() - want).norm() / want.norm()).item()
+check(acc.dtype == torch.float32 and e_mm < 1e-5, f"addmm(out_dtype=fp32) into the fp32 lm_head grad: rel err {e_mm:.1e}")
 with open(os.environ["DETAIL"], "a") as f:
     f.write((f"{len(problems)} check(s) failed: {problems[0]}" if problems else
              f"loss fused {fu_loss:.4f} == plain {pl_loss:.4f}, grad rel err {e_fp:.1e}; "
@@ -484,6 +523,7 @@ PY
 }
 
 liger_kernels() {  # model.use_kernels=true: Liger's kernels match the plain model, then a training run with them
+  needs_cuda
   have liger_kernel || skip_step "liger_kernel is not importable (pip install liger-kernel); use_kernels=true would run the plain path"
   "$PY" - <<'PY'
 import os, sys
@@ -529,21 +569,22 @@ PY
 
 generate() {  # greedy generate() on GPU from an exported hf/: with cache == without cache == argmax loop
   "$PY" - "$1" <<'PY'
-import copy, os, sys
+import copy, json, os, sys
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 import cod_train  # noqa: F401  (registers cod_llama with the Auto classes)
 
-hf, new = sys.argv[1], 24
+hf, new, dev = sys.argv[1], 24, os.environ["DEVICE"]
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 tok = AutoTokenizer.from_pretrained(hf)
-model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32).cuda().eval()
-assert type(model).__name__ == "CodLlamaForCausalLM", type(model)
+model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32, trust_remote_code=True).to(dev).eval()
+named = json.load(open(os.path.join(hf, "config.json")))["architectures"][0]
+assert type(model).__name__ == named, f"loaded {type(model).__name__}, config.json names {named}"
 texts = ["The history of the city begins in", "In 1999, the company announced that"]
 ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
 k = min(len(i) for i in ids)
-prompt = torch.tensor([i[:k] for i in ids], device="cuda")
+prompt = torch.tensor([i[:k] for i in ids], device=dev)
 gc = copy.deepcopy(model.generation_config)
 gc.eos_token_id, gc.do_sample, gc.max_new_tokens, gc.pad_token_id = None, False, new, tok.pad_token_id
 gc.return_dict_in_generate, gc.output_logits = True, True
@@ -578,8 +619,55 @@ sys.exit(1 if problems else 0)
 PY
 }
 
+mhc_memory() {  # one bf16-mixed forward+backward of $MODEL: residual=mhc / hc vs pre_ln, peak and saved bytes
+  "$PY" - <<'PY'
+import os, sys
+import torch
+from omegaconf import OmegaConf
+from cod_train.config import ModelConfig
+from cod_train.model import build_model
+
+dev, name, seq = os.environ["DEVICE"], os.environ["MODEL"], int(os.environ["SEQ"])
+max_ratio = float(os.environ["MHC_MAX_RATIO"])
+base = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(f"cod_train/configs/model/{name}.yaml"))
+B = 8 if dev == "cuda" else 2
+
+def measure(**overrides):
+    cfg = OmegaConf.to_object(OmegaConf.merge(base, overrides))
+    torch.manual_seed(0)
+    model = build_model(cfg, 8192).to(dev).train()
+    x = torch.randint(0, model.config.vocab_size, (B, seq), device=dev)
+    saved = {}
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    if dev == "cuda":
+        torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(dev, dtype=torch.bfloat16):
+        out = model(input_ids=x, labels=x, shift_labels=x, use_cache=False)
+    out.loss.backward()
+    peak = (torch.cuda.max_memory_allocated() - start) / 2**30 if dev == "cuda" else float("nan")
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    acts = sum(n for ptr, n in saved.items() if ptr not in params) / 2**30
+    return peak, acts
+
+rows = {"pre_ln": measure(), "hc": measure(residual="hc"), "mhc": measure(residual="mhc")}
+for k, (peak, acts) in rows.items():
+    print(f"{k:8} peak {peak:.3f} GiB, saved activations {acts:.3f} GiB")
+ratio = rows["mhc"][1] / rows["pre_ln"][1]
+msg = (f"{name} B={B} T={seq} bf16-mixed: saved activations mhc {ratio:.2f}x / hc {rows['hc'][1] / rows['pre_ln'][1]:.2f}x"
+       f" pre_ln" + (f", peak mhc {rows['mhc'][0] / rows['pre_ln'][0]:.2f}x" if dev == "cuda" else ""))
+print(msg)
+with open(os.environ["DETAIL"], "a") as f:
+    f.write(msg + ("" if ratio <= max_ratio else f" (above {max_ratio}x)") + "\n")
+sys.exit(0 if ratio <= max_ratio else 1)
+PY
+}
+
 bench() {  # scripts/bench.py: ours vs LlamaForCausalLM, one training step, tokens/s, MFU and peak memory
   local extra
+  needs_cuda
   read -ra extra <<<"$BENCH_ARGS"
   set -x
   timeout -k 20 "$BENCH_TIMEOUT" "$PY" scripts/bench.py --device cuda --precision bf16-mixed --sizes "$BENCH_SIZES" \
@@ -635,7 +723,14 @@ train_step act_ckpt_full python train.precision=bf16-mixed distributed=single di
 train_step compile python train.precision=bf16-mixed distributed=single distributed.compile=true
 train_step fsdp_bf16-mixed torchrun train.precision=bf16-mixed distributed=fsdp
 train_step fsdp_bf16-pure torchrun train.precision=bf16-pure distributed=fsdp
+train_step fsdp_compile_ac torchrun train.precision=bf16-mixed distributed=fsdp distributed.compile=true \
+  distributed.activation_checkpointing=full
 train_step deepspeed_z2_bf16-mixed deepspeed train.precision=bf16-mixed distributed=deepspeed distributed.zero_stage=2
+train_step deepspeed_z3_bf16-mixed deepspeed train.precision=bf16-mixed distributed=deepspeed distributed.zero_stage=3
+train_step mhc_bf16-mixed python train.precision=bf16-mixed distributed=single residual=mhc
+step mhc_memory mhc_memory
+train_step ddp_2gpu torchrun2 train.precision=bf16-mixed distributed=ddp
+train_step fsdp_2gpu torchrun2 train.precision=bf16-mixed distributed=fsdp
 step liger_kernels --needs data liger_kernels
 step bench bench
 finish
