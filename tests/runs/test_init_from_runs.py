@@ -3,26 +3,16 @@ run (a run directory is not resumed from a different one), and a mistyped local 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from cod_train.cli import pretrain
+from tests.cli.test_pretrain import _main as _cod_pretrain
 from tests.conftest import metric_rows
 from tests.sft.helpers import write_hf_model
 
 RUN = ["data.seq_len=32", "train.global_batch_size=4", "train.micro_batch_size=2", "train.eval_tokens=0",
        "train.log_every=1", "train.export_hf=false", "train.cpu_peak_flops=1e11", "device=cpu"]
-
-
-def _cod_pretrain(monkeypatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["cod-pretrain", *args])
-    try:
-        pretrain.main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def _error_lines(capsys) -> list[str]:
