@@ -223,12 +223,12 @@ def restore_stream(stream: DocStream, base: dict | None, replay: int) -> DocStre
     return stream
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Ctrl-C and a scheduler's SIGTERM reach every process of the job, the loader's workers too. The main process
+def _ignore_ctrl_c(worker_id: int) -> None:
+    """Ctrl-C reaches every process in the terminal's foreground group, the loader's workers too. The main process
     saves a checkpoint and then shuts the workers down; a worker killed by the signal first would fail that run
-    with "DataLoader worker exited unexpectedly" instead."""
+    with "DataLoader worker exited unexpectedly" instead. (SIGTERM keeps its default: it is how multiprocessing
+    stops a worker that did not exit when asked.)"""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class StreamLoader:
@@ -267,7 +267,7 @@ class StreamLoader:
         ds = _WorkerStreams(self.make_stream, list(self._starts), self.next_stream, self.snapshot_every,
                             self.cfg.seq_len, self.pad_id)
         self._it = iter(DataLoader(ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
-                                   worker_init_fn=_ignore_stop_signals))
+                                   worker_init_fn=_ignore_ctrl_c))
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self

@@ -145,19 +145,24 @@ def test_resume_on_another_layout_is_a_clear_one_line_run_error(c4_files, word_t
     assert "saved with 2 data-parallel process(es) and data.num_workers=2" in msg
 
 
-def test_workers_outlive_a_stop_signal_to_the_whole_process_group(c4_files, word_tokenizer_file, word_tokenizer):
-    """Ctrl-C / SIGTERM hit the loader's workers too: they must keep serving batches while the main process saves."""
+def test_workers_outlive_ctrl_c_to_the_whole_process_group(c4_files, word_tokenizer_file, word_tokenizer):
+    """Ctrl-C hits the loader's workers too: they must keep serving batches while the main process saves; and they
+    still stop when the loader shuts them down."""
     import os
     import signal
 
     data = build_train_data(_cfg(c4_files, word_tokenizer_file), word_tokenizer, global_batch_size=2, dp_rank=0,
                             dp_world=1, seed=0)
     next(data)
-    workers = data._it._workers  # torch's DataLoader iterator: the worker processes
+    it = data._it  # torch's DataLoader iterator
+    workers = list(it._workers)
     assert len(workers) == 2
-    for w in workers:
-        os.kill(w.pid, signal.SIGINT)
-        os.kill(w.pid, signal.SIGTERM)
-    for _ in range(4):
-        assert next(data)["input_ids"].shape == (2, 8)
-    assert all(w.is_alive() for w in workers)
+    try:
+        for w in workers:
+            os.kill(w.pid, signal.SIGINT)
+        for _ in range(4):
+            assert next(data)["input_ids"].shape == (2, 8)
+        assert all(w.is_alive() for w in workers)
+    finally:
+        it._shutdown_workers()
+    assert not any(w.is_alive() for w in workers)
