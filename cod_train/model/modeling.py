@@ -361,6 +361,14 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         self.hc_head = HyperHead(config) if config.hyper_streams else None  # the streams -> one before `norm`
         self.post_init()
 
+    def open_stream(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream the first layer reads, from the (scaled / normalized) embeddings [B, T, d]."""
+        return self.hc_head.expand(x, self.config.hc_streams) if self.hc_head is not None else x
+
+    def close_stream(self, stream: torch.Tensor) -> torch.Tensor:
+        """The stream between layers as one hidden state [B, T, d], as the final norm sees it."""
+        return self.hc_head(stream) if self.hc_head is not None else stream
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -389,15 +397,12 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         if hasattr(self, "embed_norm"):
             x = self.embed_norm(x)
         hidden_states = [x] if output_hidden_states else None
-        if self.hc_head is not None:
-            x = self.hc_head.expand(x, self.config.hc_streams)
+        x = self.open_stream(x)
         for layer in self.layers:
             x = layer(x, rope, mask, past_key_values)
-            if hidden_states is not None:  # hyper-connections: the streams as one, as the final norm sees them
-                hidden_states.append(self.hc_head(x) if self.hc_head is not None else x)
-        if self.hc_head is not None:
-            x = self.hc_head(x)
-        x = self.norm(x)
+            if hidden_states is not None:  # the stream as one, as the final norm sees it
+                hidden_states.append(self.close_stream(x))
+        x = self.norm(self.close_stream(x))
         cache_out: dict[str, Any] = {CACHE_FIELD: past_key_values if use_cache else None}
         return BaseModelOutputWithPast(
             last_hidden_state=x,
