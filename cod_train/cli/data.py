@@ -6,7 +6,7 @@
     cod-data tokenize data=files data.paths=[/data/c4/c4-train.*.json.gz] out=DIR [workers=16]
     cod-data tokenize data=c4 data.tokenizer=t5-base out=DIR max_files=8   # hub C4 (needs network)
 
-``data=<option>`` picks ``cod_train/configs/data/<option>.yaml`` (default ``sample``); ``data.<key>=<value>``
+``data=<option>`` picks ``configs/data/<option>.yaml`` (default ``sample``); ``data.<key>=<value>``
 overrides a DataConfig key (lists as ``[a,b]``). ``tokenize`` writes ``DIR/train`` and ``DIR/eval`` token
 shards plus ``DIR/tokenizer``; train from them with ``cod-pretrain data=shards data.paths=[DIR]``.
 Not a Hydra app only because Hydra has no subcommands; the override syntax is the same.

@@ -6,7 +6,8 @@
     def main(cfg: PretrainConfig) -> int | None:   # typed config in, exit code out
         ...
 
-- the config directory is the package's ``cod_train/configs/`` (shipped in the wheel), or ``$COD_TRAIN_CONFIG_DIR``;
+- the config directory is ``$COD_TRAIN_CONFIG_DIR``, else the presets shipped in the wheel (``cod_train/configs/``),
+  else, in a source checkout (``pip install -e .``), the repository's top-level ``configs/`` they are built from;
   Hydra's ``--config-dir DIR`` adds a directory searched first (your own presets next to ours);
 - the composed YAML is converted with :func:`cod_train.config.to_typed` (unknown keys / wrong types fail);
 - a :class:`ConfigError` anywhere in the command prints ``error: <message>`` (no traceback) and exits 2;
@@ -44,7 +45,8 @@ EXIT_OK, EXIT_RUN_ERROR, EXIT_CONFIG_ERROR, EXIT_NONFINITE, EXIT_SAVE_FAILED = 0
 EXIT_SIGNAL_BASE = 128  # stopped by signal N: 128 + N, the shell's convention (Ctrl-C: 130, SIGTERM: 143)
 EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + signal.SIGINT
 log = logging.getLogger("cod_train")
-PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PACKAGE_CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # an installed wheel (setup.py maps configs/ here)
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # a source checkout: the presets' one copy
 
 
 # Each primary config `<name>.yaml` starts its defaults list with `<name>_schema`: these dataclasses' defaults.
@@ -59,12 +61,14 @@ SCHEMAS = {
 
 
 def config_dir() -> str:
-    """``$COD_TRAIN_CONFIG_DIR`` or the configs shipped inside the package, ready to compose: the schemas
-    their defaults lists name are registered with Hydra's ConfigStore."""
+    """``$COD_TRAIN_CONFIG_DIR``, the presets shipped inside the wheel or a checkout's ``configs/``, ready to
+    compose: the schemas their defaults lists name are registered with Hydra's ConfigStore."""
     for name, (module, cls) in SCHEMAS.items():
         register_schema(name, getattr(importlib.import_module(module), cls))
     env = os.environ.get("COD_TRAIN_CONFIG_DIR")
-    return str(Path(env).expanduser().resolve()) if env else str(PACKAGE_CONFIGS)
+    if env:
+        return str(Path(env).expanduser().resolve())
+    return str(PACKAGE_CONFIGS if (PACKAGE_CONFIGS / "pretrain.yaml").is_file() else CHECKOUT_CONFIGS)
 
 
 def is_main_process() -> bool:
