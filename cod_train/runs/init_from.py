@@ -65,11 +65,10 @@ def source_config(spec: str) -> Any:
 def apply_init_from(cfg: PretrainConfig) -> dict[str, Any]:
     """Check ``cfg.init_from`` and make ``cfg.model`` / ``cfg.data.tokenizer`` the checkpoint's; the model
     overrides ``build_model`` needs beyond ``cfg.model``. Raises ConfigError naming why it does not map."""
-    from cod_train.model.portable import import_problems, imported_model_fields
-
     spec = cfg.init_from
     if not spec:
         return {}
+    from cod_train.model.portable import import_problems, imported_model_fields
     if cfg.distributed.meta_init:
         raise ConfigError("init_from= loads a checkpoint's weights into the model; drop distributed.meta_init")
     config = source_config(spec)

@@ -4,6 +4,7 @@ Heavy modules (torch, transformers, the data pipeline) are imported inside the f
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 from cod_train.config import PretrainConfig, model_scheme
@@ -16,6 +17,24 @@ if TYPE_CHECKING:
     from cod_train.train.loop import TrainResult
 
 log = logging.getLogger("cod_train")
+# cod_train.data.sources.OFFLINE_HINT, repeated: importing cod_train.data imports torch and transformers
+DATA_HINT = ("offline alternatives: data=files data.paths=[/path/to/c4-train.*.json.gz] (local json/jsonl/json.gz/"
+             "parquet/txt), or data=sample (the bundled sample, built from the package index)")
+
+
+def check_hub_first(cfg: PretrainConfig) -> None:
+    """Streaming data from the hub (data=c4 without data.paths) needs the hub: refused before torch,
+    transformers and datasets are imported (seconds of start-up) when an offline variable is set, and in a
+    single process when the hub does not answer. A multi-process job leaves the network probe to rank 0
+    (:func:`share_hub_files`): one probe per rank would let any node's network blip fail the whole job."""
+    from cod_train.core import hub
+
+    data = cfg.data
+    if data.source != "c4" or data.paths:
+        return
+    if hub.offline_mode() is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    hub.require_hub(f"{data.hub_dataset} ({data.hub_config}/{data.train_split})", DATA_HINT, data.hub_timeout_s)
 
 
 def preflight(cfg: PretrainConfig) -> None:
@@ -24,6 +43,7 @@ def preflight(cfg: PretrainConfig) -> None:
     from cod_train.runs.init_from import apply_init_from
     from cod_train.runs.lifecycle import prepare_run_dir
 
+    check_hub_first(cfg)
     apply_init_from(cfg)  # model.* and data.tokenizer become the checkpoint's (or a ConfigError)
     cfg.validate()
     prepare_run_dir(cfg)
