@@ -65,12 +65,12 @@ GPU_SHAPES = {"tiny": (32, 256), "60m": (32, 256), "71m": (32, 256), "130m": (32
 # --------------------------------------------------------------------------------------------- models
 
 def preset(size: str, vocab: int, **overrides):
-    """Typed `ModelConfig` of `cod_train/configs/model/llama_<size>.yaml` (pre_ln)."""
+    """Typed `ModelConfig` of `configs/model/llama_<size>.yaml` (pre_ln)."""
     from omegaconf import OmegaConf
 
     from cod_train.config import ModelConfig
 
-    raw = OmegaConf.load(ROOT / "cod_train" / "configs" / "model" / f"llama_{size}.yaml")
+    raw = OmegaConf.load(ROOT / "configs" / "model" / f"llama_{size}.yaml")
     raw.merge_with({"norm_type": "pre_ln", "mix_ln_ratio": 0.25})
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw))
     if cfg.vocab_size is None:

@@ -59,7 +59,7 @@ def build(size: str, vocab: int, **overrides):
     from cod_train.config import ModelConfig, to_typed
     from cod_train.model import build_model
 
-    raw = OmegaConf.load(ROOT / "cod_train" / "configs" / "model" / f"llama_{size}.yaml")
+    raw = OmegaConf.load(ROOT / "configs" / "model" / f"llama_{size}.yaml")
     cfg = to_typed({**OmegaConf.to_container(raw), "vocab_size": vocab, **overrides}, ModelConfig)
     torch.manual_seed(0)
     return build_model(cfg)

@@ -54,7 +54,7 @@ def build(size: str, **overrides):
     from cod_train.config import ModelConfig
     from cod_train.model import build_model
 
-    raw = OmegaConf.load(ROOT / "cod_train" / "configs" / "model" / f"llama_{size}.yaml")
+    raw = OmegaConf.load(ROOT / "configs" / "model" / f"llama_{size}.yaml")
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw, overrides))
     torch.manual_seed(0)
     return build_model(cfg, VOCAB).train()

@@ -276,7 +276,7 @@ def detail(msg):
     with open(os.environ["DETAIL"], "a") as f:
         f.write(msg + "\n")
 
-cfg = to_typed(OmegaConf.load("cod_train/configs/data/sample.yaml"), DataConfig)
+cfg = to_typed(OmegaConf.load("configs/data/sample.yaml"), DataConfig)
 t0 = time.time()
 try:
     sample = ensure_sample(cfg.cache_dir)
@@ -448,7 +448,7 @@ from cod_train.model import build_model
 from cod_train.model.loss import default_chunk_size
 
 torch.backends.cuda.matmul.allow_tf32 = False
-raw = OmegaConf.load("cod_train/configs/model/llama_130m.yaml")
+raw = OmegaConf.load("configs/model/llama_130m.yaml")
 raw.merge_with({"norm_type": "pre_ln", "mix_ln_ratio": 0.25})
 torch.manual_seed(0)
 model = build_model(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw))).cuda().train()
@@ -532,7 +532,7 @@ from omegaconf import OmegaConf
 from cod_train.config import ModelConfig
 from cod_train.model import build_model, kernels
 
-raw = OmegaConf.load("cod_train/configs/model/llama_130m.yaml")
+raw = OmegaConf.load("configs/model/llama_130m.yaml")
 raw.merge_with({"norm_type": "pre_ln", "mix_ln_ratio": 0.25})
 mcfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), raw))
 torch.manual_seed(0)
@@ -629,7 +629,7 @@ from cod_train.model import build_model
 
 dev, name, seq = os.environ["DEVICE"], os.environ["MODEL"], int(os.environ["SEQ"])
 max_ratio = float(os.environ["MHC_MAX_RATIO"])
-base = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(f"cod_train/configs/model/{name}.yaml"))
+base = OmegaConf.merge(OmegaConf.structured(ModelConfig), OmegaConf.load(f"configs/model/{name}.yaml"))
 B = 8 if dev == "cuda" else 2
 
 def measure(**overrides):

@@ -262,7 +262,7 @@ def write_offline_tasks(tasks: list[str], data_root: Path, out: Path | None = No
 
 @dataclass
 class DownstreamConfig:
-    """The ``downstream.*`` keys of ``cod_train/configs/eval.yaml``."""
+    """The ``downstream.*`` keys of ``configs/eval.yaml``."""
 
     tasks: list[str] = field(default_factory=lambda: list(PAPER_TASKS))
     offline: bool = True

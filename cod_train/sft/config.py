@@ -1,4 +1,4 @@
-"""Typed configuration of ``cod-sft`` (``cod_train/configs/sft.yaml``), composed from the shared dataclasses."""
+"""Typed configuration of ``cod-sft`` (``configs/sft.yaml``), composed from the shared dataclasses."""
 
 from __future__ import annotations
 

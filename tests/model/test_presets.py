@@ -1,4 +1,4 @@
-"""The model presets in cod_train/configs/model/ have the papers' shapes (docs/design.md section 3.1)."""
+"""The model presets in configs/model/ have the papers' shapes (docs/design.md section 3.1)."""
 
 from pathlib import Path
 
@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from cod_train.config import ModelConfig
 from cod_train.model import build_model, total_params
 
-CONFIGS = Path(__file__).resolve().parents[2] / "cod_train" / "configs" / "model"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "model"
 
 # preset: (hidden, ffn, heads, layers, params in millions) -- docs/design.md section 3.1
 TABLE = {

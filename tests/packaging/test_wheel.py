@@ -1,4 +1,5 @@
-"""A built wheel is a working install: configs inside the package, commands runnable outside the repository."""
+"""A built wheel is a working install: the presets of the top-level configs/ inside the package (setup.py maps them
+to cod_train/configs/), commands runnable outside the repository."""
 
 from __future__ import annotations
 
@@ -35,9 +36,10 @@ def _source_copy(dest: Path) -> Path:
 
 
 def _build_wheel(tmp: Path) -> Path:
+    """The wheel as `python -m build` makes it: from the sdist, so a preset left out of the sdist is missed too."""
     src = _source_copy(tmp / "src")
-    _run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-          str(tmp / "dist"), str(src)], cwd=tmp)
+    _run([sys.executable, "-m", "build", "--no-isolation", "--skip-dependency-check", "--outdir", str(tmp / "dist"),
+          str(src)], cwd=tmp)
     return next((tmp / "dist").glob("cod_train-*.whl"))
 
 
@@ -67,9 +69,9 @@ def wheel_env(tmp_path_factory) -> Path:
 
 def test_wheel_ships_every_config_and_only_current_modules(tmp_path):
     names = set(zipfile.ZipFile(_build_wheel(tmp_path)).namelist())
-    in_repo = {f"cod_train/configs/{p.relative_to(REPO / 'cod_train' / 'configs')}"
-               for p in (REPO / "cod_train" / "configs").rglob("*.yaml")}
-    assert len(in_repo) > 30 and in_repo <= names
+    presets = {f"cod_train/configs/{p.relative_to(REPO / 'configs').as_posix()}"
+               for p in (REPO / "configs").rglob("*.yaml")}
+    assert len(presets) > 30 and {n for n in names if n.endswith(".yaml")} == presets
     modules = {f"cod_train/{p.relative_to(REPO / 'cod_train')}" for p in (REPO / "cod_train").rglob("*.py")}
     assert {n for n in names if n.endswith(".py")} == modules
 
@@ -81,6 +83,8 @@ def test_installed_wheel_pretrains_and_evaluates_outside_the_repo(wheel_env, tmp
     py = str(wheel_env / "bin" / "python")
     where = _run([py, "-c", "import cod_train; print(cod_train.__file__)"], cwd=work).stdout.strip()
     assert where.startswith(str(wheel_env)), where  # the wheel's copy, not the repository's
+    presets = _run([py, "-c", "from cod_train.runs.app import config_dir; print(config_dir())"], cwd=work).stdout
+    assert Path(presets.strip()) == Path(where).parent / "configs"
     run = work / "run"
     _run([str(wheel_env / "bin" / "cod-pretrain"), f"run_dir={run}", "train.max_steps=2", "train.eval_every=2",
           *TINY], cwd=work)
