@@ -19,7 +19,7 @@ import pickle
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -87,6 +87,39 @@ class RunConfig(Protocol):
 # diagnostics_fn(model=<plain model>, step=<1-based step>, batch=<first micro-batch>) -> metrics dict.
 # Called on every rank after backward and before the optimizer step, every ``train.diag_every`` steps.
 DiagnosticsFn = Callable[..., dict[str, Any]]
+
+
+class Callback:
+    """Hooks into every step of the loop; override the ones needed. Each runs on every rank, in list order.
+
+    ``before_optimizer_step(model, step, batch)``: after backward, before clipping and the optimizer step,
+    under the training autocast; returns metrics for the step's row (``{}``: none).
+    ``after_optimizer_step(model, step)``: after the optimizer step, under ``torch.no_grad()`` (e.g. renormalize
+    weights). ``on_step_end(row, step)``: once per step, after logging / eval / checkpoint; ``row`` holds the
+    device statistics (loss, grad_norm) only on the steps that read them (log, eval, checkpoint steps).
+    ``model`` is the plain module (under FSDP2 its parameters are the rank's DTensor shards); ``step`` is the
+    1-based number of the step being taken."""
+
+    def before_optimizer_step(self, model: nn.Module, step: int, batch: Batch) -> dict[str, Any]:
+        return {}
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        pass
+
+    def on_step_end(self, row: dict[str, Any], step: int) -> None:
+        pass
+
+
+class Diagnostics(Callback):
+    """``fn(model=, step=, batch=) -> metrics`` every ``every`` steps (the depth diagnostics of cod-pretrain)."""
+
+    def __init__(self, fn: DiagnosticsFn, every: int):
+        self.fn, self.every = fn, every
+
+    def before_optimizer_step(self, model: nn.Module, step: int, batch: Batch) -> dict[str, Any]:
+        if not self.every or step % self.every:
+            return {}
+        return self.fn(model=model, step=step, batch=batch) or {}
 
 
 @dataclass
@@ -196,7 +229,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, model: nn.Module, train_data: BatchIterator, *, env: DistEnv,
                  eval_data: Callable[[], Iterable[Batch]] | None = None, tokenizer: Any = None,
-                 diagnostics_fn: DiagnosticsFn | None = None):
+                 callbacks: Sequence[Callback] = ()):
         self.cfg, self.tcfg, self.env = cfg, cfg.train, env
         self.tcfg.validate()
         self.micro = micro_batch_rows(self.tcfg, env.world_size)
@@ -205,7 +238,7 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.resume_from = resolve_resume(cfg.resume, self.ckpt_root, env)  # verified; the newest intact
         self.train_data, self.eval_data = train_data, eval_data
-        self.tokenizer, self.diagnostics_fn = tokenizer, diagnostics_fn
+        self.tokenizer, self.callbacks = tokenizer, list(callbacks)
         self.engine: Engine = parallelize(
             model, cfg.distributed, env, optimizer_fn=lambda m: build_optimizer(m, self.tcfg),
             precision=self.tcfg.precision, micro_batch_size=self.micro,
@@ -297,6 +330,9 @@ class Trainer:
         grad_norm = self.engine.clip_grad_norm()
         finite = torch.isfinite(loss) if grad_norm is None else torch.isfinite(loss) & torch.isfinite(grad_norm)
         engine_norm = self.engine.optimizer_step(lr, ~finite)
+        with torch.no_grad():
+            for callback in self.callbacks:
+                callback.after_optimizer_step(self.engine.module, self.state.step + 1)
         if engine_norm is not None:  # the engine checked the gradients itself (DeepSpeed): NaN = step dropped
             finite = finite & torch.isfinite(engine_norm.to(finite.device))
         self.stats.update(loss, engine_norm if engine_norm is not None else grad_norm, ~finite)
@@ -321,11 +357,14 @@ class Trainer:
         return row
 
     def diagnostics(self, batch: Batch) -> dict[str, Any]:
-        every = self.tcfg.diag_every
-        if self.diagnostics_fn is None or not every or (self.state.step + 1) % every:
-            return {}
+        """The callbacks' metrics before the optimizer step (the depth diagnostics on their steps)."""
+        metrics: dict[str, Any] = {}
+        if not self.callbacks:
+            return metrics
         with self.engine.autocast():  # the training forward's numerics (FSDP2's bf16 blocks need autocast)
-            return self.diagnostics_fn(model=self.engine.module, step=self.state.step + 1, batch=batch) or {}
+            for callback in self.callbacks:
+                metrics.update(callback.before_optimizer_step(self.engine.module, self.state.step + 1, batch))
+        return metrics
 
     def evaluate(self) -> dict[str, float] | None:
         if self.eval_data is None:
@@ -382,7 +421,10 @@ class Trainer:
                     row = self.step(batch)
                     self._window = (self._window[0], self._window[1] + 1)
                     bar.update(1)
-                    if not self.after_step(row, batch, bar):
+                    go_on = self.after_step(row, batch, bar)
+                    for callback in self.callbacks:
+                        callback.on_step_end(row, self.state.step)
+                    if not go_on:
                         stopped = "nonfinite"
                         break
             bar.close()
@@ -461,12 +503,16 @@ def _fresh_copy(module: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
 
 def train(cfg: RunConfig, model: nn.Module, train_data: BatchIterator, *, env: DistEnv,
           eval_data: Callable[[], Iterable[Batch]] | None = None, tokenizer: Any = None,
-          diagnostics_fn: DiagnosticsFn | None = None) -> TrainResult:
+          callbacks: Sequence[Callback] = (), diagnostics_fn: DiagnosticsFn | None = None) -> TrainResult:
     """Train ``model`` on ``train_data`` as ``cfg`` says; resumes, checkpoints, evaluates and exports.
 
+    ``callbacks`` hook into every step (:class:`Callback`); ``diagnostics_fn`` is the same as a
+    :class:`Diagnostics` callback every ``train.diag_every`` steps, run first.
     Raises ConfigError (before any step) for inconsistent batch sizes, an unwritable run_dir or a missing
     resume path. Returns how it stopped: ``max_steps``, ``sigterm`` (checkpoint saved) or ``nonfinite``.
     """
+    if diagnostics_fn is not None:
+        callbacks = [Diagnostics(diagnostics_fn, cfg.train.diag_every), *callbacks]
     trainer = Trainer(cfg, model, train_data, env=env, eval_data=eval_data, tokenizer=tokenizer,
-                      diagnostics_fn=diagnostics_fn)
+                      callbacks=callbacks)
     return trainer.fit()
