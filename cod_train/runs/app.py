@@ -214,7 +214,7 @@ def composition_problem(config_name: str, args: list[str]) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
-    missing = _missing_preset(overrides)
+    missing = _missing_preset(overrides, [Path(config_dir()), *_searched_dirs(args)])
     if missing or any(a.startswith("-") for a in args):
         return missing
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -248,20 +248,27 @@ def _dotted_keys(node: Any, prefix: str = "") -> list[str]:
     return [prefix] if prefix else []
 
 
-def _missing_preset(overrides: list[str]) -> str | None:
-    """``group=name`` naming no preset. Hydra skips a missing *optional* group (``experiment``) silently, so a
-    typo such as ``experiment=paper_130M`` would train the default model; it is an error here."""
-    root = Path(config_dir())
+def _searched_dirs(args: list[str]) -> list[Path]:
+    """The directories Hydra's ``--config-dir DIR`` (``-cd DIR``, ``--config-dir=DIR``) adds to the search."""
+    dirs = [a.split("=", 1)[1] for a in args if a.startswith(("--config-dir=", "-cd="))]
+    dirs += [after for flag, after in zip(args, args[1:], strict=False) if flag in ("--config-dir", "-cd")]
+    return [Path(d).expanduser() for d in dirs]
+
+
+def _missing_preset(overrides: list[str], roots: list[Path]) -> str | None:
+    """``group=name`` naming no preset in any of ``roots``. Hydra skips a missing *optional* group
+    (``experiment``) silently, so a typo such as ``experiment=paper_130M`` would train the default model; it is
+    an error here."""
     for override in overrides:
         key, values = override.split("=", 1)
-        group = root / key.lstrip("+~")
-        if "." in key or not group.is_dir():
+        groups = [root / key.lstrip("+~") for root in roots if (root / key.lstrip("+~")).is_dir()]
+        if "." in key or not groups:
             continue
         for value in values.split(","):  # a sweep lists several
-            if value in ("null", "") or (group / f"{value}.yaml").is_file():
+            if value in ("null", "") or any((group / f"{value}.yaml").is_file() for group in groups):
                 continue
-            options = ", ".join(sorted(p.stem for p in group.glob("*.yaml")))
-            return f"{key}={value}: no such preset in {group.name}/; options: {options}"
+            options = ", ".join(sorted({p.stem for group in groups for p in group.glob("*.yaml")}))
+            return f"{key}={value}: no such preset in {groups[0].name}/; options: {options}"
     return None
 
 
