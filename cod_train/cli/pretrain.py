@@ -20,7 +20,6 @@ from cod_train.runs.app import hydra_app
 
 @hydra_app("pretrain", PretrainConfig)
 def main(cfg: PretrainConfig) -> int:
-    cfg.validate()  # before torch is imported: a bad config exits 2 at once
     from cod_train.runs.pretrain import pretrain
 
     return pretrain(cfg)

@@ -20,7 +20,6 @@ from cod_train.sft.config import SFTConfig
 
 @hydra_app("sft", SFTConfig)
 def main(cfg: SFTConfig) -> int:
-    cfg.validate()  # before torch is imported: a bad config exits 2 at once
     from cod_train.runs.sft import sft
 
     return sft(cfg)

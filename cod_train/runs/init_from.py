@@ -57,18 +57,22 @@ def _load(fn: Any, spec: str, what: str, **kwargs: Any) -> Any:
 def source_config(spec: str) -> Any:
     from transformers import AutoConfig
 
-    import cod_train.model  # noqa: F401  (cod_llama exports)
+    from cod_train.model.build import register
+
+    register()  # cod_llama with the Auto classes
 
     return _load(AutoConfig.from_pretrained, spec, "its config.json")
 
 
-def apply_init_from(cfg: PretrainConfig) -> dict[str, Any]:
-    """Check ``cfg.init_from`` and make ``cfg.model`` / ``cfg.data.tokenizer`` the checkpoint's; the model
-    overrides ``build_model`` needs beyond ``cfg.model``. Raises ConfigError naming why it does not map."""
+def apply_init_from(cfg: PretrainConfig) -> tuple[PretrainConfig, dict[str, Any]]:
+    """Check ``cfg.init_from``; a copy of ``cfg`` whose ``model`` and ``data.tokenizer`` are the checkpoint's,
+    and the model overrides ``build_model`` needs beyond ``model``. ``cfg`` is left as it was. Raises
+    ConfigError naming why the checkpoint does not map."""
     spec = cfg.init_from
     if not spec:
-        return {}
+        return cfg, {}
     from cod_train.model.portable import import_problems, imported_model_fields
+
     if cfg.distributed.meta_init:
         raise ConfigError("init_from= loads a checkpoint's weights into the model; drop distributed.meta_init")
     config = source_config(spec)
@@ -80,12 +84,13 @@ def apply_init_from(cfg: PretrainConfig) -> dict[str, Any]:
                           "change its math (drop model.norm_type)")
     fields = [f.name for f in dataclasses.fields(ModelConfig)]
     values, overrides = imported_model_fields(config, fields)
-    cfg.model = dataclasses.replace(cfg.model, **values, name=Path(spec).name or spec)
+    model = dataclasses.replace(cfg.model, **values, name=Path(spec).name or spec)
     local = Path(spec).expanduser()
     has_tokenizer = not local.is_dir() or any((local / f).is_file() for f in TOKENIZER_FILES)
-    if cfg.data.tokenizer == DataConfig.tokenizer and has_tokenizer:
-        cfg.data.tokenizer = spec
-    return overrides
+    data = cfg.data
+    if data.tokenizer == DataConfig.tokenizer and has_tokenizer:
+        data = dataclasses.replace(data, tokenizer=spec)
+    return dataclasses.replace(cfg, model=model, data=data), overrides
 
 
 def load_init_weights(model: Any, spec: str) -> None:

@@ -21,6 +21,7 @@ from cod_train.runs.app import (
 
 if TYPE_CHECKING:
     from cod_train.engine.distributed import DistEnv
+    from cod_train.runs.resolve import ResolvedRun
     from cod_train.train.loop import TrainResult
 
 
@@ -51,9 +52,10 @@ def summarize(result: TrainResult, env: DistEnv) -> None:
     print("\n".join(lines), flush=True)
 
 
-def prepare_run_dir(cfg: Any) -> None:
-    """The run-directory part of a training command's validation, after every other check: the checkpoint
-    ``resume`` names exists and continues the same run (runs/identity.py), then run_dir is created."""
+def prepare_run_dir(cfg: Any) -> tuple[Path, Path | None]:
+    """The run-directory part of a training command's resolution, after every other check: the checkpoint
+    ``resume`` names exists and continues the same run (runs/identity.py), then run_dir is created. Returns
+    (run_dir, that checkpoint or None); the loop verifies the checkpoint under the process group."""
     from cod_train.config import flatten_config
     from cod_train.engine.checkpoint import resolve_resume
     from cod_train.runs.identity import check_resume
@@ -61,21 +63,21 @@ def prepare_run_dir(cfg: Any) -> None:
 
     ckpt = resolve_resume(cfg.resume, Path(cfg.run_dir) / "checkpoints")
     check_resume(ckpt, flatten_config(cfg), cfg.resume_allow_change)
-    check_run_dir(cfg.run_dir)
+    return check_run_dir(cfg.run_dir), ckpt
 
 
-def run_training(cfg: Any, run: Callable[[Any, DistEnv], TrainResult]) -> int:
-    """Hold the run_dir lock, initialize torch.distributed, ``run(cfg, env)``, summarize, tear down; the
+def run_training(run: ResolvedRun, train_fn: Callable[[ResolvedRun, DistEnv], TrainResult]) -> int:
+    """Hold the run_dir lock, initialize torch.distributed, ``train_fn(run, env)``, summarize, tear down; the
     command's exit code. After an error the ranks do not wait for each other (one may never arrive)."""
     from cod_train.engine.checkpoint import check_shared_dir
     from cod_train.engine.distributed import destroy_distributed, init_distributed
     from cod_train.runs.lock import RunDirLock
 
-    with RunDirLock(cfg.run_dir, enabled=is_main_process()):
-        env = init_distributed(cfg.distributed, cfg.device)
+    with RunDirLock(run.run_dir, enabled=is_main_process()):
+        env = init_distributed(run.cfg.distributed, run.cfg.device)
         try:
-            check_shared_dir(Path(cfg.run_dir), env)
-            result = run(cfg, env)
+            check_shared_dir(run.run_dir, env)
+            result = train_fn(run, env)
             summarize(result, env)
         except BaseException:
             destroy_distributed(wait_for_others=False)

@@ -1,10 +1,13 @@
-"""Pre-training: the one validation pass, then tokenizer, model and data handed to the shared loop.
+"""Pre-training: the config resolved once (runs/resolve.py), then tokenizer, model and data handed to the shared loop.
 Heavy modules (torch, transformers, the data pipeline) are imported inside the functions, after validation."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from cod_train.config import PretrainConfig, model_scheme
@@ -14,6 +17,7 @@ if TYPE_CHECKING:
 
     from cod_train.engine.distributed import DistEnv
     from cod_train.model import CodLlamaForCausalLM
+    from cod_train.runs.resolve import ResolvedRun
     from cod_train.train.loop import TrainResult
 
 log = logging.getLogger("cod_train")
@@ -37,19 +41,24 @@ def check_hub_first(cfg: PretrainConfig) -> None:
     hub.require_hub(f"{data.hub_dataset} ({data.hub_config}/{data.train_split})", DATA_HINT, data.hub_timeout_s)
 
 
-def preflight(cfg: PretrainConfig) -> None:
+def resolve(cfg: PretrainConfig) -> ResolvedRun:
     """The one validation pass: everything that can be checked before any process group, data, tokenizer or
-    model exists. The run directory is created last, only for a valid config."""
+    model exists, on a copy of ``cfg`` that comes back frozen with what resolving found (runs/resolve.py).
+    The run directory is created last, only for a valid config."""
     from cod_train.runs.init_from import apply_init_from
     from cod_train.runs.lifecycle import prepare_run_dir
+    from cod_train.runs.resolve import ResolvedRun, freeze
 
     check_hub_first(cfg)
-    apply_init_from(cfg)  # model.* and data.tokenizer become the checkpoint's (or a ConfigError)
+    cfg, overrides = apply_init_from(copy.deepcopy(cfg))  # model.* and data.tokenizer: the checkpoint's
     cfg.validate()
-    prepare_run_dir(cfg)
+    run_dir, resume_from = prepare_run_dir(cfg)
+    return ResolvedRun(freeze(cfg), run_dir, resume_from, MappingProxyType(overrides))
 
 
-def build_model_for(cfg: PretrainConfig, vocab_size: int) -> CodLlamaForCausalLM:
+def build_model_for(cfg: PretrainConfig, vocab_size: int,
+                    overrides: Mapping[str, Any] = MappingProxyType({})) -> CodLlamaForCausalLM:
+    """The run's model; with ``init_from``, ``cfg`` and ``overrides`` are what :func:`resolve` made of it."""
     import torch
 
     from cod_train.model import build_model
@@ -57,13 +66,12 @@ def build_model_for(cfg: PretrainConfig, vocab_size: int) -> CodLlamaForCausalLM
     if cfg.distributed.engine == "fsdp" and cfg.distributed.meta_init:
         with torch.device("meta"):  # each rank materializes only its shards (after fully_shard)
             return build_model(cfg.model, vocab_size)
+    model = build_model(cfg.model, vocab_size, **overrides)
     if cfg.init_from:
-        from cod_train.runs.init_from import apply_init_from, load_init_weights
+        from cod_train.runs.init_from import load_init_weights
 
-        model = build_model(cfg.model, vocab_size, **apply_init_from(cfg))
         load_init_weights(model, cfg.init_from)
-        return model
-    return build_model(cfg.model, vocab_size)
+    return model
 
 
 def diagnostics_for(cfg: PretrainConfig) -> Any:
@@ -72,6 +80,12 @@ def diagnostics_for(cfg: PretrainConfig) -> Any:
     if not cfg.train.diag_every:
         return None
     return lambda model, step, batch: training_diagnostics(model, batch)
+
+
+def callbacks_for(cfg: PretrainConfig) -> list[Any]:
+    """The loop's callbacks beyond the diagnostics (train.loop.Callback): none yet; a scheme that renormalizes
+    its weights after each optimizer step adds its callback here."""
+    return []
 
 
 def share_hub_files(cfg: PretrainConfig, env: DistEnv) -> None:
@@ -95,12 +109,13 @@ def share_hub_files(cfg: PretrainConfig, env: DistEnv) -> None:
         prime_hub_files(cfg.data, split, files)
 
 
-def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
+def run_pretrain(run: ResolvedRun, env: DistEnv) -> TrainResult:
     from cod_train.data import build_eval_data, build_tokenizer, build_train_data, check_vocab
     from cod_train.runs.app import write_config
     from cod_train.runs.lifecycle import seed_everything
     from cod_train.train.loop import grad_accum_steps, train
 
+    cfg: PretrainConfig = run.cfg
     if cfg.model.use_kernels:
         from cod_train.model.kernels import check_available
 
@@ -111,7 +126,7 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
     seed_everything(cfg.seed)
     share_hub_files(cfg, env)
     tokenizer = build_tokenizer(cfg.data)
-    model = build_model_for(cfg, len(tokenizer))
+    model = build_model_for(cfg, len(tokenizer), run.model_overrides)
     check_vocab(tokenizer, model.config.vocab_size)
     train_data = build_train_data(cfg.data, tokenizer, global_batch_size=cfg.train.global_batch_size,
                                   dp_rank=env.rank, dp_world=env.world_size, seed=cfg.seed)
@@ -122,17 +137,16 @@ def run_pretrain(cfg: PretrainConfig, env: DistEnv) -> TrainResult:
 
     has_eval = cfg.train.eval_tokens > 0 and eval_data() is not None
     if env.is_main:
-        write_config(cfg, cfg.run_dir)
+        write_config(cfg, run.run_dir)
         n = sum(p.numel() for p in model.parameters())
         log.info("model %s (%s): %.2fM parameters; engine %s on %d process(es), %s", cfg.model.name,
                  model_scheme(cfg.model), n / 1e6, cfg.distributed.engine, env.world_size, env.device)
     return train(cfg, model, train_data, env=env, eval_data=eval_data if has_eval else None, tokenizer=tokenizer,
-                 diagnostics_fn=diagnostics_for(cfg))
+                 callbacks=callbacks_for(cfg), diagnostics_fn=diagnostics_for(cfg))
 
 
 def pretrain(cfg: PretrainConfig) -> int:
-    """The whole cod-pretrain command after parsing: validate, then train; the exit code."""
+    """The whole cod-pretrain command after parsing: resolve (validate), then train; the exit code."""
     from cod_train.runs.lifecycle import run_training
 
-    preflight(cfg)
-    return run_training(cfg, run_pretrain)
+    return run_training(resolve(cfg), run_pretrain)

@@ -3,6 +3,7 @@ shared loop (same engines, checkpoints, resume, metrics and final ``run_dir/hf``
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
@@ -10,27 +11,31 @@ from cod_train.core.errors import ConfigError
 from cod_train.sft.config import MAX_LENGTH_CAP, SFTConfig, default_run_dir
 
 if TYPE_CHECKING:
+    from cod_train.runs.resolve import ResolvedRun
     from cod_train.train.loop import RunConfig
 
 log = logging.getLogger("cod_train.sft")
 
 
-def preflight(cfg: SFTConfig) -> tuple[Any, list]:
-    """Config, checkpoint path, run_dir, resume and data fields: all checked before any model is loaded."""
+def preflight(cfg: SFTConfig) -> tuple[ResolvedRun, Any, list]:
+    """Config, checkpoint path, run_dir, resume and data fields: all checked before any model is loaded, on a
+    copy of ``cfg`` that comes back frozen (runs/resolve.py) with the checkpoint's source and the examples."""
+    cfg = copy.deepcopy(cfg)
+    cfg.validate()  # before torch is imported: a bad config exits 2 at once
     from cod_train.runs.lifecycle import prepare_run_dir
     from cod_train.runs.models import resolve_checkpoint
+    from cod_train.runs.resolve import ResolvedRun, freeze
     from cod_train.sft.records import load_examples
 
-    cfg.validate()
     source = resolve_checkpoint(cfg.checkpoint)
     cfg.run_dir = cfg.run_dir or default_run_dir(cfg.checkpoint, source.run_dir)
     resolve_max_length(cfg, source)
     examples = load_examples(cfg.sft)
-    prepare_run_dir(cfg)
-    return source, examples
+    run_dir, resume_from = prepare_run_dir(cfg)
+    return ResolvedRun(freeze(cfg), run_dir, resume_from), source, examples
 
 
-def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
+def run_sft(run: ResolvedRun, env: Any, source: Any, examples: list) -> Any:
     """Tokenize, load the model and hand everything to the shared training loop."""
     from cod_train.runs.app import write_config
     from cod_train.runs.lifecycle import seed_everything
@@ -38,7 +43,7 @@ def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
     from cod_train.sft.loader import SFTBatches, build_sft_data, eval_batches
     from cod_train.train.loop import grad_accum_steps, train
 
-    assert cfg.run_dir is not None  # set by preflight()
+    cfg: SFTConfig = run.cfg
     grad_accum_steps(cfg.train, env.world_size)
     seed_everything(cfg.seed)
     tokenizer = tokenizer_for(source, cfg.tokenizer, cfg.checkpoint)
@@ -46,8 +51,8 @@ def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
     model = load_model(source)
     check_vocab(model, tokenizer, cfg.checkpoint)
     if env.is_main:
-        write_config(cfg, cfg.run_dir)
-        log.info("cod-sft: %s (%s) -> %s", cfg.checkpoint, source.kind, cfg.run_dir)
+        write_config(cfg, run.run_dir)
+        log.info("cod-sft: %s (%s) -> %s", cfg.checkpoint, source.kind, run.run_dir)
     batches = SFTBatches(data, global_batch_size=cfg.train.global_batch_size, dp_rank=env.rank,
                          dp_world=env.world_size, seed=cfg.seed)
 
@@ -61,11 +66,11 @@ def run_sft(cfg: SFTConfig, env: Any, source: Any, examples: list) -> Any:
 
 
 def sft(cfg: SFTConfig) -> int:
-    """The whole cod-sft command after parsing: validate, then fine-tune; the exit code."""
+    """The whole cod-sft command after parsing: resolve (validate), then fine-tune; the exit code."""
     from cod_train.runs.lifecycle import run_training
 
-    source, examples = preflight(cfg)
-    return run_training(cfg, lambda cfg, env: run_sft(cfg, env, source, examples))
+    run, source, examples = preflight(cfg)
+    return run_training(run, lambda run, env: run_sft(run, env, source, examples))
 
 
 def resolve_max_length(cfg: SFTConfig, source: Any) -> None:
@@ -84,7 +89,9 @@ def model_positions(source: Any) -> int | None:
     """The ``max_position_embeddings`` of the model's config (read, not the model), None where it has none."""
     from transformers import AutoConfig
 
-    import cod_train.model  # noqa: F401  (registers cod_llama with the Auto classes)
+    from cod_train.model.build import register
+
+    register()  # cod_llama with the Auto classes
     from cod_train.core import hub
     from cod_train.runs.models import HUB_MODEL_HINT
 
