@@ -15,8 +15,11 @@ EXTRAS := --extra dev --extra slurm --extra deepspeed --extra llamacpp
 STAMP := $(VENV)/.cod-train-installed
 LATEST_VENV ?= .venv-latest
 ARGS ?=
+# pytest-xdist workers (`auto`: one per core); PYTEST_WORKERS=0 runs the suite in this one process.
+PYTEST_WORKERS ?= auto
+PYTEST_OPTS = -q -n $(PYTEST_WORKERS) --dist worksteal
 
-.PHONY: install train test lint lock test-latest versions data bench study clean-venv
+.PHONY: install train test test-fast lint lock test-latest versions data bench study clean-venv
 
 install: $(STAMP)
 
@@ -39,8 +42,12 @@ $(STAMP): pyproject.toml $(LOCK) requirements-torch.txt Makefile
 train: install data
 	$(VENV)/bin/cod-pretrain $(ARGS)
 
+# The whole suite; `make test-fast` leaves out the multi-process and end-to-end tests (marked slow) for the edit loop.
 test: install data
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest $(PYTEST_OPTS) tests $(ARGS)
+
+test-fast: install data
+	$(PY) -m pytest $(PYTEST_OPTS) -m "not slow" tests $(ARGS)
 
 # Style (ruff), the layering of docs/architecture.md (import-linter) and types (mypy).
 lint: install
@@ -69,7 +76,7 @@ test-latest:
 	$(call install_env,$(LATEST_VENV),$(LATEST_VENV)/latest.txt)
 	$(MAKE) versions PY=$(LATEST_VENV)/bin/python
 	$(LATEST_VENV)/bin/cod-data sample && $(LATEST_VENV)/bin/cod-data evalsets
-	COD_TRAIN_UNLOCKED=1 $(LATEST_VENV)/bin/python -m pytest -q tests $(ARGS)
+	COD_TRAIN_UNLOCKED=1 $(LATEST_VENV)/bin/python -m pytest $(PYTEST_OPTS) tests $(ARGS)
 
 versions:
 	@$(PY) -c 'import importlib.metadata as m, platform; \
