@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, subprocess_env
+from tests.helpers.processes import REPO, subprocess_env
 
 MAX_FUNCTION_LINES = 60
 

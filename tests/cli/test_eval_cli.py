@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from cod_train.cli.eval import main
 from cod_train.runs.app import config_dir, run_typed
 from cod_train.runs.evaluate import EvalConfig
-from tests.sft.helpers import write_hf_model
+from tests.helpers.tokenizers import write_hf_model
 
 
 def eval_cli(overrides: list[str]) -> int:

@@ -13,22 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cod_train.cli import export, pretrain
-from tests.conftest import REPO, metric_rows, subprocess_env
-
-TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
-        "model.num_attention_heads=2", "data.seq_len=32", "train.global_batch_size=4", "train.micro_batch_size=2",
-        "train.eval_tokens=512", "train.log_every=1", "train.diag_every=0", "train.cpu_peak_flops=1e11"]
+from cod_train.cli import export
+from tests.helpers.cli import TINY, cod_pretrain
+from tests.helpers.processes import REPO, subprocess_env
+from tests.helpers.run_dirs import metric_rows
 
 
-def _main(monkeypatch, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", ["cod-pretrain", *args])
-    try:
-        pretrain.main()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
+def _main(monkeypatch, *args: str) -> int:  # TEMPORARY: test_analyze_depth_outputs imports it (moving to helpers)
+    return cod_pretrain(*args)
 
 @pytest.mark.parametrize(
     ("args", "message"),
@@ -40,14 +32,14 @@ def _main(monkeypatch, *args: str) -> int:
     ],
 )
 def test_bad_config_exits_2_with_one_line(monkeypatch, capsys, tmp_path, args, message):
-    assert _main(monkeypatch, f"run_dir={tmp_path / 'run'}", *args) == 2
+    assert cod_pretrain(f"run_dir={tmp_path / 'run'}", *args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and "Traceback" not in err
 
 
 def test_unwritable_run_dir_exits_2(monkeypatch, capsys, tmp_path):
     (tmp_path / "file").write_text("x")
-    assert _main(monkeypatch, f"run_dir={tmp_path / 'file' / 'run'}") == 2
+    assert cod_pretrain(f"run_dir={tmp_path / 'file' / 'run'}") == 2
     assert "not writable" in capsys.readouterr().err
 
 
@@ -79,7 +71,7 @@ def test_sigterm_resume_and_export(tmp_path, monkeypatch, capsys):
     assert (run_dir / "config.yaml").exists()
 
     # resume=auto (the default) finishes the run: final eval, checkpoint, HF export with tokenizer
-    assert _main(monkeypatch, *args, f"train.max_steps={stopped_at + 2}") == 0
+    assert cod_pretrain(*args, f"train.max_steps={stopped_at + 2}") == 0
     out = capsys.readouterr().out
     assert "final eval" in out and "perplexity" in out
     steps = [r["step"] for r in metric_rows(run_dir) if "loss" in r]
@@ -118,7 +110,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr("cod_train.runs.pretrain.diagnostics_for", lambda cfg: ctrl_c_in_step_1)
     run_dir = tmp_path / "run"
-    assert _main(monkeypatch, f"run_dir={run_dir}", *TINY, "train.diag_every=1", "train.ckpt_every=0",
+    assert cod_pretrain(f"run_dir={run_dir}", *TINY, "train.diag_every=1", "train.ckpt_every=0",
                  "train.eval_every=0", "train.max_steps=5") == 130
     out, err = capsys.readouterr()
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
@@ -133,6 +125,6 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_exit_130(monkeypatch, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr("cod_train.runs.pretrain.pretrain", interrupted)
-    assert _main(monkeypatch, f"run_dir={tmp_path / 'run'}") == 130
+    assert cod_pretrain(f"run_dir={tmp_path / 'run'}") == 130
     assert capsys.readouterr().err.splitlines() == [
         "interrupted (Ctrl-C): stopped at once; what was already written (checkpoints, results) is kept"]

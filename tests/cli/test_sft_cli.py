@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,9 @@ from cod_train.config import PretrainConfig, to_typed
 from cod_train.runs.app import config_dir, run_typed
 from cod_train.sft.config import SFTConfig
 from cod_train.sft.records import data_files
-from tests.conftest import metric_rows
-from tests.sft.helpers import write_hf_model
+from tests.helpers.cli import TINY, run_command
+from tests.helpers.run_dirs import metric_rows
+from tests.helpers.tokenizers import write_hf_model
 
 
 def sft_cli(overrides: list[str]) -> int:
@@ -97,27 +97,17 @@ def test_rows_longer_than_the_models_positions_exit_2_before_work(tmp_path: Path
     assert not run_dir.exists()
 
 
-def _command(monkeypatch, main_fn, name: str, *args: str) -> int:
-    monkeypatch.setattr(sys, "argv", [name, *args])
-    try:
-        main_fn()
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_readme_default_sft_fine_tunes_the_default_pretrain_run(tmp_path, monkeypatch, capsys):
     """`cod-pretrain && cod-sft` as the README has it: rows as long as the model's positions, unless set larger."""
     from cod_train.cli import pretrain
-    from tests.cli.test_pretrain import TINY
 
     monkeypatch.chdir(tmp_path)
-    assert _command(monkeypatch, pretrain.main, "cod-pretrain", *TINY, "train.max_steps=1", "train.eval_tokens=0") == 0
+    assert run_command(pretrain.main, "cod-pretrain", *TINY, "train.max_steps=1", "train.eval_tokens=0") == 0
     positions = json.loads(Path("runs/llama_tiny-pre_ln/hf/config.json").read_text())["max_position_embeddings"]
     capsys.readouterr()
     run = ["train.max_steps=1", "train.global_batch_size=4", "train.micro_batch_size=2", "train.log_every=1",
            "train.eval_every=0", "train.export_hf=false", "sft.eval_fraction=0", "train.cpu_peak_flops=1e11"]
-    assert _command(monkeypatch, main, "cod-sft", *run) == 0
+    assert run_command(main, "cod-sft", *run) == 0
     sft_dir = Path("runs/llama_tiny-pre_ln-sft")
     assert yaml.safe_load((sft_dir / "config.yaml").read_text())["sft"]["max_length"] == positions
     # 408 of the sample's 999 examples are longer than 256 tokens: the first batch is padded to a cut row
@@ -126,7 +116,7 @@ def test_readme_default_sft_fine_tunes_the_default_pretrain_run(tmp_path, monkey
 
     capsys.readouterr()
     too_long = f"sft.max_length={positions + 1}"
-    assert _command(monkeypatch, main, "cod-sft", *run, too_long, "run_dir=runs/too-long") == 2
+    assert run_command(main, "cod-sft", *run, too_long, "run_dir=runs/too-long") == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err == [f"error: {too_long} exceeds the model's max_position_embeddings={positions}; set "
                    f"sft.max_length={positions} or less, or leave it unset"]

@@ -21,7 +21,7 @@ from cod_train.runs.sft import preflight, run_sft
 from cod_train.sft.config import SFTConfig, SFTDataConfig, SFTTrainConfig
 from cod_train.sft.loader import SFTBatches, build_sft_data
 from cod_train.sft.records import load_examples
-from tests.sft.helpers import char_tokenizer
+from tests.helpers.tokenizers import char_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 ENGINES = ("single", "fsdp", "deepspeed")

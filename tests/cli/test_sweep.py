@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cli.test_pretrain import TINY
-from tests.conftest import REPO, metric_rows, run_checked, subprocess_env
+from tests.helpers.cli import TINY
+from tests.helpers.processes import REPO, run_checked, subprocess_env
+from tests.helpers.run_dirs import metric_rows
 
 
 def test_norm_sweep_runs_each_variant_in_its_own_run_dir(tmp_path):

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from cod_train.config import PretrainConfig, to_typed
 from cod_train.runs.app import config_dir, prepare_argv
 from cod_train.train.loop import grad_accum_steps, micro_batch_rows
-from tests.conftest import REPO
+from tests.helpers.processes import REPO
 
 DOCS = ["README.md", "docker/README.md", "docker/Dockerfile", *sorted(
     str(p.relative_to(REPO)) for p in (REPO / "scripts").glob("*") if p.suffix in (".sh", ".sbatch"))]

@@ -16,7 +16,7 @@ from torch._dynamo.testing import CompileCounter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cod_train.eval.depth_train import training_diagnostics  # noqa: E402
-from tests.engine.tiny import run  # noqa: E402
+from tests.helpers.engine_run import run  # noqa: E402
 
 COUNTER = CompileCounter()
 nn.Module.compile = functools.partialmethod(nn.Module.compile, backend=COUNTER)  # type: ignore[method-assign]

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.engine.tiny import run  # noqa: E402
+from tests.helpers.engine_run import run  # noqa: E402
 
 CALLS: Counter[str] = Counter()
 

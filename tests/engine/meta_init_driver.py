@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tests.engine.tiny import tiny_config  # noqa: E402
+from tests.helpers.engine_run import tiny_config  # noqa: E402
 
 SEED = 1234
 

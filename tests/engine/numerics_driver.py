@@ -25,7 +25,7 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import cod_train.train.loop as loop  # noqa: E402
 from cod_train.eval.depth_train import training_diagnostics  # noqa: E402
-from tests.engine.tiny import run  # noqa: E402
+from tests.helpers.engine_run import run  # noqa: E402
 
 REDUCED: Counter[str] = Counter()
 REDUCING = ("all_reduce", "all_reduce_coalesced", "reduce", "reduce_scatter", "reduce_scatter_tensor",

@@ -82,7 +82,7 @@ def test_export_loads_either_end_of_tied_embeddings(tmp_path):
     from transformers import AutoModelForCausalLM
 
     from cod_train.engine.export import load_weights_into
-    from tests.engine.tiny import build_tiny_model, tiny_config
+    from tests.helpers.engine_run import build_tiny_model, tiny_config
 
     model = build_tiny_model(tiny_config("model.tie_word_embeddings=true"))
     ckpt = _fake(tmp_path, 1)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, run_checked, subprocess_env
+from tests.helpers.processes import REPO, run_checked, subprocess_env
 
 DRIVER = str(Path(__file__).with_name("compile_driver.py"))
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TORCHRUN, losses, metric_rows, subprocess_env
-from tests.engine.tiny import run
+from tests.helpers.engine_run import run
+from tests.helpers.processes import REPO, TORCHRUN, subprocess_env
+from tests.helpers.run_dirs import losses, metric_rows
 
 DRIVER = str(Path(__file__).with_name("tiny.py"))
 DEEPSPEED = "distributed.engine=deepspeed distributed.zero_stage=2"
@@ -48,7 +49,7 @@ def test_zero3_checkpoint_gathers_one_module_at_a_time(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from tests.engine.tiny import build_tiny_model, tiny_config
+    from tests.helpers.engine_run import build_tiny_model, tiny_config
 
     common = "train.max_steps=3 train.ckpt_every=3"
     run(f"run_dir={tmp_path / 'single'}", *common.split())

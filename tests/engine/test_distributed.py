@@ -13,7 +13,7 @@ import torch
 from cod_train.config import ConfigError, DistributedConfig
 from cod_train.engine import distributed
 from cod_train.engine.distributed import DistEnv, init_distributed
-from tests.conftest import run_checked, torchrun
+from tests.helpers.processes import run_checked, torchrun
 
 LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                  "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST",

@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 
 from cod_train.engine.checkpoint import list_checkpoints, read_meta
 from cod_train.engine.export import export_checkpoint
-from tests.conftest import REPO, TORCHRUN, free_port, losses, subprocess_env, torchrun
-from tests.engine.tiny import run
+from tests.helpers.engine_run import run
+from tests.helpers.processes import REPO, TORCHRUN, free_port, subprocess_env, torchrun
+from tests.helpers.run_dirs import losses
 
 DRIVER = str(Path(__file__).with_name("tiny.py"))
 RTOL = 1e-4

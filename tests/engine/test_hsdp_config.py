@@ -10,7 +10,7 @@ from cod_train.core.errors import ConfigError
 from cod_train.engine.distributed import DistEnv
 from cod_train.engine.engines import fsdp_mesh_shape
 from cod_train.engine.parallelize import parallelize
-from tests.engine.tiny import build_tiny_model, tiny_config
+from tests.helpers.engine_run import build_tiny_model, tiny_config
 
 
 def test_defaults_are_plain_fsdp_with_sync_skipping():

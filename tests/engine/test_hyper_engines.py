@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import losses, metric_rows
-from tests.engine.tiny import run
 from tests.engine.zoo_driver import train_single_and_on_engines
+from tests.helpers.engine_run import run
+from tests.helpers.run_dirs import losses, metric_rows
 
 RTOL = 1e-4
 pytestmark = pytest.mark.slow

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, losses, run_checked, subprocess_env
-from tests.engine.tiny import run
+from tests.helpers.engine_run import run
+from tests.helpers.processes import REPO, run_checked, subprocess_env
+from tests.helpers.run_dirs import losses
 
 DRIVER = str(Path(__file__).with_name("tiny.py"))
 SPEC = "train.max_steps=10 train.ckpt_every=3 train.eval_every=5"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import torchrun
 from tests.engine.meta_init_driver import SEED
-from tests.engine.tiny import tiny_config
+from tests.helpers.engine_run import tiny_config
+from tests.helpers.processes import torchrun
 
 DRIVER = str(Path(__file__).with_name("meta_init_driver.py"))
 pytestmark = pytest.mark.slow
@@ -87,8 +87,8 @@ def test_cod_pretrain_with_meta_init_on_two_processes_draws_each_shard_of_the_wh
     (identical halves were the old bug); the norms are ones."""
     from safetensors.torch import load_file
 
-    from tests.cli.test_pretrain import TINY
-    from tests.conftest import TORCHRUN, run_checked
+    from tests.helpers.cli import TINY
+    from tests.helpers.processes import TORCHRUN, run_checked
 
     run_checked([*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "cod_train.cli.pretrain",
                  f"run_dir={tmp_path}", *TINY, "model.hidden_size=64", "model.intermediate_size=128",

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import losses, torchrun
+from tests.helpers.processes import torchrun
+from tests.helpers.run_dirs import losses
 
 DRIVER = str(Path(__file__).with_name("numerics_driver.py"))
 pytestmark = pytest.mark.slow

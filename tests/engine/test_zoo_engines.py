@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import losses, metric_rows
 from tests.engine.zoo_driver import train_single_and_on_engines
+from tests.helpers.run_dirs import losses, metric_rows
 
 RTOL = 1e-4
 pytestmark = pytest.mark.slow

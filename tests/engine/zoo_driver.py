@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from cod_train.eval.depth_train import training_diagnostics  # noqa: E402
-from tests.engine.tiny import run  # noqa: E402
+from tests.helpers.engine_run import run  # noqa: E402
 
 
 def diagnostics(model, step, batch):
@@ -21,7 +21,7 @@ def train_single_and_on_engines(tmp_path: Path, base: str, schemes: dict[str, st
                                 engines: dict[str, dict[str, str]]) -> None:
     """Each scheme trained in this process, the reference (``tmp_path/<scheme>``), then with 2 processes on each
     of its engines (``tmp_path/<scheme>-<engine>``), every run with the diagnostics on."""
-    from tests.conftest import torchrun
+    from tests.helpers.processes import torchrun
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -1,5 +1,5 @@
-"""Helpers of the export tests: one tiny model per scheme the model supports, tiny ``cod-pretrain`` runs, and
-loading exports in a Python where cod_train cannot be imported."""
+"""Helpers of the export tests: one tiny model per scheme the model supports, tiny ``cod-pretrain`` runs (a
+session fixture), and loading exports in a Python where cod_train cannot be imported."""
 
 from __future__ import annotations
 
@@ -8,20 +8,17 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 
 from cod_train import config as cfgmod
-from cod_train.config import ConfigError, ModelConfig
-from cod_train.model import build_model
+from cod_train.config import ConfigError
+from tests.helpers.cli import EXPORT_RUN, run_command
+from tests.helpers.models import tiny_model_config
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-BASE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=64)
-VOCAB = 96
 # every axis the model has (read at test time, so new schemes are covered): value lists in cod_train.config
 AXES = {"residual": ("RESIDUALS", "HYPER_RESIDUALS"), "qk_norm": ("QK_NORMS",), "norm_fn": ("NORM_FNS",)}
 
@@ -42,22 +39,11 @@ def schemes() -> dict[str, dict]:
     valid = {}
     for name, overrides in out.items():
         try:
-            ModelConfig(**BASE, **overrides).validate()
+            tiny_model_config(**overrides).validate()
         except (ConfigError, TypeError):
             continue
         valid[name] = overrides
     return valid
-
-
-def tiny(seed: int = 0, **overrides):
-    """A tiny model with random norm weights and gains (ones and zeros would hide a wrong fold)."""
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(**BASE, **overrides), VOCAB).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.copy_(0.5 + torch.rand_like(p))
-    return model
 
 
 def site_packages() -> str:
@@ -83,26 +69,9 @@ def rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got.float() - want.float()).abs().max() / want.float().abs().max())
 
 
-# 3 steps of a tiny model on the bundled sample, checkpoints at steps 2 and 3, the end-of-run export in run/hf
-TINY_RUN = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
-            "model.num_attention_heads=2", "data.seq_len=32", "train.global_batch_size=4", "train.micro_batch_size=2",
-            "train.eval_tokens=256", "train.log_every=1", "train.diag_every=0", "train.cpu_peak_flops=1e11",
-            "train.max_steps=3", "train.ckpt_every=2"]
-
-
-def run_command(main: Callable[[], object], name: str, *args: str) -> int:
-    """A cod-* command's ``main`` run in this process with ``args``; its exit code."""
-    with mock.patch.object(sys, "argv", [name, *args]):
-        try:
-            main()
-        except SystemExit as exc:
-            return int(exc.code or 0)
-    return 0
-
-
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Callable[..., Path]:
-    """``tiny_run(*overrides)``: the run directory of ``cod-pretrain TINY_RUN overrides`` (one run per overrides)."""
+    """``tiny_run(*overrides)``: the run directory of ``cod-pretrain EXPORT_RUN overrides`` (one run per overrides)."""
     from cod_train.cli import pretrain
 
     runs: dict[tuple[str, ...], Path] = {}
@@ -110,7 +79,7 @@ def tiny_run(tmp_path_factory) -> Callable[..., Path]:
     def run(*overrides: str) -> Path:
         if overrides not in runs:
             run_dir = tmp_path_factory.mktemp("run") / "run"
-            code = run_command(pretrain.main, "cod-pretrain", f"run_dir={run_dir}", *TINY_RUN, *overrides)
+            code = run_command(pretrain.main, "cod-pretrain", f"run_dir={run_dir}", *EXPORT_RUN, *overrides)
             assert code == 0 and (run_dir / "hf").is_dir(), f"cod-pretrain {overrides} exited {code}"
             runs[overrides] = run_dir
         return runs[overrides]

@@ -13,8 +13,8 @@ from huggingface_hub import ModelCard
 
 from cod_train.cli import export
 from cod_train.engine.export import save_hf
-
-from .conftest import run_command, tiny
+from tests.helpers.cli import run_command
+from tests.helpers.models import tiny_model
 
 
 def _fake_run(root):
@@ -31,7 +31,7 @@ def _fake_run(root):
 def test_model_card_describes_the_run(tmp_path):
     run = tmp_path / "run"
     _fake_run(run)
-    save_hf(tiny(norm_type="lns"), run / "hf")
+    save_hf(tiny_model(random_norms=True, norm_type="lns"), run / "hf")
     card = ModelCard.load(run / "hf" / "README.md")
     assert card.data.library_name == "transformers" and "lns" in card.data.tags
     assert card.data.datasets == ["allenai/c4"]
@@ -97,14 +97,14 @@ def test_end_of_run_llama_card_gives_the_final_step_and_its_snippet_runs(tiny_ru
 
 
 def test_remote_code_card_says_how_to_load(tmp_path):
-    save_hf(tiny(norm_type="post_ln"), tmp_path / "x")
+    save_hf(tiny_model(random_norms=True, norm_type="post_ln"), tmp_path / "x")
     text = (tmp_path / "x" / "README.md").read_text()
     assert "trust_remote_code=True" in text and "custom_code" in text
 
 
 def test_push_to_hub_offline_fails_fast_with_nothing_written(tmp_path, monkeypatch, capsys):
     src = tmp_path / "src"
-    save_hf(tiny(norm_type="pre_ln"), src)
+    save_hf(tiny_model(random_norms=True, norm_type="pre_ln"), src)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(sys, "argv", ["cod-export", f"checkpoint={src}", f"out={tmp_path / 'out'}",
                                       "push_to_hub=me/tiny-model"])

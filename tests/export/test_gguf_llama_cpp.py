@@ -19,8 +19,7 @@ from cod_train.config import ModelConfig
 from cod_train.data.tokenizer import train_bpe
 from cod_train.engine.export import save_hf
 from cod_train.model import build_model
-
-from .conftest import run_command
+from tests.helpers.cli import run_command
 
 xllamacpp = pytest.importorskip(
     "xllamacpp", reason="llama.cpp (the xllamacpp wheel of the `llamacpp` extra) is not installed: `make install` "

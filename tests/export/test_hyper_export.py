@@ -9,8 +9,9 @@ import torch
 
 from cod_train.engine.export import save_hf
 from cod_train.model.portable import portable_target
+from tests.helpers.models import tiny_model
 
-from .conftest import load_isolated, rel_diff, tiny
+from .conftest import load_isolated, rel_diff
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 81, 23, 60, 2, 11], [70, 1, 33, 8, 52, 19, 4, 90, 27, 6]])
 SCHEMES = {"hc_dynamic": dict(residual="hc", hc_dynamic=True),
@@ -21,7 +22,7 @@ def test_hyper_connection_exports_load_without_cod_train(tmp_path):
     torch.set_num_threads(1)
     models, jobs = {}, []
     for i, (name, overrides) in enumerate(SCHEMES.items()):
-        models[name] = tiny(seed=i, **overrides)
+        models[name] = tiny_model(random_norms=True, seed=i, **overrides)
         with torch.no_grad():  # connection weights off their init (one-hots, zeros)
             for pname, p in models[name].named_parameters():
                 if "_hc." in pname and p.dim() == 2:

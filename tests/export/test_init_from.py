@@ -13,8 +13,9 @@ from cod_train.config import ConfigError, PretrainConfig
 from cod_train.engine.export import save_hf
 from cod_train.runs.init_from import apply_init_from
 from cod_train.runs.pretrain import build_model_for
+from tests.helpers.models import VOCAB, tiny_model
 
-from .conftest import VOCAB, rel_diff, tiny
+from .conftest import rel_diff
 
 IDS = torch.tensor([[5, 17, 3, 44, 9, 81, 23, 60, 2, 11]])
 SHAPE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
@@ -35,7 +36,7 @@ def _logits(model) -> torch.Tensor:
 
 @pytest.mark.parametrize("norm_type", ["lns", "post_ln", "pre_ln"])
 def test_export_then_init_from_gives_the_same_logits(tmp_path, norm_type):
-    trained = tiny(norm_type=norm_type)
+    trained = tiny_model(random_norms=True, norm_type=norm_type)
     save_hf(trained, tmp_path / "export")  # lns, pre_ln: LlamaForCausalLM; post_ln: remote code (cod_llama)
     cfg, model = _init_from(tmp_path / "export")
     assert rel_diff(_logits(model), _logits(trained)) <= 1e-5

@@ -11,8 +11,9 @@ import torch
 from cod_train.engine.export import save_hf
 from cod_train.engine.remote_code import check_imports, generate_modeling_source
 from cod_train.model.portable import portable_target
+from tests.helpers.models import TINY_AXES, tiny_model
 
-from .conftest import BASE, load_isolated, rel_diff, schemes, tiny
+from .conftest import load_isolated, rel_diff, schemes
 
 SCHEMES = schemes()
 IDS = torch.tensor([[5, 17, 3, 44, 9, 81, 23, 60, 2, 11], [70, 1, 33, 8, 52, 19, 4, 90, 27, 6]])
@@ -27,7 +28,7 @@ def exported(tmp_path_factory):
     torch.set_num_threads(1)  # module fixtures run before the per-test one-thread fixture
     models, jobs = {}, []
     for i, (name, overrides) in enumerate(SCHEMES.items()):
-        model = tiny(seed=i, **overrides)
+        model = tiny_model(random_norms=True, seed=i, **overrides)
         save_hf(model, tmp / name)
         models[name] = model
         jobs.append({"dir": str(tmp / name), "ids": IDS, "new": NEW})
@@ -57,13 +58,13 @@ def test_export_loads_without_cod_train_with_same_logits_and_greedy(exported, sc
 def test_pre_ln_and_lns_export_as_plain_llama():
     """The two schemes the issue names: LlamaForCausalLM, and LNS's 1/sqrt(l) lands in the norm weights."""
     for nt in ("pre_ln", "lns"):
-        target = portable_target(tiny(norm_type=nt).config)
+        target = portable_target(tiny_model(random_norms=True, norm_type=nt).config)
         assert target is not None and target.architecture == "LlamaForCausalLM"
     from cod_train.model.portable import TARGETS, fold_state
 
-    lns = tiny(norm_type="lns")
+    lns = tiny_model(random_norms=True, norm_type="lns")
     folded = fold_state(lns, TARGETS["llama"])
-    for i in range(BASE["num_hidden_layers"]):
+    for i in range(TINY_AXES["num_hidden_layers"]):
         w = lns.state_dict()[f"model.layers.{i}.input_layernorm.weight"]
         torch.testing.assert_close(folded[f"model.layers.{i}.input_layernorm.weight"], w / (i + 1) ** 0.5)
 
@@ -89,7 +90,7 @@ def _cli(monkeypatch, *args: str) -> int:
 
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys):
     src = tmp_path / "post_ln"
-    save_hf(tiny(norm_type="post_ln"), src, fmt="cod_llama")
+    save_hf(tiny_model(random_norms=True, norm_type="post_ln"), src, fmt="cod_llama")
     cases = [
         ((f"checkpoint={src}", f"out={tmp_path / 'a'}", "format=llama"), ["format=llama", "remote_code"]),
         ((f"checkpoint={src}", f"out={tmp_path / 'b'}", "format=gguf"), ["format=gguf", "remote_code"]),
@@ -109,7 +110,7 @@ def test_training_runs_final_export_is_plain_llama(tmp_path):
     plain transformers (no cod_train) and computes what the final checkpoint computes."""
     from cod_train.engine.checkpoint import latest_checkpoint
     from cod_train.engine.export import build_from_checkpoint
-    from tests.engine.tiny import run
+    from tests.helpers.engine_run import run
 
     trained, jobs = [], []
     for norm_type in ("pre_ln", "lns"):
@@ -129,7 +130,7 @@ def test_training_runs_final_export_is_plain_llama(tmp_path):
 def test_bf16_export_is_folded_in_fp32_then_rounded(tmp_path):
     from safetensors.torch import load_file
 
-    model = tiny(norm_type="lns")
+    model = tiny_model(random_norms=True, norm_type="lns")
     want = model.model.layers[3].input_layernorm.weight.detach().clone() / 2  # 1/sqrt(4), folded in fp32
     save_hf(model.to(torch.bfloat16), tmp_path / "x")  # a bf16-pure run's weights: exported in bf16
     state = load_file(str(tmp_path / "x" / "model.safetensors"))

@@ -16,8 +16,8 @@ from cod_train.config import ModelConfig
 from cod_train.data.tokenizer import train_bpe
 from cod_train.engine.export import save_hf
 from cod_train.model import build_model
-
-from .conftest import BASE, run_command
+from tests.helpers.cli import run_command
+from tests.helpers.models import TINY_AXES
 
 PROMPT = "The history of the city"
 STEPS = 6
@@ -102,7 +102,7 @@ def test_cod_export_of_every_shipped_format_carries_the_tokenizers_ids(tmp_path,
     """An HF directory of cod-train's own model (``cod_llama``, saved without a tokenizer's ids in its config)
     exported by cod-export: the format's config.json, generation_config.json and the GGUF metadata."""
     source = tmp_path / "source"
-    save_hf(build_model(ModelConfig(**BASE, **scheme), len(bpe)), source, fmt="cod_llama")
+    save_hf(build_model(ModelConfig(**TINY_AXES, **scheme), len(bpe)), source, fmt="cod_llama")
     bpe.save_pretrained(str(source))
     config = json.loads((source / "config.json").read_text())
     config.update(bos_token_id=1, eos_token_id=2, pad_token_id=None)  # as exports before the fix wrote them

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from cod_train.model import kernels
 from cod_train.model.loss import causal_lm_loss, default_chunk_size
+from tests.helpers.models import tiny_model
 
 
 def _step(model, ids):
@@ -24,7 +25,7 @@ def _assert_same_step(got, want, rtol=1e-4, atol=1e-5):
         torch.testing.assert_close(got[1][name], g, rtol=rtol, atol=atol, msg=name)
 
 
-def test_compiled_blocks_match_eager(tiny_model):
+def test_compiled_blocks_match_eager():
     """Each decoder block compiled by inductor, as the engines do with `distributed.compile=true`: one graph
     per block (fullgraph: no graph breaks), shared by the blocks, and eager's loss and gradients. One tiny
     model and one compilation, since inductor's C++ code generation is slow on small CPUs."""
@@ -66,7 +67,7 @@ def test_fused_loss_refuses_a_second_backward():
         torch.autograd.grad(loss, (h, w))
 
 
-def test_use_kernels_without_cuda_is_the_plain_model(tiny_model):
+def test_use_kernels_without_cuda_is_the_plain_model():
     """On CPU (or without liger_kernel) the flag changes nothing: same parameters, same loss and gradients."""
     plain = tiny_model()
     config = copy.deepcopy(plain.config)
@@ -79,7 +80,7 @@ def test_use_kernels_without_cuda_is_the_plain_model(tiny_model):
 
 
 @pytest.mark.skipif(not kernels.liger_available(), reason="needs CUDA and liger_kernel")
-def test_kernels_match_plain_on_cuda(tiny_model):
+def test_kernels_match_plain_on_cuda():
     plain = tiny_model().cuda()
     config = copy.deepcopy(plain.config)
     config.use_kernels = True

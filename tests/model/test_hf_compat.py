@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 
 import cod_train  # noqa: F401  (registers cod_llama)
 from cod_train.model import CodLlamaConfig, CodLlamaForCausalLM
+from tests.helpers.models import tiny_model
 
 
 def _llama_twin(model):
@@ -20,14 +21,14 @@ def _llama_twin(model):
     return ref.eval()
 
 
-def test_pre_ln_state_dict_loads_into_llama_with_same_logits(tiny_model):
+def test_pre_ln_state_dict_loads_into_llama_with_same_logits():
     model = tiny_model(norm_type="pre_ln").eval()
     ref = _llama_twin(model)
     ids = torch.randint(0, 96, (3, 17))
     torch.testing.assert_close(model(input_ids=ids).logits, ref(input_ids=ids).logits, rtol=1e-6, atol=1e-6)
 
 
-def test_loss_conventions_match_llama(tiny_model):
+def test_loss_conventions_match_llama():
     model = tiny_model().eval()
     ref = _llama_twin(model)
     ids = torch.randint(0, 96, (2, 12))
@@ -68,7 +69,7 @@ def _manual_greedy(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int) 
 
 
 @pytest.mark.parametrize("norm_type", ALL_NORMS)
-def test_generate_with_cache_equals_without_and_manual_loop(tiny_model, norm_type):
+def test_generate_with_cache_equals_without_and_manual_loop(norm_type):
     """Batched, left-padded greedy decoding: generate() with the KV cache == without == a hand-written loop,
     whatever name (`cache` / `past_key_values`) the installed transformers hands the cache over with."""
     model = tiny_model(norm_type=norm_type).eval()
@@ -81,7 +82,7 @@ def test_generate_with_cache_equals_without_and_manual_loop(tiny_model, norm_typ
 
 
 @pytest.mark.parametrize("norm_type", ALL_NORMS)
-def test_sampling_with_cache_equals_without(tiny_model, norm_type):
+def test_sampling_with_cache_equals_without(norm_type):
     model = tiny_model(norm_type=norm_type).eval()
     prompt, mask = _left_padded_prompt()
     outs = []
@@ -93,7 +94,7 @@ def test_sampling_with_cache_equals_without(tiny_model, norm_type):
 
 
 @pytest.mark.parametrize("name", ["cache", "past_key_values"])
-def test_forward_reads_the_kv_cache_under_either_name(tiny_model, name):
+def test_forward_reads_the_kv_cache_under_either_name(name):
     """Prefill + one cached step equals the last position of a full forward, for both names of the cache."""
     from transformers.cache_utils import DynamicCache
 
@@ -106,7 +107,7 @@ def test_forward_reads_the_kv_cache_under_either_name(tiny_model, name):
     torch.testing.assert_close(step, model(input_ids=ids).logits[:, -1], rtol=1e-5, atol=1e-5)
 
 
-def test_a_cache_under_an_unknown_name_is_an_error_not_ignored(tiny_model):
+def test_a_cache_under_an_unknown_name_is_an_error_not_ignored():
     from transformers.cache_utils import DynamicCache
 
     model = tiny_model().eval()
@@ -118,7 +119,7 @@ def test_a_cache_under_an_unknown_name_is_an_error_not_ignored(tiny_model):
         model(input_ids=ids, cache=cache, past_key_values=DynamicCache(config=model.config))
 
 
-def test_left_padded_batch_generates_like_llama(tiny_model):
+def test_left_padded_batch_generates_like_llama():
     model = tiny_model().eval()
     ref = _llama_twin(model)
     prompt = torch.randint(1, 96, (2, 7))
@@ -128,7 +129,7 @@ def test_left_padded_batch_generates_like_llama(tiny_model):
     assert torch.equal(model.generate(prompt, **kw), ref.generate(prompt, **kw))
 
 
-def test_save_and_load_round_trip_is_bit_exact(tiny_model, tmp_path):
+def test_save_and_load_round_trip_is_bit_exact(tmp_path):
     model = tiny_model(norm_type="peri_ln", scaled_init=True)
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
@@ -155,7 +156,7 @@ def test_transformers_version_is_v5():
     assert int(transformers.__version__.split(".")[0]) >= 5
 
 
-def test_pre_ln_export_directory_loads_as_llama(tiny_model, tmp_path):
+def test_pre_ln_export_directory_loads_as_llama(tmp_path):
     """Someone without cod_train's model code can still read a pre_ln export with LlamaForCausalLM."""
     model = tiny_model(norm_type="pre_ln").eval()
     model.save_pretrained(tmp_path)

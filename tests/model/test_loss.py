@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from cod_train.model.loss import causal_lm_loss
+from tests.helpers.models import tiny_model
 
 
 def _plain(h, w, t, n):
@@ -38,7 +39,7 @@ def test_default_normalization_is_mean_over_valid_tokens():
     torch.testing.assert_close(got, want)
 
 
-def test_model_fused_and_plain_paths_agree(tiny_model):
+def test_model_fused_and_plain_paths_agree():
     model = tiny_model()
     ids = torch.randint(0, 96, (2, 10))
     grads = []

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from tests.helpers.models import tiny_model
 from tests.model.reference import reference_logits
 
 
@@ -26,7 +27,7 @@ def _check(model, kinds):
 
 
 @pytest.mark.parametrize("norm_type", ["pre_ln", "post_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln"])
-def test_placement_matches_reference(tiny_model, norm_type):
+def test_placement_matches_reference(norm_type):
     model = tiny_model(norm_type=norm_type)
     kind = {"sandwich_ln": "sandwich", "peri_ln": "sandwich"}.get(norm_type, norm_type)
     _check(model, [kind] * model.config.num_hidden_layers)
@@ -34,7 +35,7 @@ def test_placement_matches_reference(tiny_model, norm_type):
 
 @pytest.mark.parametrize("layers,ratio,n_post", [(4, 0.25, 1), (8, 0.25, 2), (12, 0.25, 3), (6, 0.5, 3),
                                                  (5, 0.0, 0), (5, 1.0, 5), (7, 0.3, 2)])
-def test_mix_ln_first_floor_ratio_layers_are_post_ln(tiny_model, layers, ratio, n_post):
+def test_mix_ln_first_floor_ratio_layers_are_post_ln(layers, ratio, n_post):
     assert n_post == math.floor(ratio * layers)
     model = tiny_model(norm_type="mix_ln", num_hidden_layers=layers, mix_ln_ratio=ratio)
     kinds = ["post_ln"] * n_post + ["pre_ln"] * (layers - n_post)
@@ -43,7 +44,7 @@ def test_mix_ln_first_floor_ratio_layers_are_post_ln(tiny_model, layers, ratio, 
         _check(model, kinds)
 
 
-def test_lns_scale_is_one_over_sqrt_depth_and_final_norm_unscaled(tiny_model):
+def test_lns_scale_is_one_over_sqrt_depth_and_final_norm_unscaled():
     model = tiny_model(norm_type="lns", num_hidden_layers=5)
     assert [layer.lns_scale for layer in model.model.layers] == [1 / math.sqrt(d) for d in range(1, 6)]
     # The scale is a plain float: it survives meta-device construction + to_empty().
@@ -55,7 +56,7 @@ def test_lns_scale_is_one_over_sqrt_depth_and_final_norm_unscaled(tiny_model):
     torch.testing.assert_close(out.last_hidden_state, want, rtol=1e-5, atol=1e-6)
 
 
-def test_lns_differs_from_pre_ln_only_by_the_scale(tiny_model):
+def test_lns_differs_from_pre_ln_only_by_the_scale():
     """Same weights; at depth 1 the factor is 1, so a 1-layer LNS model equals Pre-LN exactly."""
     lns, pre = tiny_model(norm_type="lns", num_hidden_layers=1), tiny_model(norm_type="pre_ln", num_hidden_layers=1)
     pre.load_state_dict(lns.state_dict())
@@ -66,7 +67,7 @@ def test_lns_differs_from_pre_ln_only_by_the_scale(tiny_model):
     assert not torch.allclose(lns2(input_ids=ids).logits, pre2(input_ids=ids).logits)
 
 
-def test_extra_norms_get_new_names_and_llama_names_are_kept(tiny_model):
+def test_extra_norms_get_new_names_and_llama_names_are_kept():
     llama_names = set(tiny_model(norm_type="pre_ln").state_dict())
     for norm_type, extra in [("sandwich_ln", {"post_attn_out_norm", "post_mlp_out_norm"}),
                              ("peri_ln", {"post_attn_out_norm", "post_mlp_out_norm", "embed_norm"})]:

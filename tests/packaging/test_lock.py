@@ -12,7 +12,7 @@ import torch
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.conftest import REPO
+from tests.helpers.processes import REPO
 
 
 def _locked() -> list[Requirement]:

@@ -15,11 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, subprocess_env
-
-TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
-        "model.num_attention_heads=2", "data.seq_len=32", "train.global_batch_size=4", "train.micro_batch_size=2",
-        "train.eval_tokens=512", "train.log_every=1", "train.diag_every=0", "train.cpu_peak_flops=1e11"]
+from tests.helpers.cli import TINY
+from tests.helpers.processes import REPO, subprocess_env
 
 
 def _source_copy(dest: Path) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cod_train.cli import analyze, pretrain, report
-from tests.cli.test_pretrain import TINY
+from tests.helpers.cli import TINY
 
 RUNS = {"a": ["residual=depth_scaled", "model.depth_alpha=0.5", "model.num_hidden_layers=3", "train.max_steps=3"],
         "b": ["norm=lns", "train.max_steps=2"]}  # fmt: skip

@@ -19,7 +19,7 @@ import pytest
 
 from cod_train.engine.checkpoint import checkpoint_problems
 from cod_train.engine.distributed import DistEnv
-from tests.conftest import REPO, free_port, subprocess_env
+from tests.helpers.processes import REPO, free_port, subprocess_env
 from tests.runs.tmpfs import can_mount, remount, tmpfs, used_bytes  # noqa: F401 - can_mount: a fixture
 
 pytestmark = pytest.mark.slow

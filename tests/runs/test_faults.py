@@ -16,32 +16,18 @@ import pytest
 from cod_train.cli import pretrain
 from cod_train.core.errors import ConfigError
 from cod_train.runs.lock import RunDirLock
-from tests.conftest import REPO, losses, subprocess_env
+from tests.helpers.cli import FAULT_RUN, cod_pretrain_stderr, one_error_line
+from tests.helpers.processes import REPO, subprocess_env
+from tests.helpers.run_dirs import losses
 from tests.runs.tmpfs import can_mount, remount, tmpfs, used_bytes  # noqa: F401 - can_mount: a fixture
 
-TINY = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_hidden_layers=2",
-        "model.num_attention_heads=2", "data.seq_len=32", "train.global_batch_size=4", "train.micro_batch_size=2",
-        "train.eval_tokens=256", "train.log_every=1", "train.diag_every=0", "train.cpu_peak_flops=1e11",
-        "train.max_steps=8", "train.ckpt_every=3", "train.keep_last=0", "train.eval_every=0"]
+TINY = FAULT_RUN
 pytestmark = pytest.mark.slow
 
 
 def _main(monkeypatch, capsys, run_dir: Path, *args: str) -> tuple[int, str]:
-    """cod-pretrain in this process; (exit code, stderr)."""
-    capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", ["cod-pretrain", f"run_dir={run_dir}", *TINY, *args])
-    try:
-        pretrain.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
-
-
-def _one_error_line(err: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    return lines[0]
+    """cod-pretrain in this process on the fault-injection run; (exit code, stderr)."""
+    return cod_pretrain_stderr(capsys, f"run_dir={run_dir}", *TINY, *args)
 
 
 def _snapshot(run_dir: Path) -> dict[str, str]:
@@ -66,13 +52,13 @@ def test_resume_under_another_placement_or_shape_is_refused(monkeypatch, capsys,
     assert _main(monkeypatch, capsys, run_dir, "train.max_steps=4")[0] == 0
     before = _snapshot(run_dir)
     code, err = _main(monkeypatch, capsys, run_dir, "norm=lns")
-    assert code == 2 and "model.norm_type: 'pre_ln' -> 'lns'" in _one_error_line(err)
+    assert code == 2 and "model.norm_type: 'pre_ln' -> 'lns'" in one_error_line(err)
     code, err = _main(monkeypatch, capsys, run_dir, "model.hidden_size=64")
-    assert code == 2 and "model.hidden_size: 32 -> 64" in _one_error_line(err)
+    assert code == 2 and "model.hidden_size: 32 -> 64" in one_error_line(err)
     assert _snapshot(run_dir) == before  # nothing was touched
     (run_dir / "checkpoints" / "step_0000004" / "meta.json").write_text("{")  # damaged: step 3 would resume
     code, err = _main(monkeypatch, capsys, run_dir, "norm=lns")
-    assert code == 2 and "model.norm_type: 'pre_ln' -> 'lns'" in _one_error_line(err)
+    assert code == 2 and "model.norm_type: 'pre_ln' -> 'lns'" in one_error_line(err)
     code, _ = _main(monkeypatch, capsys, run_dir, "train.max_steps=5")  # max_steps may change
     assert code == 0 and max(losses(run_dir)) == 5
 
@@ -95,7 +81,7 @@ def test_a_second_run_in_the_same_run_dir_exits_2_and_a_killed_holder_leaves_no_
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, err = _main(monkeypatch, capsys, run_dir)
-        line = _one_error_line(err)
+        line = one_error_line(err)
         assert code == 2 and "in use by another run" in line and f"PID {holder.pid}" in line
         assert not (run_dir / "metrics.jsonl").exists() and not (run_dir / "config.yaml").exists()
     finally:
@@ -133,7 +119,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(monkeypat
     intact = _snapshot(run_dir)
     DAMAGE[damage](run_dir / "checkpoints" / "step_0000007")
     code, err = _main(monkeypatch, capsys, run_dir, "resume=" + str(run_dir / "checkpoints" / "step_0000007"))
-    assert code == 1 and "step_0000007" in _one_error_line(err)  # an explicit damaged checkpoint: refused
+    assert code == 1 and "step_0000007" in one_error_line(err)  # an explicit damaged checkpoint: refused
     assert {k: v for k, v in _snapshot(run_dir).items() if "step_0000006" in k} == \
         {k: v for k, v in intact.items() if "step_0000006" in k}
     code, _ = _main(monkeypatch, capsys, run_dir)  # resume=auto: falls back to step 6, runs 7 and 8
@@ -153,7 +139,7 @@ def test_disk_full_during_a_save_keeps_the_last_checkpoint_and_resumes_bit_exact
         ckpt = run_dir / "checkpoints" / "step_0000003"
         remount(fs, used_bytes(fs) + sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file()) // 2)
         code, err = _main(monkeypatch, capsys, run_dir)  # saving step 6 fails
-        line = _one_error_line(err)
+        line = one_error_line(err)
         assert code == 4 and "could not write checkpoint" in line and "No space left on device" in line
         assert "free on" in line and "the last checkpoint took" in line and "step_0000003" in line
         ckpts = run_dir / "checkpoints"
@@ -170,7 +156,7 @@ def test_disk_full_during_a_save_keeps_the_last_checkpoint_and_resumes_bit_exact
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(monkeypatch, capsys, tmp_path, args, message):
     code, err = _main(monkeypatch, capsys, tmp_path / "run", *args)
-    assert code == 2 and message in _one_error_line(err) and len(err.strip().splitlines()) == 1
+    assert code == 2 and message in one_error_line(err) and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
 
 

@@ -7,11 +7,11 @@ import importlib.util
 
 import torch
 
-from tests.cli.test_pretrain import TINY, _main
+from tests.helpers.cli import TINY, cod_pretrain
 
 
 def test_cpu_run_says_the_kernels_are_cuda_only(monkeypatch, capsys, tmp_path):
-    code = _main(monkeypatch, f"run_dir={tmp_path / 'run'}", *TINY, "train.max_steps=1", "train.export_hf=false",
+    code = cod_pretrain(f"run_dir={tmp_path / 'run'}", *TINY, "train.max_steps=1", "train.export_hf=false",
                  "model.use_kernels=true")
     out = capsys.readouterr()
     assert code == 0
@@ -35,7 +35,7 @@ def test_cuda_without_liger_is_refused_before_the_model_is_built(monkeypatch, ca
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel"
                         else real_find(name, *a))
-    code = _main(monkeypatch, f"run_dir={tmp_path / 'run'}", *TINY, "train.max_steps=1", "model.use_kernels=true")
+    code = cod_pretrain(f"run_dir={tmp_path / 'run'}", *TINY, "train.max_steps=1", "model.use_kernels=true")
     err = capsys.readouterr().err
     assert code == 2 and not built
     assert err.startswith("error: model.use_kernels=true needs liger-kernel") and "Traceback" not in err

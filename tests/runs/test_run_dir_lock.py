@@ -18,8 +18,10 @@ import pytest
 from cod_train.cli import pretrain
 from cod_train.core.errors import ConfigError
 from cod_train.runs.lock import HEARTBEAT_FILE, RunDirLock
-from tests.conftest import REPO, losses, metric_rows, subprocess_env
-from tests.runs.test_faults import TINY, _main, _one_error_line
+from tests.helpers.cli import FAULT_RUN as TINY
+from tests.helpers.cli import cod_pretrain_stderr, one_error_line
+from tests.helpers.processes import REPO, subprocess_env
+from tests.helpers.run_dirs import losses, metric_rows
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +61,8 @@ def test_without_flock_a_second_run_is_refused_while_the_first_holds_the_lock(mo
                   holder)
         assert json.loads(lock_file.read_text())["pid"] == holder.pid
         monkeypatch.setattr(fcntl, "flock", no_flock)
-        code, err = _main(monkeypatch, capsys, run_dir)
-        line = _one_error_line(err)
+        code, err = cod_pretrain_stderr(capsys, f"run_dir={run_dir}", *TINY)
+        line = one_error_line(err)
         assert code == 2 and "in use by another run" in line and f"PID {holder.pid}" in line, line
         holder.send_signal(signal.SIGTERM)  # saves a checkpoint and exits 0, releasing the lock
         out = holder.communicate(timeout=600)[0]

@@ -14,7 +14,7 @@ from cod_train.sft.config import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, SFTDataC
 from cod_train.sft.loader import SFTBatches, build_sft_data, collate, eval_batches, pack
 from cod_train.sft.records import Example, SFTDataError, load_examples
 from cod_train.sft.template import encode, resolve_template
-from tests.sft.helpers import char_ids, char_tokenizer
+from tests.helpers.tokenizers import char_ids, char_tokenizer
 
 
 def counted(labels: list[int]) -> list[int]:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from cod_train.train import loop
-from tests.conftest import metric_rows
-from tests.engine.tiny import run
+from tests.helpers.engine_run import run
+from tests.helpers.run_dirs import metric_rows
 
 DEVICE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.bool)
 READS = ("item", "tolist", "__float__", "__bool__", "__int__")
@@ -61,7 +61,7 @@ def test_no_host_read_between_logging_steps(tmp_path, reads):
 def test_nonfinite_run_between_logging_steps_stops_at_the_next_read(tmp_path):
     """Three NaN steps (4-6) with logging every 8 steps: each is skipped on the device, and the run of three
     is found at the next read (step 8, also a checkpoint step) and stops before saving it."""
-    from tests.engine.tiny import tiny_config  # noqa: F401  (documents where the overrides apply)
+    from tests.helpers.engine_run import tiny_config  # noqa: F401  (documents where the overrides apply)
 
     result = run(f"run_dir={tmp_path}", "nan_steps=4,5,6", "train.max_steps=20", "train.log_every=8",
                  "train.ckpt_every=3", "train.max_nonfinite_in_a_row=3")

@@ -15,8 +15,9 @@ from cod_train.engine.checkpoint import latest_checkpoint, list_checkpoints, rea
 from cod_train.engine.distributed import DistEnv
 from cod_train.engine.export import export_checkpoint
 from cod_train.train import train
-from tests.conftest import losses, metric_rows
-from tests.engine.tiny import NaNInjector, SyntheticBatches, build_tiny_model, eval_batches, run, tiny_config
+from tests.helpers.batches import NaNInjector, SyntheticBatches, eval_batches
+from tests.helpers.engine_run import build_tiny_model, run, tiny_config
+from tests.helpers.run_dirs import losses, metric_rows
 
 
 def test_metrics_checkpoints_and_export(tmp_path):

@@ -3,7 +3,7 @@ import torch
 
 from cod_train.config import LoggerConfig
 from cod_train.train.metrics import gpu_peak_flops, measure_cpu_flops, mfu, wandb_mode
-from tests.engine.tiny import run
+from tests.helpers.engine_run import run
 
 
 def test_gpu_peak_table_by_name_and_dtype():

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tests.conftest import losses
-from tests.engine.tiny import run
+from tests.helpers.engine_run import run
+from tests.helpers.run_dirs import losses
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-pure"])

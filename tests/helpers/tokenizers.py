@@ -1,4 +1,5 @@
-"""A character-level tokenizer (one token per character, so positions are hand-computable)."""
+"""A character-level tokenizer (one token per character, so positions are hand-computable) and a tiny saved
+Hugging Face model using it."""
 
 from __future__ import annotations
 
