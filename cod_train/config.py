@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cod_train.core.errors import ConfigError  # noqa: F401  (re-exported: cod_train.config.ConfigError)
+from cod_train.model import zoo
+from cod_train.model.zoo import ZooAxes
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-pure")
 OPTIMIZERS = ("adamw", "adam")
@@ -27,67 +29,12 @@ DEVICES = ("auto", "cpu", "cuda")
 SOURCES = ("sample", "files", "c4", "shards")
 TEXT_UNITS = ("line", "paragraph", "file")
 
-# The depth zoo's axes (equations: cod_train/model/modeling.py, README "Normalization and residual schemes").
-NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln", "reordered_ln",
-              "hybrid_ln", "hybrid_ln_star")
-QK_NORMS = ("none", "head", "full")
-NORM_FNS = ("rmsnorm", "layernorm", "dyt", "derf")
-RESIDUALS = ("plain", "layerscale", "rezero", "depth_scaled", "gpas")
-HYBRID_NORM_TYPES = ("hybrid_ln", "hybrid_ln_star")
-# Residual schemes that widen the stream to `hc_streams` copies (cod_train/model/hyper_connections.py), the
-# placements they are defined on (the HC / mHC papers' Pre-Norm blocks; LNS is Pre-LN with scaled norms) and
-# how the streams become one before the final norm (null = the scheme's own: sum for hc, head for mhc).
-HYPER_RESIDUALS = ("hc", "mhc")
-HYPER_PLACEMENTS = ("pre_ln", "lns")
-HC_COLLAPSES = ("sum", "mean", "head")
-
-
-def resolved_qk_norm(norm_type: str, qk_norm: str | None) -> str:
-    """`qk_norm: null` = the placement's own: per-head q/k/v norms for HybridNorm, none otherwise."""
-    if qk_norm is None:
-        return "head" if norm_type in HYBRID_NORM_TYPES else "none"
-    return qk_norm
-
-
-def resolved_embed_norm(norm_type: str, embed_norm: bool | None) -> bool:
-    """`embed_norm: null` = on for peri_ln only (the Peri-LN paper treats it as optional)."""
-    return norm_type == "peri_ln" if embed_norm is None else embed_norm
-
-
-def resolved_embed_scale(norm_fn: str, embed_scale: bool | None) -> bool:
-    """`embed_scale: null` = on for dyt / derf (the authors' LLaMA / GPT code: a learnable scalar, init sqrt(d),
-    multiplies the embedding output), off otherwise."""
-    return norm_fn in ("dyt", "derf") if embed_scale is None else embed_scale
-
-
-def scheme_name(norm_type: str, qk_norm: str | None = None, norm_fn: str = "rmsnorm", residual: str = "plain",
-                depth_alpha: float = 1.0, depth_hparams: bool = False, hc_dynamic: bool = False,
-                hc_streams: int = 4) -> str:
-    """A run's scheme in one word for its run directory: the placement, then each axis off its default
-    (``lns``, ``lns+gpas+qk_head``, ``pre_ln+dyt``, ``pre_ln+depth0.5``, ``pre_ln+depth1_hp``, ``pre_ln+dhc4``)."""
-    parts = [norm_type]
-    if residual in HYPER_RESIDUALS:
-        parts.append(f"{'d' if hc_dynamic and residual == 'hc' else ''}{residual}{hc_streams}")
-    elif residual == "depth_scaled":
-        parts.append(f"depth{depth_alpha:g}" + ("_hp" if depth_hparams else ""))
-    elif residual != "plain":
-        parts.append(residual)
-    if norm_fn != "rmsnorm":
-        parts.append(norm_fn)
-    if qk_norm is not None and qk_norm != resolved_qk_norm(norm_type, None):
-        parts.append(f"qk_{qk_norm}")
-    return "+".join(parts)
-
-
-SCHEME_AXES = ("qk_norm", "norm_fn", "residual", "depth_alpha", "depth_hparams", "hc_dynamic", "hc_streams")
 
 
 def model_scheme(model: Any) -> str:
-    """:func:`scheme_name` of a model's config (a ``ModelConfig``, a ``CodLlamaConfig`` or either as a dict)."""
-    def get(key: str) -> Any:
-        return model.get(key) if isinstance(model, dict) else getattr(model, key, None)
-
-    return scheme_name(str(get("norm_type")), **{k: get(k) for k in SCHEME_AXES if get(k) is not None})
+    """A model's scheme in one word, as its run directory is named (``lns+gpas+qk_head``): the registry's
+    ``scheme_name`` of a ``ModelConfig``, a ``CodLlamaConfig`` or either as a dict."""
+    return zoo.scheme_name(model)
 
 
 def source_name(spec: str) -> str:
@@ -105,134 +52,11 @@ def pretrain_run_dir(model_name: str, scheme: str, init_from: str = "") -> str:
     return f"runs/from-{source_name(init_from)}" if init_from else f"runs/{model_name}-{scheme}"
 
 
-def _choice_problems(norm_type: str, qk_norm: str | None, norm_fn: str, residual: str) -> list[str]:
-    axes = {"norm_type": (norm_type, NORM_TYPES), "norm_fn": (norm_fn, NORM_FNS), "residual": (residual, RESIDUALS + HYPER_RESIDUALS)}
-    if qk_norm is not None:
-        axes["qk_norm"] = (qk_norm, QK_NORMS)
-    return [f"unknown {key} {value!r}; valid: {', '.join(valid)}" for key, (value, valid) in axes.items()
-            if value not in valid]
-
-
-def combination_problems(*, norm_type: str, qk_norm: str | None, norm_fn: str, residual: str,
-                         norm_bias: bool = False, depth_hparams: bool = False, scaled_init: bool = False,
-                         **_: object) -> list[str]:
-    """Combinations of the axes that make no sense, each with what does combine. Everything else composes."""
-    problems = _choice_problems(norm_type, qk_norm, norm_fn, residual)
-    if problems:
-        return problems
-    if norm_type in HYBRID_NORM_TYPES and resolved_qk_norm(norm_type, qk_norm) == "none":
-        problems.append(f"norm_type={norm_type} normalizes q, k and v by definition, so qk_norm=none does not "
-                        "combine with it; use qk_norm=head (the default for HybridNorm) or qk_norm=full")
-    if residual == "depth_scaled" and norm_type == "deepnorm":
-        problems.append("residual=depth_scaled does not combine with norm_type=deepnorm (both rescale the residual "
-                        "stream by depth: DeepNorm up-weights x by (2L)^(1/4)); depth_scaled combines with every "
-                        "other placement: " + ", ".join(t for t in NORM_TYPES if t != "deepnorm"))
-    if norm_bias and norm_fn == "rmsnorm":
-        problems.append("norm_bias=true needs a norm function with a bias: norm_fn=layernorm, dyt or derf "
-                        "(RMSNorm has none)")
-    if depth_hparams and residual != "depth_scaled":
-        problems.append("depth_hparams=true (the CompleteP learning-rate / Adam-epsilon rules) belongs to "
-                        "residual=depth_scaled; set residual=depth_scaled or depth_hparams=false")
-    if depth_hparams and scaled_init:
-        problems.append("depth_hparams=true keeps the init independent of depth (CompleteP), so scaled_init=true "
-                        "does not combine with it")
-    return problems
-
-
-def config_problems(
-    *,
-    hidden_size: int,
-    intermediate_size: int,
-    num_hidden_layers: int,
-    num_attention_heads: int,
-    num_key_value_heads: int | None,
-    vocab_size: int | None,
-    max_position_embeddings: int,
-    norm_type: str,
-    mix_ln_ratio: float,
-    initializer_range: float = 0.02,
-    embedding_init_std: float | None = None,
-    **scheme: Any,
-) -> list[str]:
-    """Every problem with a model shape, as sentences that say what to change. Empty when valid."""
-    problems = []
-    sizes = {
-        "hidden_size": hidden_size,
-        "intermediate_size": intermediate_size,
-        "num_hidden_layers": num_hidden_layers,
-        "num_attention_heads": num_attention_heads,
-        "max_position_embeddings": max_position_embeddings,
-    }
-    if vocab_size is not None:
-        sizes["vocab_size"] = vocab_size
-    if num_key_value_heads is not None:
-        sizes["num_key_value_heads"] = num_key_value_heads
-    for key, value in sizes.items():
-        if not isinstance(value, int) or value <= 0:
-            problems.append(f"{key} must be a positive integer, got {value!r}")
-    problems += combination_problems(norm_type=norm_type, **scheme)
-    if not (isinstance(mix_ln_ratio, (int, float)) and 0.0 <= mix_ln_ratio <= 1.0):
-        problems.append(f"mix_ln_ratio must be in [0, 1], got {mix_ln_ratio!r}")
-    if initializer_range is not None and initializer_range < 0:
-        problems.append(f"initializer_range must be >= 0, got {initializer_range}")
-    if embedding_init_std is not None and embedding_init_std < 0:
-        problems.append(f"embedding_init_std must be >= 0, got {embedding_init_std}")
-    problems += _scheme_number_problems(**scheme)
-    problems += hyper_problems(norm_type=norm_type, **scheme)
-    if problems:  # the divisibility checks below need positive sizes
-        return problems
-    if hidden_size % num_attention_heads:
-        problems.append(
-            f"hidden_size ({hidden_size}) must be divisible by num_attention_heads ({num_attention_heads})"
-        )
-    kv_heads = num_key_value_heads or num_attention_heads
-    if num_attention_heads % kv_heads:
-        problems.append(
-            f"num_attention_heads ({num_attention_heads}) must be divisible by num_key_value_heads ({kv_heads})"
-        )
-    elif (hidden_size // num_attention_heads) % 2:
-        problems.append(f"head dim {hidden_size // num_attention_heads} must be even for RoPE")
-    return problems
-
-
-
-def _scheme_number_problems(*, depth_alpha: float = 1.0, depth_base_layers: int = 1, norm_alpha_attn: float = 0.8,
-                            norm_alpha_mlp: float = 0.2, norm_alpha_final: float = 0.2, **_: object) -> list[str]:
-    problems = []
-    if depth_alpha < 0:
-        problems.append(f"depth_alpha must be >= 0 (0.5 = depth-muP, 1.0 = CompleteP), got {depth_alpha}")
-    if depth_base_layers < 1:
-        problems.append(f"depth_base_layers must be >= 1, got {depth_base_layers}")
-    for key, value in (("norm_alpha_attn", norm_alpha_attn), ("norm_alpha_mlp", norm_alpha_mlp),
-                       ("norm_alpha_final", norm_alpha_final)):
-        if value <= 0:
-            problems.append(f"{key} must be > 0, got {value}")
-    return problems
-
-
-def hyper_problems(*, norm_type: str, residual: str = "plain", hc_streams: int = 4, hc_dynamic: bool = False,
-                   hc_sinkhorn_iters: int = 20, hc_collapse: str | None = None, **_: object) -> list[str]:
-    """The keys of the hyper-connection schemes (residual=hc | mhc) and the placements they combine with."""
-    problems = []
-    if residual in HYPER_RESIDUALS and norm_type not in HYPER_PLACEMENTS:
-        problems.append(f"residual={residual} is defined on Pre-Norm blocks (the HC / mHC papers): it combines with "
-                        f"norm_type={' or '.join(HYPER_PLACEMENTS)}, not with norm_type={norm_type}")
-    if hc_dynamic and residual != "hc":
-        problems.append("hc_dynamic=true (input-dependent HC weights) belongs to residual=hc; mhc is always dynamic")
-    if residual not in HYPER_RESIDUALS and hc_collapse is not None:
-        problems.append(f"hc_collapse={hc_collapse} belongs to residual=hc or mhc")
-    if hc_collapse is not None and hc_collapse not in HC_COLLAPSES:
-        problems.append(f"unknown hc_collapse {hc_collapse!r}; valid: {', '.join(HC_COLLAPSES)}")
-    if not isinstance(hc_streams, int) or hc_streams < 1:
-        problems.append(f"hc_streams must be a positive integer (the HC papers use 2 to 8), got {hc_streams!r}")
-    if not isinstance(hc_sinkhorn_iters, int) or hc_sinkhorn_iters < 1:
-        problems.append(f"hc_sinkhorn_iters must be a positive integer (mHC uses 20), got {hc_sinkhorn_iters!r}")
-    return problems
-
-
 @dataclass
-class ModelConfig:
-    """LlamaConfig keys plus the normalization placement. ``vocab_size: null`` = take it from the tokenizer."""
+class ModelConfig(ZooAxes):
+    """LlamaConfig keys plus the depth-zoo axes (``ZooAxes``: `cod_train.model.zoo`, one module per scheme under
+    `cod_train/model/placements` and `cod_train/model/residuals`). ``vocab_size: null`` = take it from the
+    tokenizer."""
 
     name: str = "llama_tiny"
     hidden_size: int = 128
@@ -247,32 +71,12 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     initializer_range: float = 0.02
     embedding_init_std: float | None = None
-    norm_type: str = "pre_ln"  # placement: NORM_TYPES
-    mix_ln_ratio: float = 0.25
-    embed_norm: bool | None = None  # norm on the embedding output; null = on for peri_ln only
-    qk_norm: str | None = None  # none | head | full (RMSNorm of q and k before RoPE); null = head for hybrid_ln*
-    norm_fn: str = "rmsnorm"  # rmsnorm | layernorm | dyt | derf: the function of every block and final norm
-    norm_bias: bool = False  # layernorm / dyt / derf: a learnable per-channel bias (beta)
-    norm_alpha_attn: float = 0.8  # dyt / derf initial alpha of the attention-side norms (DyT LLaMA-7B values)
-    norm_alpha_mlp: float = 0.2  # ... of the MLP-side norms
-    norm_alpha_final: float = 0.2  # ... of the final norm (and the embedding norm)
-    embed_scale: bool | None = None  # learnable scalar (init sqrt(d)) on the embedding output; null = on for dyt/derf
-    residual: str = "plain"  # plain | layerscale | rezero | depth_scaled | gpas: how each branch joins the stream
-    layerscale_init: float = 0.1  # layerscale: initial value of the per-channel branch gains
-    depth_alpha: float = 1.0  # depth_scaled: branch x (L / depth_base_layers)^(-alpha); 0.5 depth-muP, 1 CompleteP
-    depth_base_layers: int = 1  # depth_scaled: the depth L_base the other hyperparameters were tuned at
-    depth_hparams: bool = False  # depth_scaled: CompleteP's per-depth learning-rate and Adam-eps rules (optim.py)
-    hc_streams: int = 4  # hc / mhc: number n of parallel residual streams
-    hc_dynamic: bool = False  # hc: add the input-dependent terms s * tanh(N(H) W) (DHC); false = static HC (SHC)
-    hc_sinkhorn_iters: int = 20  # mhc: Sinkhorn-Knopp iterations that make the stream-mixing matrix doubly stochastic
-    hc_collapse: str | None = None  # hc / mhc: streams -> one before the final norm: sum | mean | head; null = own
-    scaled_init: bool = False
     fused_loss: bool = True  # chunked linear + cross-entropy: never all fp32 logits at once
     loss_chunk_size: int = 0  # rows of logits per chunk; 0 = automatic (256 on CPU, 2048 on GPU)
     use_kernels: bool = False  # Liger fused kernels on CUDA when liger_kernel is installed
 
     def validate(self) -> None:
-        problems = config_problems(**{k: v for k, v in vars(self).items() if k != "name"})
+        problems = zoo.model_problems(**{k: v for k, v in vars(self).items() if k != "name"})
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(f"model.{p}" for p in problems))
 

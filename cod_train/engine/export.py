@@ -299,4 +299,6 @@ def _with_checkpoint(options: ExportOptions, ckpt: Path) -> ExportOptions:
 
 
 def _register_models() -> None:
-    import cod_train.model  # noqa: F401  (registers model_type cod_llama with the Auto classes)
+    from cod_train.model.build import register
+
+    register()  # cod_llama with the Auto classes

@@ -9,18 +9,18 @@ a missing piece is left out, never guessed. The usage snippet runs as written (`
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
+
+from cod_train.model import zoo
 
 # how the exported model class is found, per format: the snippet's imports and keyword arguments
 LOADERS = {
     "remote_code": ("", ", trust_remote_code=True"),
     "cod_llama": ("import cod_train  # registers model_type cod_llama with transformers\n", ""),
 }
-RESIDUAL_NAMES = {"hc": "Hyper-Connections", "mhc": "manifold-constrained Hyper-Connections (mHC)"}
 # config keys that say how the loss or kernels are computed, not what the model is
 NOT_SCHEME = frozenset({"fused_loss", "loss_chunk_size", "use_kernels"})
 
@@ -28,25 +28,6 @@ NOT_SCHEME = frozenset({"fused_loss", "loss_chunk_size", "use_kernels"})
 def run_dir_of(out: Path) -> Path | None:
     """The run an export lives in (``run_dir/hf``), if any."""
     return out.parent if out.name == "hf" and (out.parent / "config.yaml").is_file() else None
-
-
-def docstring_entry(name: str) -> list[str]:
-    """The lines of ``cod_train.model.modeling``'s docstring that define ``name`` (a placement or a residual
-    join; its one home), continuation lines included; empty if it defines none."""
-    from cod_train.model import modeling
-
-    lines = (modeling.__doc__ or "").splitlines()
-    for i, line in enumerate(lines):
-        head = re.match(r"(\s+)([\w, ]+?)\s{2,}\S", line)
-        if head and name in [n.strip() for n in head.group(2).split(",")]:
-            indent = len(head.group(1))
-            more = []
-            for nxt in lines[i + 1:]:
-                if not nxt.strip() or len(nxt) - len(nxt.lstrip()) <= indent:
-                    break
-                more.append(nxt)
-            return [line.strip(), *(m[indent:].rstrip() for m in more)]
-    return []
 
 
 def scheme_axes(config: Any, norm: str) -> dict[str, Any]:
@@ -65,24 +46,18 @@ def scheme_axes(config: Any, norm: str) -> dict[str, Any]:
                        ("embed_scale", config.has_embed_scale)):
         if value not in ("none", False):
             axes[key] = value
-    residual = config.residual
-    if residual in RESIDUAL_NAMES:
-        axes.update(hc_streams=config.hc_streams, hc_collapse=config.resolved_hc_collapse)
-        axes.update({"hc_dynamic": config.hc_dynamic} if residual == "hc" else
-                    {"hc_sinkhorn_iters": config.hc_sinkhorn_iters})
-    elif residual == "depth_scaled":
-        axes.update(depth_alpha=config.depth_alpha, depth_base_layers=config.depth_base_layers)
-    if norm == "mix_ln":
-        axes["mix_ln_ratio"] = config.mix_ln_ratio
+    for scheme in (config.placement_scheme, config.residual_scheme):
+        axes.update(scheme.card_axes(config))
     return axes
 
 
 def scheme_label(axes: dict[str, Any]) -> str:
-    """The scheme in one word, as its run directory is named (``cod_train.config.scheme_name``)."""
-    from cod_train.config import scheme_name
+    """The scheme in one word, as its run directory is named (``cod_train.model.zoo.scheme_name``)."""
+    return zoo.scheme_name(axes)
 
-    keys = ("qk_norm", "norm_fn", "residual", "depth_alpha", "depth_hparams", "hc_dynamic", "hc_streams")
-    return scheme_name(axes["norm_type"], **{k: axes[k] for k in keys if k in axes})
+
+def _schemes(axes: dict[str, Any]) -> tuple[Any, Any]:
+    return zoo.placement(axes["norm_type"]), zoo.residual(str(axes.get("residual", "plain")))
 
 
 def _front_matter(axes: dict[str, Any], fmt: str, run_cfg: dict[str, Any]) -> str:
@@ -91,8 +66,7 @@ def _front_matter(axes: dict[str, Any], fmt: str, run_cfg: dict[str, Any]) -> st
     data = run_cfg.get("data") or {}
     scheme_tags = [axes["norm_type"], axes.get("residual"), axes.get("norm_fn"),
                    f"qk-norm-{axes['qk_norm']}" if "qk_norm" in axes else None]
-    if axes.get("residual") in RESIDUAL_NAMES:
-        scheme_tags.append("hyper-connections")
+    scheme_tags += [tag for scheme in _schemes(axes) for tag in scheme.tags]
     meta = ModelCardData(
         library_name="transformers", pipeline_tag="text-generation",
         tags=["cod-train", *(t.replace("_", "-") for t in scheme_tags if t),
@@ -103,13 +77,10 @@ def _front_matter(axes: dict[str, Any], fmt: str, run_cfg: dict[str, Any]) -> st
 
 
 def _scheme_sentence(axes: dict[str, Any]) -> str:
-    out = f"scheme `{scheme_label(axes)}`: normalization placement `{axes['norm_type']}`"
-    residual = axes.get("residual")
-    if residual in RESIDUAL_NAMES:
-        out += (f", residual `{residual}`, {RESIDUAL_NAMES[residual]} over {axes['hc_streams']} residual streams "
-                f"(collapsed into one by `{axes['hc_collapse']}` before the final norm)")
-    elif residual:
-        out += f", residual join `{residual}`"
+    placement, residual = _schemes(axes)
+    out = f"scheme `{scheme_label(axes)}`: {placement.card_phrase(axes)}"
+    if residual.name != "plain":
+        out += f", {residual.card_phrase(axes)}"
     if "norm_fn" in axes:
         out += f", norm function `{axes['norm_fn']}` in place of RMSNorm"
     if "qk_norm" in axes:
@@ -118,14 +89,14 @@ def _scheme_sentence(axes: dict[str, Any]) -> str:
 
 
 def _architecture(config: Any, axes: dict[str, Any]) -> list[str]:
-    equations = [*docstring_entry(axes["norm_type"]), *docstring_entry(str(axes.get("residual", "plain")))]
+    equations = [f"{scheme.name}: {scheme.equations}" for scheme in _schemes(axes)]
     keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
             "vocab_size", "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings")
     rows = [f"| {k} | {getattr(config, k, None)} |" for k in keys]
     out = ["## Architecture", "", f"A LLaMA-style decoder trained with cod-train, {_scheme_sentence(axes)}"]
     if equations:
         out += ["", "With x the residual stream entering layer l, N1/N2 its two norms, `x (+) f` the residual join "
-                "of the branch output f (equations: cod_train/model/modeling.py):", "",
+                "of the branch output f (equations: cod_train/model/placements, cod_train/model/residuals):", "",
                 *(f"    {line}" for line in equations)]
     out += ["", "| scheme axis | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in axes.items())]
     return [*out, "", "| size | value |", "|---|---|", *rows, ""]

@@ -5,11 +5,10 @@ Keys (in ``metrics.jsonl`` under ``diag/``, in ``cod-analyze``'s JSON under ``le
 parameter's name inside its layer without ``.weight``: ``gpas_gate``, ``attn_gain``, ``mlp_gain``,
 ``input_layernorm.alpha``, ``post_attention_layernorm.shift`` ...; each value is a list of L floats (``None``
 for a layer without that parameter, e.g. the Post-LN layers of Mix-LN). Model-level ones are single floats:
-``embed_scale``, ``norm.alpha``, ``embed_norm.alpha``. Hyper-connection models (residual=hc | mhc) add, per layer,
-the input-independent part of their connection weights (``attn_hc.read.j``, ``attn_hc.write.j``,
-``attn_hc.res_dist``, the same for ``mlp_hc``: ``cod_train.model.hyper_connections.hyper_connection_stats``); their
-token means over a batch (suffix ``.tokens``) come from the diagnostic forward (in training) or cod-analyze's
-first held-out batch.
+``embed_scale``, ``norm.alpha``, ``embed_norm.alpha``. A residual scheme adds its own (its
+``learned_scalars``; hyper-connections: per layer, the input-independent part of their read / write / mix weights,
+and their token means over a batch, suffix ``.tokens``, from the diagnostic forward in training or cod-analyze's
+first held-out batch).
 
 Reading is a collective under FSDP2 (a DTensor's ``full_tensor``) and DeepSpeed ZeRO-3
 (``safe_get_full_fp32_param``): call it on every rank, in the same order (it walks the parameters in order).
@@ -23,7 +22,6 @@ import torch
 from torch import nn
 
 from cod_train.eval.depth_hooks import backbone, decoder_layers, unwrap_model
-from cod_train.model.hyper_connections import hyper_connection_stats
 
 SCALAR_SUFFIXES = (".alpha", ".shift", "gpas_gate.weight", "attn_gain.weight", "mlp_gain.weight",
                    "embed_scale.weight")
@@ -67,5 +65,7 @@ def learned_scalars(model: nn.Module) -> dict[str, Any]:
         for name, param in inner.named_parameters():
             if not name.startswith("layers.") and _is_learned_scalar(name):
                 out[_key(name)] = _full_value(param)
-    out.update(hyper_connection_stats(inner, value=_full_tensor))  # residual=hc | mhc: read / write / mix weights
+    scheme = getattr(getattr(inner, "config", None), "residual_scheme", None)
+    if scheme is not None:  # the scheme's own weights (hyper-connections: read / write / mix)
+        out.update(scheme.learned_scalars(inner, _full_tensor))
     return out

@@ -262,10 +262,10 @@ class HyperHead(nn.Module):
     """The n streams -> one before the final norm (`hc_collapse`); parameters only for `head` (DeepSeek-V4's
     `hc_head`: `hc_fn`, `hc_base`, `hc_scale`)."""
 
-    def __init__(self, config: CodLlamaConfig):
+    def __init__(self, config: CodLlamaConfig, mode: str):
         super().__init__()
         n = config.hc_streams
-        self.n, self.mode, self.norm_eps = n, config.resolved_hc_collapse, config.rms_norm_eps
+        self.n, self.mode, self.norm_eps = n, mode, config.rms_norm_eps
         self.init_std = config.initializer_range
         if self.mode == "head":
             self.hc_fn = nn.Parameter(torch.empty(n, n * config.hidden_size))
@@ -379,15 +379,6 @@ def hyper_block(b: Any, streams: torch.Tensor, attn: Callable[[torch.Tensor], to
 
     streams = hyper_sublayer(b.attn_hc, streams, lambda h: attn(scaled(b.input_layernorm(h))))
     return hyper_sublayer(b.mlp_hc, streams, lambda h: b.mlp(scaled(b.post_attention_layernorm(h))))
-
-
-def make_hyper_connections(config: CodLlamaConfig, layer_idx: int) -> tuple[nn.Module | None, nn.Module | None]:
-    """(`attn_hc`, `mlp_hc`) of the layer at 0-based `layer_idx`; (None, None) without hyper-connections."""
-    if config.residual == "hc":
-        return HyperConnection(config, 2 * layer_idx), HyperConnection(config, 2 * layer_idx + 1)
-    if config.residual == "mhc":
-        return ManifoldHyperConnection(config), ManifoldHyperConnection(config)
-    return None, None
 
 
 # -- the connection weights as diagnostics (per sub-layer read / write weights, ||res - I||, the unfolded map) --

@@ -1,37 +1,16 @@
 """A LLaMA-style decoder whose residual-stream normalization and scaling are config choices (the depth zoo).
 
-x is the residual stream entering layer l (l = 1..L). N1 = `input_layernorm`, N2 = `post_attention_layernorm`,
-Na = `post_attn_out_norm`, Nm = `post_mlp_out_norm`; each N is the `norm_fn` (rmsnorm | layernorm | dyt |
-derf, `cod_train.model.norms`). `x (+) f` is the residual join of the `residual` axis (below).
-
-Placement (`norm_type`), one function each in `PLACEMENTS`:
-
-    pre_ln          h = x (+) Attn(N1(x))                  y = h (+) MLP(N2(h))
-    post_ln         h = N1(x (+) Attn(x))                  y = N2(h (+) MLP(h))
-    mix_ln          layers l <= floor(mix_ln_ratio * L) are post_ln, the rest pre_ln
-    lns             h = x (+) Attn(N1(x) / sqrt(l))        y = h (+) MLP(N2(h) / sqrt(l))
-    deepnorm        post_ln with x (+) f = a*x + f,  a = (2L)^(1/4)
-    sandwich_ln     h = x (+) Na(Attn(N1(x)))              y = h (+) Nm(MLP(N2(h)))
-    peri_ln         sandwich_ln plus `embed_norm` (a norm on the embedding output)
-    reordered_ln    h = x (+) Na(Attn(x))                  y = h (+) Nm(MLP(h))          (OLMo 2)
-    hybrid_ln       h = x (+) Attn_qkv(x)                  y = N2(h) (+) MLP(N2(h))      (HybridNorm)
-    hybrid_ln_star  hybrid_ln, but layer 1 is pre_ln with Attn_qkv                      (HybridNorm*)
+x is the residual stream entering layer l (l = 1..L). A layer's equations are its placement's (`norm_type`, one
+module of `cod_train/model/placements/`, e.g. Pre-LN:  h = x (+) Attn(N1(x)),  y = h (+) MLP(N2(h))), written with
+the layer's parts: its norms (N1 = `input_layernorm`, N2 = `post_attention_layernorm`, Na = `post_attn_out_norm`,
+Nm = `post_mlp_out_norm`, each the `norm_fn` of `cod_train.model.norms`), attention, the MLP, and `x (+) f`, the
+join of its residual scheme (`residual`, one module of `cod_train/model/residuals/`: plain x + f, gains, GPAS,
+hyper-connections' n streams...). The backbone holds the residual stream: `open_stream` makes it from the
+embeddings, `close_stream` makes it one hidden state again (the scheme's `open` / `close`).
 
 QK-norm (`qk_norm`): q = Nq(x Wq), k = Nk(x Wk) (RMSNorm) before RoPE, over each head's head_dim (`head`,
-Qwen3) or over the whole projection width (`full`, OLMo 2); Attn_qkv also normalizes v the same way.
-
-Residual join (`residual`), f = the branch output:
-
-    plain           x (+) f = x + f
-    layerscale      x + g * f,             g per channel (`attn_gain` / `mlp_gain`), init `layerscale_init`
-    rezero          x + g * f,             g one scalar per branch, init 0
-    depth_scaled    x + (L / L_base)^(-alpha) * f       (alpha 0.5 depth-muP, 1.0 CompleteP)
-    gpas            z = x + f, then z - SiLU(g) * stopgrad(z); one gate g per layer (`gpas_gate`), init 0,
-                    shared by both sub-layers; in post-norm layers the gate scales the skip before the add:
-                    N(a * (x - SiLU(g) * stopgrad(x)) + f)   (the GPAS authors' code)
-    hc, mhc         n = `hc_streams` residual streams H; each sub-layer F reads h = pre^T H and writes
-                    H' = res^T H + post^T F(h) (Hyper-Connections, static or `hc_dynamic`; mHC with a doubly
-                    stochastic res): pre_ln / lns only, `cod_train.model.hyper_connections`
+Qwen3) or over the whole projection width (`full`, OLMo 2); a placement with `v_norm` (HybridNorm) also
+normalizes v the same way.
 
 The final norm `model.norm` follows the last layer, unscaled, in every placement; `embed_scale` (a learnable
 scalar, init sqrt(d)) multiplies the embedding output when on (default for dyt / derf). Parameter names are those
@@ -56,16 +35,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from cod_train.core.constants import IGNORE_INDEX
 from cod_train.model import kernels
-from cod_train.model.configuration import PLACEMENT_NORMS, CodLlamaConfig
-from cod_train.model.hyper_connections import (
-    HyperConnection,
-    HyperHead,
-    ManifoldHyperConnection,
-    hyper_block,
-    make_hyper_connections,
-)
+from cod_train.model.configuration import CodLlamaConfig
 from cod_train.model.loss import causal_lm_loss
-from cod_train.model.norms import DynamicTanh, Gain, LayerNorm, RMSNorm, embed_scale, make_norm
+from cod_train.model.norms import RMSNorm, embed_scale, make_norm
 from cod_train.model.param_init import normal_full_
 
 # transformers >= 5.24 calls the KV cache `cache` (forward kwarg and output field); earlier v5 releases call it
@@ -181,48 +153,10 @@ class MLP(nn.Module):
 AttnFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def pre_ln(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
-    h = b.join(x, attn(b.input_layernorm(x)), b.attn_gain)
-    return b.join(h, b.mlp(b.post_attention_layernorm(h)), b.mlp_gain)
-
-
-def lns(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
-    s = b.lns_scale
-    h = b.join(x, attn(b.input_layernorm(x) * s), b.attn_gain)
-    return b.join(h, b.mlp(b.post_attention_layernorm(h) * s), b.mlp_gain)
-
-
-def post_ln(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
-    """Also DeepNorm, whose `skip` up-weights x by (2L)^(1/4)."""
-    h = b.input_layernorm(b.skip(x) + b.branch(attn(x), b.attn_gain))
-    return b.post_attention_layernorm(b.skip(h) + b.branch(b.mlp(h), b.mlp_gain))
-
-
-def sandwich(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
-    h = b.join(x, b.post_attn_out_norm(attn(b.input_layernorm(x))), b.attn_gain)
-    return b.join(h, b.post_mlp_out_norm(b.mlp(b.post_attention_layernorm(h))), b.mlp_gain)
-
-
-def reordered(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
-    h = b.join(x, b.post_attn_out_norm(attn(x)), b.attn_gain)
-    return b.join(h, b.post_mlp_out_norm(b.mlp(h)), b.mlp_gain)
-
-
-def hybrid(b: DecoderLayer, x: torch.Tensor, attn: AttnFn) -> torch.Tensor:
-    """Attention normalizes q, k, v inside (no pre-norm); the MLP is Post-Norm with the skip taken after N2."""
-    h = b.join(x, attn(x), b.attn_gain)
-    n = b.post_attention_layernorm(h)
-    return b.join(n, b.mlp(n), b.mlp_gain)
-
-
-PLACEMENTS: dict[str, Callable[[DecoderLayer, torch.Tensor, AttnFn], torch.Tensor]] = {
-    "pre_ln": pre_ln, "lns": lns, "post_ln": post_ln, "deepnorm": post_ln, "sandwich": sandwich,
-    "reordered": reordered, "hybrid": hybrid,
-}
-
-
 class DecoderLayer(GradientCheckpointingLayer):
-    # the norms its placement builds (`PLACEMENT_NORMS`), set by name in __init__
+    """One layer: its placement's norms and equations, its residual scheme's parameters and join."""
+
+    # the norms its placement builds, set by name in __init__
     input_layernorm: nn.Module
     post_attention_layernorm: nn.Module
     post_attn_out_norm: nn.Module
@@ -230,60 +164,35 @@ class DecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: CodLlamaConfig, layer_idx: int):
         super().__init__()
-        L = config.num_hidden_layers
         self.depth = layer_idx + 1
-        self.placement = config.layer_placement(self.depth)
+        self.placement_scheme = config.placement_scheme.layer(self.depth, config)
+        self.placement = self.placement_scheme.name
+        self.residual = config.residual_scheme
         self.self_attn = Attention(config, layer_idx)
         self.mlp = MLP(config)
-        for name, site in PLACEMENT_NORMS[self.placement]:
+        for name, site in self.placement_scheme.norms:
             setattr(self, name, make_norm(config, config.hidden_size, site))
-        # Plain Python floats, not buffers: `to_empty()` (meta-device init) would wipe a buffer.
-        self.lns_scale = 1.0 / math.sqrt(self.depth) if self.placement == "lns" else 1.0
-        self.residual_scale = (2.0 * L) ** 0.25 if self.placement == "deepnorm" else 1.0
-        self.branch_scale = config.branch_scale
-        self.attn_gain, self.mlp_gain = self._gains(config)
-        self.gpas_gate = Gain(1, 0.0) if config.residual == "gpas" else None
-        self.attn_hc, self.mlp_hc = make_hyper_connections(config, layer_idx)  # x is then the streams [.., n, d]
-        self._set_init_stds(config)
-
-    @staticmethod
-    def _gains(config: CodLlamaConfig) -> tuple[Gain | None, Gain | None]:
-        if config.residual == "layerscale":
-            return Gain(config.hidden_size, config.layerscale_init), Gain(config.hidden_size, config.layerscale_init)
-        if config.residual == "rezero":
-            return Gain(1, 0.0), Gain(1, 0.0)
-        return None, None
-
-    def _set_init_stds(self, config: CodLlamaConfig) -> None:
-        """Per-projection init std, read by `CodLlamaPreTrainedModel._init_weights`."""
-        L, std = config.num_hidden_layers, config.initializer_range
-        if self.placement == "deepnorm":  # DeepNet (Wang et al. 2022), decoder-only: beta = (8L)^(-1/4)
-            beta = (8.0 * L) ** -0.25
-            for proj in (self.self_attn.v_proj, self.self_attn.o_proj, self.mlp.gate_proj, self.mlp.up_proj,
-                         self.mlp.down_proj):
-                proj.init_std = std * beta
-        if config.scaled_init:
+        # plain Python floats, not buffers: `to_empty()` (meta-device init) would wipe a buffer
+        self.lns_scale, self.residual_scale = 1.0, 1.0
+        self.placement_scheme.build_layer(self, config)
+        self.residual.build_layer(self, config)
+        if config.scaled_init:  # std / sqrt(2L) on the projections that write into the stream
             for proj in (self.self_attn.o_proj, self.mlp.down_proj):
                 # nn.Module.__setattr__ is typed Tensor | Module, yet any attribute may be set on a module
-                proj.init_std = getattr(proj, "init_std", std) / math.sqrt(2.0 * L)  # type: ignore[assignment]
+                proj.init_std = (getattr(proj, "init_std", config.initializer_range)  # type: ignore[assignment]
+                                 / math.sqrt(2.0 * config.num_hidden_layers))
 
-    def branch(self, f: torch.Tensor, gain: Gain | None) -> torch.Tensor:
-        """The branch output as it joins the stream: depth-scaled and / or times its LayerScale / ReZero gain."""
-        f = f * self.branch_scale if self.branch_scale != 1.0 else f
-        return gain(f) if gain is not None else f
+    def branch(self, f: torch.Tensor, site: str) -> torch.Tensor:
+        """The output of sub-layer `site` (attn | mlp) as it joins the stream (inside a post-norm)."""
+        return self.residual.branch(self, f, site)
 
-    def _gpas(self, z: torch.Tensor) -> torch.Tensor:
-        if self.gpas_gate is None:
-            return z
-        return z - F.silu(self.gpas_gate.weight) * z.detach()
-
-    def join(self, x: torch.Tensor, f: torch.Tensor, gain: Gain | None) -> torch.Tensor:
-        """x (+) f where no norm follows the sum: GPAS scales the sum."""
-        return self._gpas(x + self.branch(f, gain))
+    def join(self, x: torch.Tensor, f: torch.Tensor, site: str) -> torch.Tensor:
+        """x (+) f where no norm follows the sum."""
+        return self.residual.join(self, x, f, site)
 
     def skip(self, x: torch.Tensor) -> torch.Tensor:
-        """The skip path inside a post-norm: a*x with DeepNorm's a; GPAS scales x before the add."""
-        x = self._gpas(x)
+        """The skip path inside a post-norm: the scheme's, times DeepNorm's a."""
+        x = self.residual.skip(self, x)
         return self.residual_scale * x if self.residual_scale != 1.0 else x
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
@@ -291,9 +200,8 @@ class DecoderLayer(GradientCheckpointingLayer):
         def attn(h: torch.Tensor) -> torch.Tensor:
             return self.self_attn(h, rope, mask, past_key_values)
 
-        if self.attn_hc is not None:
-            return hyper_block(self, x, attn)
-        return PLACEMENTS[self.placement](self, x, attn)
+        out = self.residual.layer_forward(self, x, attn)
+        return out if out is not None else self.placement_scheme.forward(self, x, attn)
 
 
 class CodLlamaPreTrainedModel(PreTrainedModel):
@@ -314,8 +222,7 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             std = cfg.embedding_init_std if cfg.embedding_init_std is not None else cfg.initializer_range
             normal_full_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, (RMSNorm, LayerNorm, DynamicTanh, Gain, HyperConnection, ManifoldHyperConnection,
-                                 HyperHead)):
+        elif hasattr(module, "reset_parameters"):  # norms, gains, every scheme's own modules
             module.reset_parameters()
 
     @torch.no_grad()
@@ -358,16 +265,16 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
             self.embed_norm = make_norm(config, config.hidden_size, "final")
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = make_norm(config, config.hidden_size, "final")
-        self.hc_head = HyperHead(config) if config.hyper_streams else None  # the streams -> one before `norm`
+        config.residual_scheme.build_model(self, config)
         self.post_init()
 
     def open_stream(self, x: torch.Tensor) -> torch.Tensor:
         """The residual stream the first layer reads, from the (scaled / normalized) embeddings [B, T, d]."""
-        return self.hc_head.expand(x, self.config.hc_streams) if self.hc_head is not None else x
+        return self.config.residual_scheme.open(self, x)
 
     def close_stream(self, stream: torch.Tensor) -> torch.Tensor:
         """The stream between layers as one hidden state [B, T, d], as the final norm sees it."""
-        return self.hc_head(stream) if self.hc_head is not None else stream
+        return self.config.residual_scheme.close(self, stream)
 
     def forward(
         self,

@@ -26,30 +26,29 @@ comparing logits (`max_rel_diff`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import LlamaConfig, PretrainedConfig, PreTrainedModel
 
+from cod_train.model import zoo
 from cod_train.model.configuration import CodLlamaConfig
 
-# cod-only keys that change nothing at inference (init, loss, kernels), or that the checks below consume.
+# cod-only keys that change nothing at inference (init, loss, kernels), or that the checks below consume; a
+# foldable residual scheme's own keys are folded into the weights.
 INFERENCE_NEUTRAL = frozenset({
     "norm_type", "mix_ln_ratio", "scaled_init", "embedding_init_std", "fused_loss", "loss_chunk_size",
-    "use_kernels", "layerscale_init", "residual", "depth_alpha", "depth_base_layers", "qk_norm", "norm_fn",
-    "norm_bias", "embed_norm", "embed_scale", "norm_alpha_attn", "norm_alpha_mlp", "norm_alpha_final",
-    "depth_hparams",
+    "use_kernels", "residual", "qk_norm", "norm_fn", "norm_bias", "embed_norm", "embed_scale", "norm_alpha_attn",
+    "norm_alpha_mlp", "norm_alpha_final",
 })
-FOLDED_RESIDUALS = ("plain", "depth_scaled", "layerscale", "rezero")
 
 
 @dataclass(frozen=True)
 class Target:
     name: str  # format name and model_type
     architecture: str  # transformers class
-    placements: tuple[str, ...]  # every layer's `layer_placement` must be one of these
+    form: str  # every layer's placement must rewrite into this `export_form` (cod_train.model.zoo.Placement)
     qk_norm: str  # the QK-norm the architecture has: none | head | full
     rename: dict[str, str]  # cod parameter name part -> the target's
 
@@ -65,9 +64,9 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {
-    "llama": Target("llama", "LlamaForCausalLM", ("pre_ln", "lns"), "none", {}),
-    "qwen3": Target("qwen3", "Qwen3ForCausalLM", ("pre_ln", "lns"), "head", {}),
-    "olmo2": Target("olmo2", "Olmo2ForCausalLM", ("reordered",), "full",
+    "llama": Target("llama", "LlamaForCausalLM", "pre_ln", "none", {}),
+    "qwen3": Target("qwen3", "Qwen3ForCausalLM", "pre_ln", "head", {}),
+    "olmo2": Target("olmo2", "Olmo2ForCausalLM", "reordered_ln", "full",
                     {"post_attn_out_norm": "post_attention_layernorm",
                      "post_mlp_out_norm": "post_feedforward_layernorm"}),
 }
@@ -89,20 +88,23 @@ def _scheme(config: CodLlamaConfig) -> dict[str, Any]:
 def target_problems(config: CodLlamaConfig, target: Target) -> list[str]:
     """Why ``config`` has no exact ``target`` form (empty = it has one)."""
     s, problems = _scheme(config), []
-    placements = {config.layer_placement(d) for d in range(1, config.num_hidden_layers + 1)}
-    if not placements <= set(target.placements):
-        problems.append(f"norm_type={config.norm_type} builds {'/'.join(sorted(placements))} layers")
+    layers = [config.placement_scheme.layer(d, config) for d in range(1, config.num_hidden_layers + 1)]
+    if any(layer.export_form != target.form for layer in layers):
+        names = sorted({layer.name for layer in layers})
+        problems.append(f"norm_type={config.norm_type} builds {'/'.join(names)} layers")
     if s["qk_norm"] != target.qk_norm or s["v_norm"]:
         problems.append(f"qk_norm={s['qk_norm']}{' with v_norm' if s['v_norm'] else ''}")
     for key, off in (("norm_fn", "rmsnorm"), ("norm_bias", False), ("embed_norm", False), ("embed_scale", False)):
         if s[key] != off:
             problems.append(f"{key}={s[key]}")
-    if s["residual"] not in FOLDED_RESIDUALS:
+    residual = config.residual_scheme
+    if not residual.foldable:
         problems.append(f"residual={s['residual']}")
     if target.name in ("qwen3", "olmo2") and config.mlp_bias:
         problems.append("mlp_bias=true")
     defaults = CodLlamaConfig().to_dict()
-    problems += [f"{k}={getattr(config, k)!r}" for k in sorted(cod_only_keys() - INFERENCE_NEUTRAL)
+    neutral = INFERENCE_NEUTRAL | {k for r in zoo.RESIDUALS.values() if r.foldable for k in r.keys}
+    problems += [f"{k}={getattr(config, k)!r}" for k in sorted(cod_only_keys() - neutral)
                  if getattr(config, k, None) != defaults.get(k)]
     return problems
 
@@ -112,11 +114,6 @@ def portable_target(config: PretrainedConfig) -> Target | None:
     if not isinstance(config, CodLlamaConfig):
         return None
     return next((t for t in TARGETS.values() if not target_problems(config, t)), None)
-
-
-def _branch_gain(state: dict[str, torch.Tensor], prefix: str, which: str, c: float) -> torch.Tensor | float:
-    gain = state.pop(f"{prefix}.{which}_gain.weight", None)
-    return c if gain is None else gain.float() * c
 
 
 def _scale_rows(state: dict[str, torch.Tensor], name: str, g: torch.Tensor | float) -> None:
@@ -133,19 +130,11 @@ def fold_state(model: PreTrainedModel, target: Target) -> dict[str, torch.Tensor
     config = model.config
     assert isinstance(config, CodLlamaConfig)
     state = {k: v.detach() for k, v in model.state_dict().items()}  # the folds below make new tensors
-    c = float(getattr(config, "branch_scale", 1.0))
+    residual = config.residual_scheme
     for i in range(config.num_hidden_layers):
-        p, placement = f"model.layers.{i}", config.layer_placement(i + 1)
-        attn_g, mlp_g = _branch_gain(state, p, "attn", c), _branch_gain(state, p, "mlp", c)
-        if placement == "lns":
-            for norm in ("input_layernorm", "post_attention_layernorm"):
-                _scale_rows(state, f"{p}.{norm}", 1.0 / math.sqrt(i + 1))
-        if placement == "reordered":
-            _scale_rows(state, f"{p}.post_attn_out_norm", attn_g)
-            _scale_rows(state, f"{p}.post_mlp_out_norm", mlp_g)
-        else:
-            _scale_rows(state, f"{p}.self_attn.o_proj", attn_g)
-            _scale_rows(state, f"{p}.mlp.down_proj", mlp_g)
+        prefix = f"model.layers.{i}"
+        attn_g, mlp_g = (residual.branch_factor(state, prefix, site, config) for site in ("attn", "mlp"))
+        config.placement_scheme.layer(i + 1, config).fold_layer(state, prefix, i + 1, attn_g, mlp_g, _scale_rows)
     for old, new in target.rename.items():
         state = {k.replace(f".{old}.", f".{new}."): v for k, v in state.items()}
     return state

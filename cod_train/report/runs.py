@@ -12,7 +12,6 @@ its models is given to the run it was trained in (the ``run_dir`` cod-analyze re
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import re
@@ -24,8 +23,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
-from cod_train.config import ConfigError, flatten_config, scheme_name
+from cod_train.config import ConfigError, flatten_config, model_scheme
 from cod_train.eval.depth_names import DIAG_FILES, SUMMARY_FILE
+from cod_train.model import zoo
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -33,10 +33,9 @@ if TYPE_CHECKING:
 RUN_MARKERS = ("config.yaml", "metrics.jsonl", "eval.json", "hf", "checkpoints")
 ANALYSIS_FILES = tuple(DIAG_FILES.values())
 MAX_DEPTH = 4
-SCHEME_AXES = tuple(inspect.signature(scheme_name).parameters)  # every argument the run directory's name uses
+SCHEME_AXES = zoo.label_keys()  # every key the run directory's name (the scheme's label) reads
 MAX_LABEL = 48  # longer labels keep only the settings that tell the runs apart (the rest: report.md's run list)
-NOT_SETTINGS = ("run_dir", "logger.", "resume", "resume_allow_change", "model.mix_ln_ratio",
-                *(f"model.{axis}" for axis in SCHEME_AXES))  # fmt: skip
+NOT_SETTINGS = ("run_dir", "logger.", "resume", "resume_allow_change", *(f"model.{axis}" for axis in SCHEME_AXES))
 
 
 @dataclass
@@ -72,11 +71,10 @@ class RunData:
             norm = "pre_ln"  # a plain Llama (e.g. fine-tuned from a hub model) is Pre-LN
         if not norm:
             return "?"
-        axes = {k: cfg[k] for k in SCHEME_AXES[1:] if cfg.get(k) is not None}
-        name = scheme_name(str(norm), **axes)
-        if norm == "mix_ln" and cfg.get("mix_ln_ratio") not in (None, 0.25):
-            return f"{name} (ratio {cfg['mix_ln_ratio']})"
-        return name
+        axes = {**{k: v for k, v in cfg.items() if v is not None}, "norm_type": str(norm)}
+        if axes["norm_type"] not in zoo.placement_names() or axes.get("residual", "plain") not in zoo.residual_names():
+            return f"{norm}+{axes['residual']}" if axes.get("residual", "plain") != "plain" else str(norm)
+        return model_scheme(axes) + zoo.placement(axes["norm_type"]).detail(axes)
 
     @property
     def num_layers(self) -> int | None:
@@ -357,7 +355,7 @@ def _safetensors_params(path: Path) -> int | None:
 def _config_params(config_json: Path) -> int | None:
     try:
         cfg = json.loads(config_json.read_text(encoding="utf-8"))
-        from cod_train.model.flops import total_params
+        from cod_train.model.build import total_params
 
         ns = SimpleNamespace(**{"num_key_value_heads": None, "tie_word_embeddings": False, **cfg})
         return int(total_params(cast("PretrainedConfig", ns)))  # duck-typed: only attributes are read

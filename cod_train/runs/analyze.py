@@ -107,7 +107,9 @@ def check_models(cfg: AnalyzeConfig, sources: list) -> None:
     LLaMA layout and the layers of ``analyze.layers``. Hub models are checked once loaded."""
     import torch
 
-    import cod_train.model  # noqa: F401  (registers cod_llama with the Auto classes)
+    from cod_train.model.build import register
+
+    register()  # cod_llama with the Auto classes
     from cod_train.eval.depth_io import layout_layers
 
     for source in sources:

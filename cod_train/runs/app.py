@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
-from cod_train.config import pretrain_run_dir, scheme_name, to_typed
+from cod_train.config import model_scheme, pretrain_run_dir, to_typed
 from cod_train.core.errors import ConfigError, RunError
 
 T = TypeVar("T")
@@ -91,10 +91,15 @@ def _short_dirname(text: str, limit: int = 100) -> str:
     return safe[:limit].rstrip("_-") or "job"
 
 
+def _scheme_label(model: Any) -> str:
+    """The `model` node's scheme (the registry's name: ``lns+gpas``)."""
+    return model_scheme(OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else model)
+
+
 if not OmegaConf.has_resolver("cod_short"):
     OmegaConf.register_new_resolver("cod_short", _short_dirname)
 if not OmegaConf.has_resolver("cod_scheme"):  # run_dir: runs/<model>-<placement>[+<each axis off its default>]
-    OmegaConf.register_new_resolver("cod_scheme", scheme_name)
+    OmegaConf.register_new_resolver("cod_scheme", _scheme_label)
 if not OmegaConf.has_resolver("cod_run_dir"):  # runs/<model>-<scheme>, or runs/from-<source> with init_from=
     OmegaConf.register_new_resolver("cod_run_dir", pretrain_run_dir)
 

@@ -84,7 +84,9 @@ def resolve_checkpoint(spec: str) -> ModelSource:
 
 def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Load the model of ``source`` on CPU in eval mode."""
-    import cod_train.model  # noqa: F401  (registers cod_llama with the Auto classes)
+    from cod_train.model.build import register
+
+    register()  # cod_llama with the Auto classes
 
     if source.kind == "checkpoint":
         from cod_train.engine.export import build_from_checkpoint

@@ -26,7 +26,7 @@ def depth_hparam_scales(model: nn.Module) -> tuple[float, float]:
     """(learning-rate scale of the decoder blocks' parameters, Adam-eps scale) of `model.depth_hparams`
     (CompleteP); (1.0, 1.0) for any other model. Wrappers with a `.module` (DDP) are looked through."""
     config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
-    scales = getattr(config, "depth_hparam_scales", (1.0, 1.0))
+    scales = config.residual_scheme.optimizer_scales(config) if hasattr(config, "residual_scheme") else (1.0, 1.0)
     return float(scales[0]), float(scales[1])
 
 

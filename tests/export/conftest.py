@@ -12,23 +12,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from cod_train import config as cfgmod
 from cod_train.config import ConfigError
+from cod_train.model import zoo
 from tests.helpers.cli import EXPORT_RUN, run_command
 from tests.helpers.models import tiny_model_config
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-# every axis the model has (read at test time, so new schemes are covered): value lists in cod_train.config
-AXES = {"residual": ("RESIDUALS", "HYPER_RESIDUALS"), "qk_norm": ("QK_NORMS",), "norm_fn": ("NORM_FNS",)}
+# every axis the model has (read from the registry at test time, so new schemes are covered)
+AXES = {"residual": zoo.residual_names, "qk_norm": lambda: zoo.QK_NORMS, "norm_fn": lambda: zoo.NORM_FNS}
 
 
 def schemes() -> dict[str, dict]:
     """id -> ModelConfig overrides: every norm_type, and every value of every other axis on Pre-LN (the residual
     axis also on LNS, whose folds combine)."""
-    out = {nt: {"norm_type": nt} for nt in cfgmod.NORM_TYPES}
-    for key, consts in AXES.items():
-        for value in (v for const in consts for v in getattr(cfgmod, const, ())):
+    out = {nt: {"norm_type": nt} for nt in zoo.placement_names()}
+    for key, values in AXES.items():
+        for value in values():
             for nt in ("pre_ln", "lns") if key == "residual" else ("pre_ln",):
                 out.setdefault(f"{nt}-{key}={value}", {"norm_type": nt, key: value})
     # the shipped architectures other than Llama: OLMo 2 (reordered + full QK-norm), Qwen3 under LNS

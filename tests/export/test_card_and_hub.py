@@ -75,7 +75,7 @@ def test_mhc_checkpoint_card_describes_its_scheme_and_step_and_its_snippet_runs(
     assert "scheme `pre_ln+mhc4`" in text and "manifold-constrained Hyper-Connections (mHC) over 4 residual " \
         "streams" in text
     assert "| residual | mhc |" in text and "| hc_streams | 4 |" in text and "| hc_collapse | head |" in text
-    assert "h = x (+) Attn(N1(x))" in text and "hc, mhc" in text and "H' = res^T H + post^T F(h)" in text
+    assert "pre_ln: h = x (+) Attn(N1(x))" in text and "mhc: h = pre^T H" in text and "H' = res^T H + post^T F(h)" in text
     tokens = _meta(ckpt)["tokens"]
     assert tokens == 2 * 4 * 32  # 2 steps of 4 sequences of 32 tokens
     assert f"step 2 of the 3 configured (train.max_steps), {tokens:,} tokens seen" in text

@@ -16,8 +16,8 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from cod_train.config import NORM_FNS, NORM_TYPES, RESIDUALS, ConfigError, ModelConfig
-from cod_train.model import CodLlamaForCausalLM, build_model
+from cod_train.config import ConfigError, ModelConfig
+from cod_train.model import CodLlamaForCausalLM, build_model, zoo
 from tests.model.test_hf_compat import _left_padded_prompt, _manual_greedy
 from tests.model.zoo_reference import params, zoo_reference_logits
 
@@ -77,9 +77,12 @@ def valid(norm_type: str, **axes) -> bool:
     return True
 
 
+NORM_TYPES, NORM_FNS = zoo.placement_names(), zoo.NORM_FNS
+# every residual but plain; hyper-connections (their n streams) are checked in test_hyper_connections.py
+RESIDUALS = tuple(r for r in zoo.residual_names() if r not in ("plain", "hc", "mhc"))
 ONE_AXIS = [(nt, axes) for nt in NORM_TYPES
             for axes in [{}, {"qk_norm": "head"}, {"qk_norm": "full"}]
-            + [{"norm_fn": fn} for fn in NORM_FNS[1:]] + [{"residual": r} for r in RESIDUALS[1:]]
+            + [{"norm_fn": fn} for fn in NORM_FNS[1:]] + [{"residual": r} for r in RESIDUALS]
             if valid(nt, **axes)]
 
 COMBOS = [  # the examples and each paper's own combination
@@ -105,7 +108,7 @@ def test_scheme_matches_the_plain_formulation(norm_type, axes):
 def test_every_value_of_every_axis_is_covered():
     covered = {(k, v) for _, axes in ONE_AXIS for k, v in axes.items()} | {("norm_type", nt) for nt, _ in ONE_AXIS}
     want = ({("norm_type", t) for t in NORM_TYPES} | {("norm_fn", f) for f in NORM_FNS[1:]}
-            | {("residual", r) for r in RESIDUALS[1:]} | {("qk_norm", "head"), ("qk_norm", "full")})
+            | {("residual", r) for r in RESIDUALS} | {("qk_norm", "head"), ("qk_norm", "full")})
     assert want <= covered
 
 

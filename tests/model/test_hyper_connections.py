@@ -103,9 +103,9 @@ def sublayer(H, sd, p, cfg, F, log=None):
 
 def collapse(H, sd, cfg, log=None):
     n = len(H)
-    if cfg.resolved_hc_collapse == "sum":
+    if cfg.residual_scheme.collapse(cfg) == "sum":
         w = torch.ones(H[0].shape[0], n, dtype=H[0].dtype)
-    elif cfg.resolved_hc_collapse == "mean":
+    elif cfg.residual_scheme.collapse(cfg) == "mean":
         w = torch.full((H[0].shape[0], n), 1 / n, dtype=H[0].dtype)
     else:
         m = unit_rms(torch.cat(H, dim=-1), cfg) @ sd["model.hc_head.hc_fn"].T
@@ -520,15 +520,15 @@ def test_flops_and_parameters_by_hand_and_by_torch_s_flop_counter(axes):
     from torch.utils.flop_counter import FlopCounterMode
 
     from cod_train.model import flops_per_token, total_params
-    from cod_train.model.flops import hyper_macs_per_token
+    from cod_train.model.flops import extra_macs_per_token
 
     model, base = make(**axes), make(**{k: v for k, v in axes.items() if k == "norm_fn"})
     cfg, d, L, T = model.config, SHAPE["hidden_size"], SHAPE["num_hidden_layers"], 8
     n = cfg.hc_streams
     weights = {"mhc": n * d * (n + 2) * n, "hc": (n * d * (n + 1) + n * d) if cfg.hc_dynamic else 0}[cfg.residual]
-    head = n * d * n + n * d if cfg.resolved_hc_collapse == "head" else n * d
+    head = n * d * n + n * d if cfg.residual_scheme.collapse(cfg) == "head" else n * d
     macs = 2 * L * (n * d + n * n * d + n * d + weights) + head
-    assert hyper_macs_per_token(cfg) == macs
+    assert extra_macs_per_token(cfg) == macs
     assert flops_per_token(cfg, T) - flops_per_token(base.config, T) == 6 * macs
     ids = torch.randint(0, 96, (1, T))
     counted = []
@@ -536,6 +536,6 @@ def test_flops_and_parameters_by_hand_and_by_torch_s_flop_counter(axes):
         with FlopCounterMode(display=False) as counter:
             m(input_ids=ids)
         counted.append(counter.get_total_flops())
-    skipped = 2 * L * n * d + (n * d if cfg.resolved_hc_collapse != "head" else 0)
+    skipped = 2 * L * n * d + (n * d if cfg.residual_scheme.collapse(cfg) != "head" else 0)
     assert counted[0] - counted[1] == 2 * T * (macs - skipped)
     assert total_params(cfg) == sum(p.numel() for p in model.parameters())

@@ -3,11 +3,11 @@
 import pytest
 
 from cod_train.config import ConfigError, ModelConfig
-from cod_train.model import NORM_TYPES, CodLlamaConfig, build_model
+from cod_train.model import CodLlamaConfig, build_model, zoo
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (dict(norm_type="layer_norm"), "valid: " + ", ".join(NORM_TYPES)),
+    (dict(norm_type="layer_norm"), "valid: " + ", ".join(zoo.placement_names())),
     (dict(hidden_size=130), "hidden_size (130) must be divisible by num_attention_heads (4)"),
     (dict(num_attention_heads=4, num_key_value_heads=3), "num_attention_heads (4) must be divisible by num_key_value_heads (3)"),
     (dict(mix_ln_ratio=1.5), "mix_ln_ratio must be in [0, 1]"),
