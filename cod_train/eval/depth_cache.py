@@ -26,10 +26,10 @@ from cod_train.core.constants import IGNORE_INDEX
 from cod_train.eval.depth_hooks import (
     Batch,
     backbone,
+    close_stream,
     decoder_layers,
     first_tensor,
     head_loss_sum,
-    one_stream,
     run_backbone,
     unwrap_model,
     valid_token_mask,
@@ -171,7 +171,7 @@ def removal_sweep(
         rec = capture_layer_calls(model, batch)
         mask = valid_token_mask(batch).to(rec.states[0].device)
         labels = batch["labels"].to(mask.device)
-        normed = norm(one_stream(model, rec.states[n_layers]))  # hyper-connections: the streams as one
+        normed = norm(close_stream(model, rec.states[n_layers]))  # hyper-connections: the streams as one
         base_loss, count = head_loss_sum(model, normed, labels)
         res.base_loss[b], res.tokens[b], res.real_tokens[b] = float(base_loss), count, float(mask.sum())
         base = _base_logprobs(model, normed) if kl else []
@@ -193,12 +193,12 @@ def _remove_one(
         change = res.change
 
         def on_output(idx: int, hidden: torch.Tensor) -> None:
-            ref = one_stream(model, rec.states[idx + 1]).double()
-            rel = (one_stream(model, hidden).double() - ref).norm(dim=-1) / ref.norm(dim=-1).clamp(min=1e-30)
+            ref = close_stream(model, rec.states[idx + 1]).double()
+            rel = (close_stream(model, hidden).double() - ref).norm(dim=-1) / ref.norm(dim=-1).clamp(min=1e-30)
             change[b, j, idx] = float(rel[mask].sum())
 
     final = run_layers(model, rec, rec.states[layer], layer + 1, on_output)
-    normed = final_norm(model)(one_stream(model, final))
+    normed = final_norm(model)(close_stream(model, final))
     if res.kl is not None and res.top1 is not None:
         loss, kl, top1 = _head_rows(model, normed, labels, mask, base)
         res.kl[b, j], res.top1[b, j] = kl, top1

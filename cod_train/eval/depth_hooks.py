@@ -80,11 +80,12 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 StateFn = Callable[[int, torch.Tensor], None]
 
 
-def one_stream(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """The residual stream as one [.., d] tensor: hyper-connection models (residual=hc | mhc) pass n streams
-    [.., n, d] between layers, made one as the final norm sees them (the model's `hc_head`)."""
-    head = getattr(backbone(unwrap_model(model)), "hc_head", None)
-    return head(hidden) if head is not None and hidden.dim() == 4 else hidden
+def close_stream(model: nn.Module, stream: torch.Tensor) -> torch.Tensor:
+    """The residual stream between layers as one hidden state [.., d], as the final norm sees it: the backbone's
+    ``close_stream`` (hyper-connection models pass n streams between layers); the identity for a backbone without
+    one (transformers' Llama, Mistral, Qwen2)."""
+    close = getattr(backbone(model), "close_stream", None)
+    return close(stream) if close is not None else stream
 
 
 @contextlib.contextmanager
@@ -99,13 +100,13 @@ def residual_stream_hooks(model: nn.Module, fn: StateFn) -> Iterator[None]:
     def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs.get("hidden_states")
         assert hidden is not None, "the first decoder layer was called without hidden states"
-        fn(0, _local(one_stream(model, hidden.detach())))
+        fn(0, _local(close_stream(model, hidden.detach())))
 
     handles.append(layers[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
     for idx, layer in enumerate(layers):
 
         def post_hook(_module: nn.Module, _args: tuple, out: Any, depth: int = idx + 1) -> None:
-            fn(depth, _local(one_stream(model, first_tensor(out).detach())))
+            fn(depth, _local(close_stream(model, first_tensor(out).detach())))
 
         handles.append(layer.register_forward_hook(post_hook))
     try:

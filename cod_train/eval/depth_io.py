@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cod_train.config import ConfigError, model_scheme
-from cod_train.eval.depth_names import DIAG_FILES, SUMMARY_FILE
+from cod_train.eval.depth_registry import DIAG_FILES, SUMMARY_FILE
 
 __all__ = ["DIAG_FILES", "SUMMARY_FILE", "layout_layers", "model_info", "text_batches"]
 

@@ -2,8 +2,11 @@
 
 Metric keys (one row in ``metrics.jsonl`` per diagnostic step, next to ``"step"``):
 
-- ``"diag/layer_var"``: list of L floats, variance of each layer's output h_l (all elements, real tokens);
-- ``"diag/layer_grad_norm"``: list of L floats, L2 norm of each layer's parameter gradients;
+- the ``metrics`` of the diagnostics of :mod:`cod_train.eval.depth_registry` (``IN_TRAINING``), the fields of
+  cod-analyze's entry on the same rows: ``"diag/layer_var"`` (list of L floats, variance of each layer's output
+  h_l, all elements of the real tokens), ``"diag/layer_grad_norm"`` (list of L floats, L2 norm of each layer's
+  parameter gradients, from the step's own ``.grad``), ``"diag/bi"``, ``"diag/lens_kl"``, ``"diag/lens_top1"``,
+  ``"diag/settling_depth"``, ``"diag/attn_ratio"`` ... (docs/depth.md);
 - the learned scalars of the depth zoo (:mod:`cod_train.eval.depth_scalars`), e.g. ``"diag/gpas_gate"``,
   ``"diag/input_layernorm.alpha"``: lists of L floats (None where a layer has no such parameter), and
   model-level floats such as ``"diag/embed_scale"``.
@@ -54,10 +57,9 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
-from cod_train.eval.depth_analyses import SUBLAYER_KEYS, per_token_cos, sublayer_hooks
+from cod_train.eval.depth_capture import Accumulator, capture_batch, start, variance_of_sums, variance_sums
 from cod_train.eval.depth_hooks import (
     Batch,
-    backbone,
     decoder_layers,
     model_device,
     residual_stream_hooks,
@@ -65,21 +67,15 @@ from cod_train.eval.depth_hooks import (
     unwrap_model,
     valid_token_mask,
 )
+from cod_train.eval.depth_registry import DIAG_PREFIX, IN_TRAINING, diagnostic
 from cod_train.eval.depth_scalars import learned_scalars
-from cod_train.eval.depth_summary import settling_layer
 from cod_train.model.hyper_connections import WeightMeans
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
 
-DIAG_PREFIX = "diag/"
-LAYER_VAR_KEY = "diag/layer_var"
-LAYER_GRAD_NORM_KEY = "diag/layer_grad_norm"
-BI_KEY = "diag/bi"  # [L] Block Influence 1 - cos(h_{l-1}, h_l)
-LENS_KL_KEY = "diag/lens_kl"  # [L+1] KL(p_L || lens at l), l = 0 (embedding) .. L
-LENS_TOP1_KEY = "diag/lens_top1"  # [L+1] top-1 agreement of the lens at l with the final prediction
-SETTLING_KEY = "diag/settling_depth"  # scalar: settling layer / L (eval/depth_summary.py)
-# and "diag/attn_ratio", "diag/attn_cos", "diag/mlp_ratio", "diag/mlp_cos": [L] sub-layer contribution
+LAYER_VAR_KEY = diagnostic("variance").metrics[0][0]  # "diag/layer_var"
+LAYER_GRAD_NORM_KEY = diagnostic("grad_norms").metrics[0][0]  # "diag/layer_grad_norm", read from the step's .grad
 
 
 DS_ATTRS = ("ds_id", "_hp_mapping")  # DeepSpeed ZeRO-3 / ZeRO-1,2 and bf16-optimizer params
@@ -158,9 +154,7 @@ class TrainingDiagnostics:
             # first forward only: ignores activation-checkpoint recompute and later micro-batches
             if idx in self._stats:
                 return
-            vals = hidden[mask.to(hidden.device)] if mask is not None else hidden
-            vals = vals.double()  # E[x^2] - E[x]^2 needs the precision; only on diagnostic steps
-            self._stats[idx] = torch.stack([vals.sum(), vals.square().sum(), vals.new_tensor(vals.numel())])
+            self._stats[idx] = variance_sums(hidden, mask)  # float64 on the device, one sync in collect
 
         with residual_stream_hooks(self.model, record):
             yield
@@ -170,10 +164,8 @@ class TrainingDiagnostics:
         row: dict[str, Any] = {}
         n_layers = len(decoder_layers(self.model))
         if all(i in self._stats for i in range(1, n_layers + 1)):
-            stats = torch.stack([self._stats[i] for i in range(1, n_layers + 1)]).double().cpu()
-            mean = stats[:, 0] / stats[:, 2]
-            var = (stats[:, 1] / stats[:, 2] - mean.square()).clamp(min=0)
-            row[LAYER_VAR_KEY] = var.tolist()
+            stats = torch.stack([self._stats[i] for i in range(1, n_layers + 1)]).cpu()
+            row[LAYER_VAR_KEY] = variance_of_sums(stats).tolist()
         self._stats = {}
         if grads and any(
             p.grad is not None or _is_deepspeed_param(p) for p in decoder_layers(self.model).parameters()
@@ -183,105 +175,29 @@ class TrainingDiagnostics:
 
 
 def training_diagnostics(model: nn.Module, batch: Batch, *, max_rows: int = 4) -> dict[str, Any]:
-    """One-call in-training diagnostics: grad norms from the current ``.grad``, then, from one no-grad forward
-    on the first ``max_rows`` rows of ``batch``: the variance of each layer's output, Block Influence, the
-    logit lens (KL to the final distribution, top-1 agreement, settling depth) and the sub-layer ratios
-    (see ``DEPTH_KEYS``).
+    """One-call in-training diagnostics, the registry's ``metrics`` keys (:mod:`cod_train.eval.depth_registry`):
+    grad norms from the current ``.grad``, the learned scalars, then, from one no-grad capture forward on the first
+    ``max_rows`` rows of ``batch`` (:mod:`cod_train.eval.depth_capture`): the variance of each layer's output,
+    Block Influence, the logit lens (KL to the final distribution, top-1 agreement, settling depth) and the
+    sub-layer ratios: the same numbers as cod-analyze's entries on those rows.
 
     Call on every rank after backward, before ``optimizer.step()``.
     """
-    diag = TrainingDiagnostics(model)
-    row = diag.collect(grads=True)
+    row = TrainingDiagnostics(model).collect(grads=True)
     inner = unwrap_model(model)
     row.update({f"{DIAG_PREFIX}{k}": v for k, v in learned_scalars(inner).items()})
     small = to_device(
         {k: v[:max_rows] for k, v in batch.items() if isinstance(v, torch.Tensor)}, model_device(inner)
     )
-    # force_eager: blocks compiled in place (`distributed.compile`) would trace these hooks: recompiles, breaks
-    with torch.no_grad(), torch.compiler.set_stance("force_eager"), diag.capture(small), \
-            depth_capture(inner, small) as depth, \
-            WeightMeans(inner, valid_token_mask(small)) as hc_weights:  # hyper-connections: token means
-        # logits of the last position only: the hooks need the layers, not the lm_head over all tokens
-        kwargs = {"input_ids": small["input_ids"], "use_cache": False, "logits_to_keep": 1}
-        if "attention_mask" in small:
-            kwargs["attention_mask"] = small["attention_mask"]
-        inner(**kwargs)
+    captured = [d for d in IN_TRAINING if d.source == "capture"]
+    accumulators: list[Accumulator] = [start(d) for d in captured]
+    with WeightMeans(inner, valid_token_mask(small)) as hc_weights:  # hyper-connections: token means
+        capture_batch(inner, small, accumulators)
     row.update({f"{DIAG_PREFIX}{k}": v for k, v in hc_weights.stats().items()})
-    row.update(diag.collect(grads=False))
-    row.update(depth.row())
+    for diag, acc in zip(captured, accumulators, strict=True):
+        entry = acc.finish()
+        row.update({key: entry[field] for key, field in diag.metrics})
     return row
-
-
-class _DepthStats:
-    """What :func:`depth_capture` gathers during one forward (all sums over the real tokens of the batch)."""
-
-    def __init__(self, n_layers: int, mask: torch.Tensor) -> None:
-        self.mask = mask
-        self.states: list[torch.Tensor | None] = [None] * (n_layers + 1)
-        self.sub = torch.zeros(n_layers, len(SUBLAYER_KEYS), dtype=torch.float64)
-        self.lens: dict[str, list[float]] = {}
-        self.in_lens = False
-
-    def row(self) -> dict[str, Any]:
-        count = float(self.mask.sum())
-        out: dict[str, Any] = {}
-        if all(s is not None for s in self.states):
-            states = cast("list[torch.Tensor]", self.states)
-            mask = self.mask.to(states[0].device)
-            out[BI_KEY] = [
-                float((1.0 - per_token_cos(states[i - 1], states[i]))[mask].sum()) / count
-                for i in range(1, len(states))
-            ]
-        for col, key in enumerate(SUBLAYER_KEYS[:4]):
-            out[f"{DIAG_PREFIX}{key}"] = (self.sub[:, col] / count).tolist()
-        if self.lens:
-            out[LENS_KL_KEY] = [v / count for v in self.lens["kl"]]
-            out[LENS_TOP1_KEY] = [v / count for v in self.lens["top1"]]
-            out[SETTLING_KEY] = settling_layer(out[LENS_TOP1_KEY]) / (len(out[LENS_TOP1_KEY]) - 1)
-        return out
-
-
-@contextlib.contextmanager
-def depth_capture(model: nn.Module, batch: Batch) -> Iterator[_DepthStats]:
-    """Hooks for one forward: residual states (Block Influence), sub-layer sums, and the logit lens, computed
-    inside ``lm_head``'s forward hook (so sharded parameters are gathered, as in the model's own forward)."""
-    layers = decoder_layers(model)
-    mask = valid_token_mask(batch)
-    stats = _DepthStats(len(layers), mask)
-    head = cast(nn.Module, unwrap_model(model).lm_head)
-
-    def record(idx: int, hidden: torch.Tensor) -> None:
-        stats.states[idx] = hidden
-
-    def lens_hook(_m: nn.Module, _args: tuple, _out: Any) -> None:
-        if stats.in_lens or any(s is None for s in stats.states):
-            return
-        stats.in_lens = True
-        try:
-            stats.lens = lens_sums(model, cast("list[torch.Tensor]", stats.states), mask)
-        finally:
-            stats.in_lens = False
-
-    handle = head.register_forward_hook(lens_hook)
-    try:
-        with residual_stream_hooks(model, record), sublayer_hooks(model, mask, stats.sub):
-            yield stats
-    finally:
-        handle.remove()
-
-
-def lens_sums(model: nn.Module, states: list[torch.Tensor], mask: torch.Tensor) -> dict[str, list[float]]:
-    """Sums over ``mask``'s tokens of KL(p_L || p_l) and top-1 agreement, l = 0..L, row by row."""
-    head, norm = cast(nn.Module, unwrap_model(model).lm_head), cast(nn.Module, backbone(model).norm)
-    kl, top1 = [0.0] * len(states), [0.0] * len(states)
-    mask = mask.to(states[0].device)
-    for row in range(mask.shape[0]):
-        final = torch.log_softmax(head(norm(states[-1][row])).float(), dim=-1)
-        for layer, state in enumerate(states):
-            logp = torch.log_softmax(head(norm(state[row])).float(), dim=-1)
-            kl[layer] += float((final.exp() * (final - logp)).sum(-1)[mask[row]].double().sum())
-            top1[layer] += float((final.argmax(-1) == logp.argmax(-1))[mask[row]].sum())
-    return {"kl": kl, "top1": top1}
 
 
 def scalarize_diagnostics(row: dict[str, Any]) -> dict[str, float]:

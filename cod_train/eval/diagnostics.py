@@ -20,14 +20,17 @@ taken before the final norm.
 - :func:`block_influence`, :func:`logit_lens`, :func:`sublayer_contribution` and the skip effect — see
   :mod:`cod_train.eval.depth_analyses`.
 
-Everything returns plain Python lists / floats, ready for JSON.
+The diagnostics are declared once in :mod:`cod_train.eval.depth_registry` (name, file, figure, training keys);
+the variance, angular distance, Block Influence, logit lens and sub-layer contribution are computed from one
+hooked forward per batch shared by all of them (:mod:`cod_train.eval.depth_capture`), in ``cod-analyze`` and in
+training alike. Everything returns plain Python lists / floats, ready for JSON.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,20 +42,18 @@ from cod_train.eval.depth_analyses import (
     removal_analyses,
     sublayer_contribution,
 )
+from cod_train.eval.depth_capture import run_captures
 from cod_train.eval.depth_hooks import (
     Batch,
     decoder_layers,
-    last_token_index,
     model_device,
     pruned_layers,
-    residual_stream_hooks,
-    run_backbone,
     to_device,
     token_losses_sum,
     unwrap_model,
-    valid_token_mask,
 )
-from cod_train.eval.depth_progress import Progress, sums_spread, tracked, with_spread
+from cod_train.eval.depth_progress import Progress, tracked
+from cod_train.eval.depth_registry import DIAGNOSTICS, NAMES, unknown_names
 from cod_train.eval.depth_train import (
     DIAG_PREFIX,
     LAYER_GRAD_NORM_KEY,
@@ -67,6 +68,7 @@ __all__ = [
     "DIAG_PREFIX",
     "LAYER_GRAD_NORM_KEY",
     "LAYER_VAR_KEY",
+    "NAMES",
     "TrainingDiagnostics",
     "angular_distances",
     "block_influence",
@@ -83,16 +85,6 @@ __all__ = [
     "training_diagnostics",
 ]
 
-DIAGNOSTICS = (
-    "variance",
-    "angular",
-    "pruning",
-    "grad_norms",
-    "block_influence",
-    "logit_lens",
-    "sublayer",
-    "skip_effect",
-)
 MetricFn = Callable[[nn.Module], float]
 
 
@@ -104,20 +96,6 @@ def _prepared(model: nn.Module, batches: Iterable[Batch]) -> list[Batch]:
     return out
 
 
-def _variance(sums: torch.Tensor) -> torch.Tensor:
-    """Variance from ``[..., 4]`` sums (sum, sum of squares, sum of |.|, count)."""
-    mean = sums[..., 0] / sums[..., 3]
-    return (sums[..., 1] / sums[..., 3] - mean.square()).clamp(min=0)
-
-
-LAYER_STATS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "layer_var": _variance,
-    "layer_std": lambda sums: _variance(sums).sqrt(),
-    "layer_mean_abs": lambda sums: sums[..., 2] / sums[..., 3],
-}
-
-
-@torch.no_grad()
 def layer_variance(model: nn.Module, batches: Iterable[Batch], *, progress: bool = True) -> dict:
     """Variance and std of h_0..h_L over all elements of the real tokens.
 
@@ -125,63 +103,7 @@ def layer_variance(model: nn.Module, batches: Iterable[Batch], *, progress: bool
     is the variance of layer l's output. Each per-layer key comes with its spread over batches (``_std``,
     ``_lo``, ``_hi``: :func:`cod_train.eval.depth_progress.sums_spread`).
     """
-    batches = _prepared(model, batches)
-    n_states = len(decoder_layers(model)) + 1
-    sums = torch.zeros(len(batches), n_states, 4, dtype=torch.float64)  # per batch: LAYER_STATS' sums
-    model.eval()
-    for b, batch in enumerate(tracked(batches, "variance", progress)):
-        mask = valid_token_mask(batch)
-
-        def record(idx: int, hidden: torch.Tensor, mask: torch.Tensor = mask, b: int = b) -> None:
-            vals = hidden[mask.to(hidden.device)].double()
-            parts = [vals.sum(), vals.square().sum(), vals.abs().sum()]
-            sums[b, idx] += torch.tensor([float(p) for p in parts] + [vals.numel()], dtype=torch.float64)
-
-        with residual_stream_hooks(model, record):
-            run_backbone(model, batch)
-    out: dict[str, Any] = {"embed_var": float(_variance(sums[:, 0].sum(0)))}
-    for key, stat in LAYER_STATS.items():
-        with_spread(out, key, sums_spread(sums[:, 1:], stat))
-    return out
-
-
-@torch.no_grad()
-def last_token_states(model: nn.Module, batches: Iterable[Batch], *, progress: bool = True) -> torch.Tensor:
-    """``[N, L+1, D]`` float64: h_0..h_L at each row's last real token, rows of all batches stacked."""
-    batches = _prepared(model, batches)
-    n_states = len(decoder_layers(model)) + 1
-    rows = []
-    model.eval()
-    for batch in tracked(batches, "angular distance", progress):
-        last = last_token_index(batch)
-        states: list[torch.Tensor | None] = [None] * n_states
-
-        def record(idx: int, hidden: torch.Tensor, last: torch.Tensor = last, states: list = states) -> None:
-            picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
-            states[idx] = picked.double().cpu()
-
-        with residual_stream_hooks(model, record):
-            run_backbone(model, batch)
-        rows.append(torch.stack(cast("list[torch.Tensor]", states), dim=1))  # the hooks filled every slot
-    return torch.cat(rows, dim=0)
-
-
-def angular_distance_matrix(states: torch.Tensor) -> torch.Tensor:
-    """From ``[N, L+1, D]`` states: ``[L, L]`` with ``[l, n-1]`` = mean_rows arccos(cos(h_l, h_{l+n}))/pi
-    for l = 0..L-1, n = 1..L-l, NaN where l + n > L."""
-    unit = nn.functional.normalize(states, dim=-1)
-    cos = torch.einsum("nid,njd->nij", unit, unit).clamp(-1.0, 1.0)
-    dist = (torch.arccos(cos) / math.pi).mean(dim=0)  # [L+1, L+1]
-    n_layers = states.shape[1] - 1
-    out = torch.full((n_layers, n_layers), float("nan"), dtype=torch.float64)
-    for start in range(n_layers):
-        for span in range(1, n_layers - start + 1):
-            out[start, span - 1] = dist[start, start + span]
-    return out
-
-
-def _nan_to_none(rows: torch.Tensor) -> list[list[float | None]]:
-    return [[None if math.isnan(v) else v for v in row] for row in rows.tolist()]
+    return run_captures(model, _prepared(model, batches), ["variance"], progress=progress)["variance"]
 
 
 def angular_distances(model: nn.Module, batches: Iterable[Batch], *, progress: bool = True) -> dict:
@@ -191,13 +113,7 @@ def angular_distances(model: nn.Module, batches: Iterable[Batch], *, progress: b
     l = 0..L-1 (0 = embedding output) and block size n = 1..L-l (None where l + n > L);
     ``adjacent[l-1]`` = d(h_{l-1}, h_l), layer l's own change; ``num_samples`` rows averaged.
     """
-    states = last_token_states(model, batches, progress=progress)
-    matrix = angular_distance_matrix(states)
-    return {
-        "distance": _nan_to_none(matrix),
-        "adjacent": matrix[:, 0].tolist(),
-        "num_samples": states.shape[0],
-    }
+    return run_captures(model, _prepared(model, batches), ["angular"], progress=progress)["angular"]
 
 
 @torch.no_grad()
@@ -338,46 +254,40 @@ def run_diagnostics(
     model: nn.Module,
     batches: Sequence[Batch],
     *,
-    which: Sequence[str] = DIAGNOSTICS,
+    which: Sequence[str] = NAMES,
     grad_batches: int = 1,
     metric_fn: MetricFn | None = None,
     layers: Sequence[int] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, dict]:
-    """Run the selected diagnostics (names in ``DIAGNOSTICS``); returns ``{name: result}``.
+    """Run the selected diagnostics (names in ``cod_train.eval.depth_registry``); returns ``{name: result}``.
 
-    ``layers`` (0-based) restricts the removal analyses (pruning, skip effect); pruning and the skip effect
-    share one prefix-cached sweep when both are asked for.
+    The ``capture`` ones share one forward per batch; pruning and the skip effect share one prefix-cached sweep;
+    ``layers`` (0-based) restricts those two.
     """
-    unknown = sorted(set(which) - set(DIAGNOSTICS))
+    unknown = unknown_names(tuple(which))
     if unknown:
-        raise ValueError(f"unknown diagnostics {unknown}; valid: {', '.join(DIAGNOSTICS)}")
+        raise ValueError(f"unknown diagnostics {unknown}; valid: {', '.join(NAMES)}")
     batches = _prepared(model, batches)
     chosen = check_layers(model, layers)
-    show = {"progress": progress}
-    runners: dict[str, Callable[[], dict]] = {
-        "variance": lambda: layer_variance(model, batches, **show),
-        "angular": lambda: angular_distances(model, batches, **show),
-        "grad_norms": lambda: layer_grad_norms(model, batches[: max(1, grad_batches)], **show),
-        "block_influence": lambda: block_influence(model, batches, **show),
-        "logit_lens": lambda: logit_lens(model, batches, **show),
-        "sublayer": lambda: sublayer_contribution(model, batches, **show),
-    }
     out: dict[str, dict] = {}
-    if "pruning" in which or "skip_effect" in which:
+    removal = [d.name for d in DIAGNOSTICS if d.source == "removal" and d.name in which]
+    if removal:
         if log:
-            log("  " + " + ".join(n for n in ("pruning", "skip_effect") if n in which) + " ...")
-        removal = removal_analyses(model, batches, layers=chosen, skip_effect="skip_effect" in which, **show)
-        if "pruning" in which:
-            out["pruning"] = removal["pruning"]
-            if metric_fn is not None:
-                out["pruning"].update(_metric_curve(model, metric_fn, chosen, progress))
-        if "skip_effect" in which:
-            out["skip_effect"] = removal["skip_effect"]
-    for name in DIAGNOSTICS:
-        if name in which and name in runners:
-            if log:
-                log(f"  {name} ...")
-            out[name] = runners[name]()
+            log("  " + " + ".join(removal) + " ...")
+        out.update(removal_analyses(model, batches, layers=chosen, skip_effect="skip_effect" in which,
+                                    progress=progress))  # fmt: skip
+        if "pruning" in which and metric_fn is not None:
+            out["pruning"].update(_metric_curve(model, metric_fn, chosen, progress))
+        out = {k: v for k, v in out.items() if k in which}
+    if "grad_norms" in which:
+        if log:
+            log("  grad_norms ...")
+        out["grad_norms"] = layer_grad_norms(model, batches[: max(1, grad_batches)], progress=progress)
+    captured = [d.name for d in DIAGNOSTICS if d.source == "capture" and d.name in which]
+    if captured:
+        if log:
+            log("  " + " + ".join(captured) + " ...")
+        out.update(run_captures(model, batches, captured, progress=progress))
     return out

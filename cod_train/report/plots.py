@@ -25,6 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from cod_train.eval.depth_registry import DIAGNOSTICS  # noqa: E402
+
 Entry = dict[str, Any]
 DPI = 110
 LEGEND_FONTSIZE = 8
@@ -464,12 +466,5 @@ def plot_hyper_connections(entries: Sequence[Entry], path: Path) -> Path | None:
 
 
 PLOTTERS: dict[str, Callable[[Sequence[Entry], Path], Path | None]] = {
-    "layer_variance": plot_layer_variance,
-    "angular_distance": plot_angular_heatmaps,
-    "layer_pruning": plot_pruning,
-    "grad_norms": plot_grad_norms,
-    "block_influence": plot_block_influence,
-    "logit_lens": plot_logit_lens,
-    "sublayer_contribution": plot_sublayer,
-    "skip_effect": plot_skip_effect,
-}  # analysis file stem -> figure
+    d.file: globals()[d.plot] for d in DIAGNOSTICS if d.plot is not None
+}  # analysis file stem -> figure (each diagnostic's `plot` in cod_train.eval.depth_registry)

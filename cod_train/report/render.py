@@ -13,31 +13,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cod_train.eval.depth_registry import DIAGNOSTICS
 from cod_train.eval.depth_summary import PRUNE_THRESHOLD_PCT, depth_summary
 from cod_train.report import plots
 from cod_train.report.runs import RunData
 
 DASH = "—"
-ANALYSIS_SECTIONS = (
-    ("layer_variance", "Per-layer output variance",
-     "Variance of the residual stream after each layer; under Pre-LN it grows with depth, LNS bounds it."),
-    ("angular_distance", "Angular distance between layers",
-     "arccos(cos(h_l, h_{l+n}))/pi on the last token; near 0 = the block of n layers barely changes it."),
-    ("layer_pruning", "Layer pruning",
-     "Perplexity increase when one layer is removed; near 0 = the layer can be dropped at little cost."),
-    ("grad_norms", "Gradient norm per layer", "L2 norm of each layer's parameter gradients on held-out text."),
-    ("block_influence", "Block Influence (ShortGPT)",
-     "BI_l = 1 - cos(h_{l-1}, h_l) over all tokens; near 0 = the layer barely turns the residual stream."),
-    ("logit_lens", "Logit lens",
-     "The final norm and lm_head applied to each layer's output: KL to the final prediction and top-1 "
-     "agreement with it; the dotted line is the settling layer (agreement >= 50% from there on)."),
-    ("sublayer_contribution", "Sub-layer contribution (Csordas et al.)",
-     "||F(x)|| / ||x|| and cos(F(x), x) of the attention (left) and MLP (right) sub-layers, x the sub-layer's "
-     "input (for hyper-connection models its own read of the streams, docs/depth.md): how much each writes, "
-     "and whether it points along x (cos > 0) or against it (cos < 0)."),
-    ("skip_effect", "Skip effect",
-     "Removing layer l: relative change of each later layer's output, and KL of the final distribution."),
-)  # fmt: skip
+ANALYSIS_SECTIONS = tuple((d.file, d.title, d.about) for d in DIAGNOSTICS)  # (file stem, heading, caption)
 NOISE_CURVES = (("layer_pruning", "delta_ppl_pct", "pruning cost (%)"), ("block_influence", "bi", "Block Influence"),
                 ("logit_lens", "kl", "logit-lens KL"))  # fmt: skip
 

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeGuard, cast
 
 from cod_train.config import ConfigError, flatten_config, model_scheme
-from cod_train.eval.depth_names import DIAG_FILES, SUMMARY_FILE
+from cod_train.eval.depth_registry import DIAG_FILES, SUMMARY_FILE
 from cod_train.model import zoo
 
 if TYPE_CHECKING:

@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cod_train.config import ConfigError, DataConfig, to_typed
 from cod_train.core.constants import IGNORE_INDEX
+from cod_train.eval.depth_registry import DIAGNOSTICS, NAMES, SUMMARY_FILE, unknown_names
 
 if TYPE_CHECKING:
     import torch
@@ -32,10 +33,7 @@ class DownstreamOptions:
 
 @dataclass
 class AnalyzeOptions:
-    diagnostics: list[str] = field(
-        default_factory=lambda: ["variance", "angular", "pruning", "grad_norms", "block_influence", "logit_lens",
-                                 "sublayer", "skip_effect"]
-    )  # fmt: skip
+    diagnostics: list[str] = field(default_factory=lambda: list(NAMES))  # cod_train.eval.depth_registry
     layers: list[int] = field(
         default_factory=list
     )  # 1-based layers to remove (pruning, skip effect); [] = all
@@ -72,13 +70,12 @@ def _checkpoint_list(raw: Any) -> list[str]:
 
 def validate(cfg: AnalyzeConfig) -> tuple[list, list[str], Path]:
     """Resolve every checkpoint, the labels and the output directory before any work."""
-    from cod_train.eval.diagnostics import DIAGNOSTICS
     from cod_train.runs.models import resolve_checkpoint
 
     sources = [resolve_checkpoint(spec) for spec in _checkpoint_list(cfg.checkpoint)]
-    unknown = sorted(set(cfg.analyze.diagnostics) - set(DIAGNOSTICS))
+    unknown = unknown_names(tuple(cfg.analyze.diagnostics))
     if unknown:
-        raise ConfigError(f"analyze.diagnostics: unknown {unknown}; valid: {list(DIAGNOSTICS)}")
+        raise ConfigError(f"analyze.diagnostics: unknown {unknown}; valid: {list(NAMES)}")
     if cfg.analyze.dtype not in DTYPES:
         raise ConfigError(f"analyze.dtype must be one of {list(DTYPES)}, got {cfg.analyze.dtype!r}")
     if cfg.analyze.eval_tokens < 1 or cfg.analyze.micro_batch_size < 1:
@@ -283,18 +280,17 @@ def weights_origin(source: Any) -> dict[str, Any]:
 def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]:
     """One JSON and one PNG per diagnostic under ``out_dir/analysis``, and ``depth_summary.json``."""
     from cod_train.core.io import atomic_write_json
-    from cod_train.eval.depth_names import DIAG_FILES, SUMMARY_FILE
     from cod_train.eval.depth_summary import depth_summary
     from cod_train.report import plots
 
     written = []
-    for name, stem in DIAG_FILES.items():
-        entries = [m[name] for m in per_model if name in m]
+    for diag in DIAGNOSTICS:
+        entries = [m[diag.name] for m in per_model if diag.name in m]
         if not entries:
             continue
-        base = out_dir / "analysis" / stem
-        written.append(atomic_write_json(base.with_suffix(".json"), {"diagnostic": stem, "models": entries}))
-        png = plots.PLOTTERS[stem](entries, base.with_suffix(".png"))
+        base = out_dir / "analysis" / diag.file
+        written.append(atomic_write_json(base.with_suffix(".json"), {"diagnostic": diag.file, "models": entries}))
+        png = getattr(plots, diag.plot)(entries, base.with_suffix(".png")) if diag.plot else None
         if png is not None:
             written.append(png)
     hyper = plots.plot_hyper_connections([next(iter(m.values())) for m in per_model if m],
