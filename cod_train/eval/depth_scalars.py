@@ -1,9 +1,10 @@
-"""The learned scalars of the depth zoo, per layer: DyT / Derf alphas and shifts, GPAS gates, ReZero gains,
-LayerScale gains (their mean over channels), and the model-level embedding scale and final-norm alpha.
+"""The learned scalars of the depth zoo, per layer: DyT / Derf alphas and shifts, each residual scheme's
+`scalar_params` (gates, branch gains: their mean over channels), and the model-level embedding scale and
+final-norm alpha.
 
 Keys (in ``metrics.jsonl`` under ``diag/``, in ``cod-analyze``'s JSON under ``learned_scalars``) are the
-parameter's name inside its layer without ``.weight``: ``gpas_gate``, ``attn_gain``, ``mlp_gain``,
-``input_layernorm.alpha``, ``post_attention_layernorm.shift`` ...; each value is a list of L floats (``None``
+parameter's name inside its layer without ``.weight`` (``attn_gain``, ``input_layernorm.alpha``,
+``post_attention_layernorm.shift`` ...); each value is a list of L floats (``None``
 for a layer without that parameter, e.g. the Post-LN layers of Mix-LN). Model-level ones are single floats:
 ``embed_scale``, ``norm.alpha``, ``embed_norm.alpha``. A residual scheme adds its own (its
 ``learned_scalars``; hyper-connections: per layer, the input-independent part of their read / write / mix weights,
@@ -22,13 +23,14 @@ import torch
 from torch import nn
 
 from cod_train.eval.depth_hooks import backbone, decoder_layers, unwrap_model
+from cod_train.model import zoo
 
-SCALAR_SUFFIXES = (".alpha", ".shift", "gpas_gate.weight", "attn_gain.weight", "mlp_gain.weight",
-                   "embed_scale.weight")
+NORM_SCALARS = (".alpha", ".shift", "embed_scale.weight")  # DyT / Derf, the embedding scale
 
 
 def _is_learned_scalar(name: str) -> bool:
-    return name.endswith(SCALAR_SUFFIXES)
+    schemes = tuple(s for r in zoo.residual_names() for s in zoo.residual(r).scalar_params)
+    return name.endswith(NORM_SCALARS + schemes)
 
 
 def _full_tensor(param: torch.Tensor) -> torch.Tensor:

@@ -81,7 +81,7 @@ def _scheme(config: CodLlamaConfig) -> dict[str, Any]:
     qk = getattr(config, "resolved_qk_norm", "none")
     return {"qk_norm": qk, "norm_fn": getattr(config, "norm_fn", "rmsnorm"),
             "norm_bias": getattr(config, "norm_bias", False), "residual": getattr(config, "residual", "plain"),
-            "embed_norm": getattr(config, "has_embed_norm", config.norm_type == "peri_ln"),
+            "embed_norm": getattr(config, "has_embed_norm", False),
             "embed_scale": getattr(config, "has_embed_scale", False), "v_norm": getattr(config, "v_norm", False)}
 
 

@@ -116,24 +116,24 @@ def register_residual(cls: S) -> S:
     return cls
 
 
-_loaded = False
+_loaded: set[str] = set()
 
 
 def load_schemes() -> None:
-    """Import the built-in scheme modules and the plugins ($COD_TRAIN_PLUGINS, entry points) once."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    importlib.import_module("cod_train.model.placements")
-    importlib.import_module("cod_train.model.residuals")
-    names = [m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(",") if m.strip()]
-    for name in names:
-        importlib.import_module(name)
-    from importlib.metadata import entry_points
+    """Import the built-in scheme modules, the entry points' (once) and every module named in $COD_TRAIN_PLUGINS
+    not imported yet (the variable is read on each call: a test or a launcher may set it late)."""
+    if not _loaded:
+        _loaded.add("cod_train")
+        importlib.import_module("cod_train.model.placements")
+        importlib.import_module("cod_train.model.residuals")
+        from importlib.metadata import entry_points
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        importlib.import_module(ep.value.split(":")[0])
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            importlib.import_module(ep.value.split(":")[0])
+    for name in os.environ.get(PLUGINS_ENV, "").split(","):
+        if name.strip() and name.strip() not in _loaded:
+            _loaded.add(name.strip())
+            importlib.import_module(name.strip())
 
 
 def placement(name: str) -> Any:
@@ -259,6 +259,7 @@ class Residual(Scheme):
     placements: ClassVar[tuple[str, ...] | None] = None  # the norm types it is defined on (None: every one)
     placement_reason: ClassVar[str] = ""  # why (for the error)
     layer_reads_history: ClassVar[bool] = False  # a layer reads earlier layers' outputs, not only the stream
+    scalar_params: ClassVar[tuple[str, ...]] = ()  # its learned scalars by name inside a layer (diagnostics)
 
     def label(self, axes: Any) -> str:
         return "" if self.name == "plain" else self.name

@@ -16,6 +16,7 @@ class GPAS(Residual):
     summary = "Gradient-Preserving Activation Scaling: a learned, gradient-free down-scaling of the stream"
     equations = "z = x + f,  x (+) f = z - SiLU(g) * stopgrad(z),  one gate g per layer, init 0"
     paper = "Chen et al. 2025, arXiv 2506.22049"
+    scalar_params = ("gpas_gate.weight",)
 
     def build_layer(self, block: Any, config: Any) -> None:
         from cod_train.model.norms import Gain

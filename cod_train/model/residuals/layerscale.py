@@ -16,6 +16,7 @@ class LayerScale(Residual):
     equations = "x (+) f = x + g * f,  g per channel (attn_gain / mlp_gain), init layerscale_init"
     paper = "Touvron et al. 2021, arXiv 2103.17239"
     foldable = True
+    scalar_params = ("attn_gain.weight", "mlp_gain.weight")  # logged as their mean over channels
 
     def gain_size(self, config: Any) -> int:
         return int(config.hidden_size)
