@@ -51,6 +51,11 @@ def backbone(model: nn.Module) -> nn.Module:
     return inner
 
 
+def residual_scheme(model: nn.Module) -> Any:
+    """The model's residual scheme (`cod_train.model.zoo.Residual`), None for a model that is not cod-train's."""
+    return getattr(getattr(backbone(unwrap_model(model)), "config", None), "residual_scheme", None)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """``model.model.layers``."""
     return cast(nn.ModuleList, backbone(model).layers)  # checked by backbone()

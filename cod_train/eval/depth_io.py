@@ -87,20 +87,16 @@ def model_info(model: nn.Module, spec: str, label: str) -> dict[str, Any]:
     }
 
 
-def add_hyper_connections(model: nn.Module, info: dict[str, Any], batch: dict[str, torch.Tensor]) -> None:
-    """residual=hc | mhc: the token means over ``batch`` of input-dependent connection weights join
-    ``info["learned_scalars"]`` (suffix ``.tokens``), and ``info["hc_connection_map"]`` is the unfolded connection
-    map (``cod_train.model.hyper_connections``); nothing for other models."""
-    from cod_train.eval.depth_hooks import backbone, model_device, to_device, unwrap_model
-    from cod_train.model.hyper_connections import (
-        connection_modules,
-        hyper_connection_map,
-        hyper_connection_stats,
-    )
+def add_scheme_outputs(model: nn.Module, info: dict[str, Any], batch: dict[str, torch.Tensor]) -> None:
+    """The residual scheme's own outputs on ``batch``: its weights' token means join ``info["learned_scalars"]``
+    (suffix ``.tokens``) and its analyses join ``info`` (hyper-connections: ``hc_connection_map``, the unfolded
+    connection map); nothing for a scheme without them."""
+    from cod_train.eval.depth_hooks import backbone, model_device, residual_scheme, to_device, unwrap_model
 
-    inner = backbone(unwrap_model(model))
-    if not connection_modules(inner):
+    scheme = residual_scheme(model)
+    if scheme is None:
         return
+    inner = backbone(unwrap_model(model))
     batch = to_device({k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}, model_device(model))
-    info["learned_scalars"].update(hyper_connection_stats(inner, batch))
-    info["hc_connection_map"] = hyper_connection_map(inner, batch)
+    info["learned_scalars"].update(scheme.learned_scalars(inner, batch=batch))
+    info.update(scheme.analyses(inner, batch))

@@ -2,9 +2,10 @@
 
 For the attention and MLP sub-layers and the whole layer: ||F|| / ||x|| and cos(F, x), where x is the residual
 stream entering the sub-layer and F the change it makes to it (F = stream after - stream before; for pre-norm
-layers F is exactly the sub-layer's output). The stream between the sub-layers is the MLP's input for post-norm
-layers (our ``post_ln`` / ``deepnorm`` placements, Olmo2's reordered norm), else the input of
-``post_attention_layernorm``. Hyper-connection layers (residual=hc | mhc) pass n streams, and no one stream is "the
+layers F is exactly the sub-layer's output). The stream between the sub-layers is the input of the module a
+cod-train placement names (``mid_stream``: the MLP for post-norm and reordered layers), for other models the MLP's
+input (Olmo2's reordered norm) or ``post_attention_layernorm``'s. Multi-stream residual schemes (hyper-connections)
+pass n streams, and no one stream is "the
 stream before and after the sub-layer": x is the sub-layer's own read of the streams (its norm's input), F its
 branch output (``self_attn`` / ``mlp``); the whole layer's entry is the change of the collapsed stream
 (``STREAMS_DEFINITION``, also written into the result as ``definition``).
@@ -32,13 +33,11 @@ def per_token_cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _mid_stream_module(layer: nn.Module) -> nn.Module:
     """The module whose *input* is the residual stream between attention and MLP (see module docstring)."""
-    post_norm = getattr(layer, "placement", None) in ("post_ln", "deepnorm")
-    if (
-        post_norm
-        or hasattr(layer, "post_feedforward_layernorm")
-        or not hasattr(layer, "post_attention_layernorm")
-    ):
-        return cast(nn.Module, layer.mlp)  # (reordered_ln: the MLP takes the stream h itself)
+    placement = getattr(layer, "placement_scheme", None)  # a cod-train layer: its placement says
+    if placement is not None:
+        return cast(nn.Module, getattr(layer, placement.mid_stream))
+    if hasattr(layer, "post_feedforward_layernorm") or not hasattr(layer, "post_attention_layernorm"):
+        return cast(nn.Module, layer.mlp)  # Olmo2's reordered norm: the MLP takes the stream h itself
     return cast(nn.Module, layer.post_attention_layernorm)
 
 
@@ -91,7 +90,7 @@ def _plain_hooks(layer: nn.Module, mask: torch.Tensor, add: Add) -> list[Any]:
 
 
 def _hyper_hooks(model: nn.Module, layer: nn.Module, mask: torch.Tensor, add: Add) -> list[Any]:
-    """n streams (residual=hc | mhc; ``STREAMS_DEFINITION``): each sub-layer's read of the streams (the input of
+    """n streams (``STREAMS_DEFINITION``): each sub-layer's read of the streams (the input of
     its norm) and its branch output (``self_attn`` / ``mlp``); the layer: its change of the collapsed stream."""
     seen: dict[str, torch.Tensor] = {}
 
@@ -126,8 +125,8 @@ def _hyper_hooks(model: nn.Module, layer: nn.Module, mask: torch.Tensor, add: Ad
 
 
 def has_streams(layer: nn.Module) -> bool:
-    """A hyper-connection layer (residual=hc | mhc): it passes n streams."""
-    return getattr(layer, "attn_hc", None) is not None
+    """A layer of a multi-stream residual scheme (hyper-connections): it passes n streams."""
+    return bool(getattr(getattr(layer, "residual", None), "multi_stream", False))
 
 
 @contextlib.contextmanager

@@ -62,6 +62,7 @@ from cod_train.eval.depth_hooks import (
     Batch,
     decoder_layers,
     model_device,
+    residual_scheme,
     residual_stream_hooks,
     to_device,
     unwrap_model,
@@ -69,7 +70,6 @@ from cod_train.eval.depth_hooks import (
 )
 from cod_train.eval.depth_registry import DIAG_PREFIX, IN_TRAINING, diagnostic
 from cod_train.eval.depth_scalars import learned_scalars
-from cod_train.model.hyper_connections import WeightMeans
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
@@ -191,9 +191,12 @@ def training_diagnostics(model: nn.Module, batch: Batch, *, max_rows: int = 4) -
     )
     captured = [d for d in IN_TRAINING if d.source == "capture"]
     accumulators: list[Accumulator] = [start(d) for d in captured]
-    with WeightMeans(inner, valid_token_mask(small)) as hc_weights:  # hyper-connections: token means
+    scheme = residual_scheme(inner)
+    recorder = scheme.recorder(inner, valid_token_mask(small)) if scheme is not None else None
+    with recorder if recorder is not None else contextlib.nullcontext():  # the scheme's input-dependent weights
         capture_batch(inner, small, accumulators)
-    row.update({f"{DIAG_PREFIX}{k}": v for k, v in hc_weights.stats().items()})
+    if recorder is not None:
+        row.update({f"{DIAG_PREFIX}{k}": v for k, v in recorder.stats().items()})
     for diag, acc in zip(captured, accumulators, strict=True):
         entry = acc.finish()
         row.update({key: entry[field] for key, field in diag.metrics})

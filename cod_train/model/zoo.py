@@ -233,6 +233,7 @@ class Placement(Scheme):
     v_norm: ClassVar[bool] = False  # attention normalizes v as well (same granularity as qk_norm)
     pre_norm: ClassVar[bool] = False  # x passes unnormalized from layer to layer (what hyper-connections need)
     export_form: ClassVar[str | None] = None  # the shipped layer it rewrites into exactly: pre_ln | reordered_ln
+    mid_stream: ClassVar[str] = "post_attention_layernorm"  # the module whose input is the stream between sub-layers
 
     def layer(self, depth: int, config: Any) -> Placement:
         """The placement of the layer at 1-based `depth` (Mix-LN: Post-LN, then Pre-LN)."""
@@ -258,6 +259,7 @@ class Residual(Scheme):
     foldable: ClassVar[bool] = False  # the branch factor folds exactly into weights (exports to shipped classes)
     placements: ClassVar[tuple[str, ...] | None] = None  # the norm types it is defined on (None: every one)
     placement_reason: ClassVar[str] = ""  # why (for the error)
+    multi_stream: ClassVar[bool] = False  # the stream between layers is n streams [.., n, d], not one [.., d]
     layer_reads_history: ClassVar[bool] = False  # a layer reads earlier layers' outputs, not only the stream
     scalar_params: ClassVar[tuple[str, ...]] = ()  # its learned scalars by name inside a layer (diagnostics)
 

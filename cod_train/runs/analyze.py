@@ -230,7 +230,7 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
     """Load one model, run the diagnostics, return ``{diagnostic: entry}`` (entries carry the model info)."""
     import torch
 
-    from cod_train.eval.depth_io import add_hyper_connections, model_info
+    from cod_train.eval.depth_io import add_scheme_outputs, model_info
     from cod_train.eval.diagnostics import run_diagnostics
     from cod_train.runs.models import load_model
 
@@ -248,7 +248,7 @@ def analyze_one(cfg: AnalyzeConfig, source: Any, label: str, device: torch.devic
         )
     batches = held_out_batches(cfg, tokenizer, data_cfg)
     info["eval_tokens"] = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-    add_hyper_connections(model, info, batches[0])  # residual=hc | mhc: connection weights on held-out tokens
+    add_scheme_outputs(model, info, batches[0])  # e.g. hyper-connections' weights on held-out tokens
     results = run_diagnostics(
         model,
         batches,

@@ -37,6 +37,7 @@ class ToyParallel(Placement):
     summary = "the parallel block: attention and MLP read the same normalized stream"
     equations = "y = x (+) Attn(N1(x)) (+) MLP(N2(x))"
     pre_norm = True
+    mid_stream = "input_layernorm"  # both sub-layers read the layer's input: no stream between them
 
     def forward(self, b: Any, x: Any, attn: Any) -> Any:
         a, m = attn(b.input_layernorm(x)), b.mlp(b.post_attention_layernorm(x))

@@ -399,7 +399,7 @@ def test_unsupported_combinations_are_refused_up_front(overrides, needle):
 def test_training_diag_row_and_cod_analyze_entry_carry_the_connection_weights(tmp_path):
     """The in-training diag row: the static part and the token means over the diag forward's real tokens (the
     plain forward row by row, padding left out); cod-analyze's model entry and its figure."""
-    from cod_train.eval.depth_io import add_hyper_connections, model_info
+    from cod_train.eval.depth_io import add_scheme_outputs, model_info
     from cod_train.eval.depth_train import training_diagnostics
     from cod_train.report.plots import plot_hyper_connections
 
@@ -421,7 +421,7 @@ def test_training_diag_row_and_cod_analyze_entry_carry_the_connection_weights(tm
         static = _static_by_hand(sd, f"model.layers.{k // 2}.{sub}_hc.", cfg)
         assert row[f"diag/{sub}_hc.write.0"][k // 2] == pytest.approx(float(static[1][0]), rel=1e-5)
     info = model_info(model, "spec", "mhc")
-    add_hyper_connections(model, info, {"input_ids": ids[:1], "labels": labels[:1]})
+    add_scheme_outputs(model, info, {"input_ids": ids[:1], "labels": labels[:1]})
     assert info["learned_scalars"]["mlp_hc.res_dist.tokens"] == pytest.approx(
         [float(torch.stack([torch.linalg.matrix_norm(r - torch.eye(2)) for r in logs[0][2 * i + 1][2]]).mean())
          for i in range(cfg.num_hidden_layers)], rel=1e-4)

@@ -11,6 +11,7 @@ from cod_train.model.zoo import Placement, register_placement
 @register_placement
 class ReorderedLN(Placement):
     name = "reordered_ln"
+    mid_stream = "mlp"  # the MLP reads the stream h itself
     summary = "Reordered norm (OLMo 2): a norm on each sub-layer's output, none on its input"
     equations = "h = x (+) Na(Attn(x)),  y = h (+) Nm(MLP(h))"
     paper = "OLMo 2, arXiv 2501.00656"

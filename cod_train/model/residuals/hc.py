@@ -22,6 +22,7 @@ class HyperConnections(Residual):
     tags: tuple[str, ...] = ("hyper-connections",)
     equations = "h = pre^T H,  H' = res^T H + post^T F(h)  (n = hc_streams streams H)"
     paper = "Zhu et al. 2025, arXiv 2409.19606"
+    multi_stream = True
     placements = ("pre_ln", "lns")
     placement_reason = "Pre-Norm blocks (the HC / mHC papers)"
     default_collapse = "sum"  # the HC paper sums the streams before the final norm
