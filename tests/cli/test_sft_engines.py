@@ -77,10 +77,10 @@ def expected_first_loss(cfg: SFTConfig, ckpt: Path) -> float:
 
 
 def run_cli_sft(cfg: SFTConfig):
-    source, examples = preflight(cfg)
+    run, source, examples = preflight(cfg)
     env = init_distributed(cfg.distributed, "cpu")
     try:
-        return run_sft(cfg, env, source, examples)
+        return run_sft(run, env, source, examples)
     finally:
         destroy_distributed()
 

@@ -23,9 +23,8 @@ SHAPE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_
 
 
 def _init_from(path) -> tuple[PretrainConfig, torch.nn.Module]:
-    cfg = PretrainConfig(init_from=str(path))
-    apply_init_from(cfg)
-    model = build_model_for(cfg, VOCAB).eval()
+    cfg, overrides = apply_init_from(PretrainConfig(init_from=str(path)))
+    model = build_model_for(cfg, VOCAB, overrides).eval()
     return cfg, model
 
 
