@@ -10,6 +10,7 @@ from cod_train.model.zoo import Placement, register_placement
 @register_placement
 class PostLN(Placement):
     name = "post_ln"
+    paper = "Vaswani et al. 2017, arXiv 1706.03762"
     mid_stream = "mlp"  # the MLP reads the stream h itself
     summary = "Post-LN: the norm follows each residual sum (the original Transformer, BERT)"
     equations = "h = N1(x (+) Attn(x)),  y = N2(h (+) MLP(h))"

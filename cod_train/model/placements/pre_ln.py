@@ -12,6 +12,7 @@ class PreLN(Placement):
     name = "pre_ln"
     summary = "Pre-LN: each sub-layer reads a normalized copy of the stream (LLaMA, GPT-2)"
     equations = "h = x (+) Attn(N1(x)),  y = h (+) MLP(N2(h))"
+    paper = "Xiong et al. 2020, arXiv 2002.04745"
     pre_norm = True
     export_form = "pre_ln"
 

@@ -13,6 +13,7 @@ class SandwichLN(Placement):
     name = "sandwich_ln"
     summary = "Sandwich-LN: a norm on each sub-layer's input and on its output"
     equations = "h = x (+) Na(Attn(N1(x))),  y = h (+) Nm(MLP(N2(h)))"
+    paper = "Ding et al. 2021 (CogView), arXiv 2105.13290"
     norms = (("input_layernorm", "attn"), ("post_attn_out_norm", "attn"),
              ("post_attention_layernorm", "mlp"), ("post_mlp_out_norm", "mlp"))
 
