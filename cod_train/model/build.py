@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
@@ -66,7 +66,7 @@ def total_params(config: PretrainedConfig) -> int:
         embedding = 0 if config.tie_word_embeddings else V * d  # tied: shares lm_head's matrix
         return matmul_params(config) + embedding + (2 * L + 1) * d
     with torch.device("meta"):
-        return CodLlamaForCausalLM(cod_config(config)).num_params()
+        return CodLlamaForCausalLM(cast(CodLlamaConfig, cod_config(config))).num_params()
 
 
 register()

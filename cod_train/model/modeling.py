@@ -222,8 +222,8 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             std = cfg.embedding_init_std if cfg.embedding_init_std is not None else cfg.initializer_range
             normal_full_(module.weight, mean=0.0, std=std)
-        elif hasattr(module, "reset_parameters"):  # norms, gains, every scheme's own modules
-            module.reset_parameters()
+        elif callable(reset := getattr(module, "reset_parameters", None)):  # norms, gains, schemes' modules
+            reset()
 
     @torch.no_grad()
     def reset_weights(self) -> None:

@@ -23,10 +23,11 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 def depth_hparam_scales(model: nn.Module) -> tuple[float, float]:
-    """(learning-rate scale of the decoder blocks' parameters, Adam-eps scale) of `model.depth_hparams`
-    (CompleteP); (1.0, 1.0) for any other model. Wrappers with a `.module` (DDP) are looked through."""
+    """(learning-rate scale of the decoder blocks' parameters, Adam-eps scale) of the model's residual scheme
+    (CompleteP's `depth_hparams`); (1.0, 1.0) for any other model. Wrappers with a `.module` (DDP) are looked through."""
     config = getattr(model, "config", None) or getattr(getattr(model, "module", None), "config", None)
-    scales = config.residual_scheme.optimizer_scales(config) if hasattr(config, "residual_scheme") else (1.0, 1.0)
+    scheme = getattr(config, "residual_scheme", None)
+    scales = scheme.optimizer_scales(config) if scheme is not None else (1.0, 1.0)
     return float(scales[0]), float(scales[1])
 
 

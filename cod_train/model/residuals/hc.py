@@ -5,7 +5,7 @@ memory) is `cod_train.model.hyper_connections`; mHC (`residual=mhc`) is its subc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from cod_train.model.zoo import Residual, axis, register_residual
 
@@ -19,13 +19,13 @@ class HyperConnections(Residual):
     label_keys = ("hc_dynamic", "hc_streams")
     summary = "n parallel residual streams with learned read / write / mix weights"
     title = "Hyper-Connections"
-    tags: tuple[str, ...] = ("hyper-connections",)
+    tags = ("hyper-connections",)
     equations = "h = pre^T H,  H' = res^T H + post^T F(h)  (n = hc_streams streams H)"
     paper = "Zhu et al. 2025, arXiv 2409.19606"
     multi_stream = True
     placements = ("pre_ln", "lns")
     placement_reason = "Pre-Norm blocks (the HC / mHC papers)"
-    default_collapse = "sum"  # the HC paper sums the streams before the final norm
+    default_collapse: ClassVar[str] = "sum"  # the HC paper sums the streams before the final norm
 
     def label(self, axes: Any) -> str:
         dynamic = "d" if axis(axes, "hc_dynamic") and self.name == "hc" else ""

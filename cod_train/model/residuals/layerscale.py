@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from cod_train.model.zoo import Residual, register_residual
 
@@ -11,7 +11,7 @@ from cod_train.model.zoo import Residual, register_residual
 @register_residual
 class LayerScale(Residual):
     name = "layerscale"
-    keys = ("layerscale_init",)
+    keys: ClassVar[tuple[str, ...]] = ("layerscale_init",)
     summary = "a learnable per-channel gain on each branch"
     equations = "x (+) f = x + g * f,  g per channel (attn_gain / mlp_gain), init layerscale_init"
     paper = "Touvron et al. 2021, arXiv 2103.17239"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from cod_train.model.residuals.layerscale import LayerScale
 from cod_train.model.zoo import register_residual
@@ -11,7 +11,7 @@ from cod_train.model.zoo import register_residual
 @register_residual
 class ReZero(LayerScale):
     name = "rezero"
-    keys = ()
+    keys: ClassVar[tuple[str, ...]] = ()
     summary = "one learnable scalar gain per branch, starting at 0"
     equations = "x (+) f = x + g * f,  g one scalar per branch, init 0"
     paper = "Bachlechner et al. 2021, arXiv 2003.04887"
