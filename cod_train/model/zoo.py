@@ -58,8 +58,7 @@ AXIS_DEFAULTS = {f.name: f.default for f in fields(ZooAxes)}
 def axis(axes: Any, key: str) -> Any:
     """`key` of a config object or dict, its ZooAxes default where absent."""
     value = axes.get(key, None) if isinstance(axes, dict) else getattr(axes, key, None)
-    return AXIS_DEFAULTS.get(key) if value is None and key not in ("qk_norm", "embed_norm", "embed_scale",
-                                                                   "hc_collapse") else value
+    return AXIS_DEFAULTS.get(key) if value is None else value
 
 
 class Scheme:
@@ -71,6 +70,7 @@ class Scheme:
     summary: ClassVar[str] = ""  # one sentence (README table, model card)
     equations: ClassVar[str] = ""  # the sub-layer equations (README table, model card)
     paper: ClassVar[str] = ""
+    tags: ClassVar[tuple[str, ...]] = ()  # extra Hub tags of a model card
 
     def label(self, axes: Any) -> str:
         """This scheme's part of the run-dir name (`lns`, `gpas`, `depth0.5_hp`); "" for none."""
@@ -88,8 +88,6 @@ class Scheme:
         """Checked whatever scheme is chosen: bad values of this scheme's keys, and its keys set while it is not
         chosen where that would be silently ignored."""
         return []
-
-    tags: ClassVar[tuple[str, ...]] = ()  # extra Hub tags of a model card
 
     def card_axes(self, axes: Any) -> dict[str, Any]:
         """The numbers its equations use, that a model card lists even at their defaults."""
@@ -136,13 +134,20 @@ def load_schemes() -> None:
             importlib.import_module(name.strip())
 
 
+PLUGIN_HINT = f"(a scheme defined outside cod_train: name its module in ${PLUGINS_ENV})"
+
+
 def placement(name: str) -> Any:
     load_schemes()
+    if name not in PLACEMENTS:
+        raise ValueError(f"unknown norm_type {name!r}; valid: {', '.join(PLACEMENTS)} {PLUGIN_HINT}")
     return PLACEMENTS[name]
 
 
 def residual(name: str) -> Any:
     load_schemes()
+    if name not in RESIDUALS:
+        raise ValueError(f"unknown residual {name!r}; valid: {', '.join(RESIDUALS)} {PLUGIN_HINT}")
     return RESIDUALS[name]
 
 
@@ -200,7 +205,8 @@ def scheme_name(axes: Any) -> str:
 def _unknown(axes: Any) -> list[str]:
     choices = {"norm_type": placement_names(), "residual": residual_names(), "norm_fn": NORM_FNS,
                "qk_norm": QK_NORMS}
-    return [f"unknown {key} {axis(axes, key)!r}; valid: {', '.join(valid)}" for key, valid in choices.items()
+    return [f"unknown {key} {axis(axes, key)!r}; valid: {', '.join(valid)}"
+            + (f" {PLUGIN_HINT}" if key in ("norm_type", "residual") else "") for key, valid in choices.items()
             if axis(axes, key) is not None and axis(axes, key) not in valid]
 
 
