@@ -20,7 +20,8 @@ from cod_train.model import zoo
 from cod_train.model.zoo import ZooAxes
 
 PRECISIONS = ("fp32", "bf16-mixed", "bf16-pure")
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "muon")
+MUON_ADJUST_LR = ("match_rms_adamw", "original")
 ENGINES = ("single", "ddp", "fsdp", "deepspeed")
 BACKENDS = ("auto", "nccl", "gloo")
 AC_MODES = ("none", "full", "selective")
@@ -126,7 +127,7 @@ class TrainConfig:
     max_steps: int = 600
     global_batch_size: int = 16  # sequences per optimizer step, over all processes
     micro_batch_size: int = 16  # the most rows per forward/backward on one process (a memory limit)
-    optimizer: str = "adamw"  # adamw | adam
+    optimizer: str = "adamw"  # adamw | adam | muon (Muon on the blocks' matrices, AdamW on the rest: train/optim.py)
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 60
@@ -135,6 +136,11 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0  # 0 disables clipping (the papers' setting)
+    muon_momentum: float = 0.95  # muon: momentum of the matrices' gradient EMA
+    muon_nesterov: bool = True  # muon: orthogonalize the Nesterov look-ahead of the momentum
+    muon_ns_steps: int = 5  # muon: Newton-Schulz iterations
+    muon_adjust_lr: str = "match_rms_adamw"  # muon: match_rms_adamw (update RMS ~0.2 lr, AdamW's) | original
+    muon_lr: float = 0.0  # muon: the matrices' peak lr (same schedule); 0 = train.lr (right for match_rms_adamw)
     precision: str = "fp32"  # fp32 | bf16-mixed | bf16-pure
     log_every: int = 10
     eval_every: int = 200
@@ -165,8 +171,29 @@ class TrainConfig:
             problems.append("train.eval_every, ckpt_every, keep_last and diag_every must be >= 0 (0 = off)")
         if self.max_nonfinite_in_a_row <= 0:
             problems.append("train.max_nonfinite_in_a_row must be positive")
+        problems += self._muon_problems()
         if problems:
             raise ConfigError("; ".join(problems))
+
+
+    def _muon_problems(self) -> list[str]:
+        problems = []
+        if not 0 <= self.muon_momentum < 1:
+            problems.append(f"train.muon_momentum must be in [0, 1), got {self.muon_momentum}")
+        if not 1 <= self.muon_ns_steps < 100:
+            problems.append(f"train.muon_ns_steps must be in [1, 99], got {self.muon_ns_steps}")
+        if self.muon_adjust_lr not in MUON_ADJUST_LR:
+            problems.append(f"train.muon_adjust_lr must be one of {MUON_ADJUST_LR}, got {self.muon_adjust_lr!r}")
+        if self.muon_lr < 0:
+            problems.append(f"train.muon_lr must be >= 0 (0 = train.lr), got {self.muon_lr}")
+        return problems
+
+    def check_engine(self, engine: str) -> None:
+        """Optimizers an engine cannot run."""
+        if self.optimizer.lower() == "muon" and engine == "deepspeed":
+            raise ConfigError("train.optimizer=muon is not supported with distributed.engine=deepspeed (DeepSpeed's "
+                              "own Muon is another update rule); use distributed.engine=single|ddp|fsdp with muon, "
+                              "or train.optimizer=adamw|adam with deepspeed")
 
 
 @dataclass
@@ -256,6 +283,7 @@ class PretrainConfig:
         for part in (self.model, self.data, self.train, self.distributed):
             part.validate()
         self.distributed.check_precision(self.train.precision)
+        self.train.check_engine(self.distributed.engine)
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
 

@@ -109,6 +109,7 @@ class SFTConfig:
         for part in (self.sft, self.train, self.distributed):
             part.validate()
         self.distributed.check_precision(self.train.precision)
+        self.train.check_engine(self.distributed.engine)
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {DEVICES}, got {self.device!r}")
         if not self.checkpoint:
