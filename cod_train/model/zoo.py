@@ -48,6 +48,7 @@ class ZooAxes:
     hc_dynamic: bool = False  # hc: add the input-dependent terms s * tanh(N(H) W) (DHC); false = static HC
     hc_sinkhorn_iters: int = 20  # mhc: Sinkhorn-Knopp iterations making the stream mixing doubly stochastic
     hc_collapse: str | None = None  # hc / mhc: streams -> one before the final norm: sum | mean | head; null = own
+    attnres_blocks: int = 4  # block_attnres: number N of blocks the layers are grouped into (the paper: about 8)
     scaled_init: bool = False  # std / sqrt(2L) on o_proj and down_proj
 
 
@@ -289,6 +290,10 @@ class Residual(Scheme):
         """The branch output of sub-layer `site` (attn | mlp) as it joins the stream."""
         return f
 
+    def shape_problems(self, axes: Any, num_hidden_layers: int) -> list[str]:
+        """Problems of its axes with the model's depth (checked once the depth is known to be valid)."""
+        return []
+
     def join(self, b: Any, x: Any, f: Any, site: str) -> Any:
         """x (+) f where no norm follows the sum."""
         return x + self.branch(b, f, site)
@@ -365,4 +370,5 @@ def model_problems(*, hidden_size: int, intermediate_size: int, num_hidden_layer
                         f"({kv_heads})")
     elif (hidden_size // num_attention_heads) % 2:
         problems.append(f"head dim {hidden_size // num_attention_heads} must be even for RoPE")
+    problems += scheme_of(axes)[1].shape_problems(axes, num_hidden_layers)
     return problems
