@@ -39,6 +39,7 @@ from cod_train.model.configuration import CodLlamaConfig
 from cod_train.model.loss import causal_lm_loss
 from cod_train.model.norms import RMSNorm, embed_scale, make_norm
 from cod_train.model.param_init import normal_full_
+from cod_train.model.value_residual import FirstLayerValues, ValueResidualMix, mixed_values
 
 # transformers >= 5.24 calls the KV cache `cache` (forward kwarg and output field); earlier v5 releases call it
 # `past_key_values`. Both are accepted and the output uses the installed release's name (no deprecation warning).
@@ -102,6 +103,8 @@ class Attention(nn.Module):
             for name in ("q", "k", "v") if config.v_norm else ("q", "k"):
                 norm = RMSNorm(self.head_dim if per_head else width[name], config.rms_norm_eps)
                 setattr(self, f"{name}_norm", norm)
+        if config.value_residual and layer_idx > 0:  # ResFormer: v mixed with the first layer's (value_residual.py)
+            self.value_mix = ValueResidualMix()
 
     def _project(self, x: torch.Tensor, name: str, heads: int) -> torch.Tensor:
         """x W, normalized per `qk_norm` where this projection has a norm, as [B, heads, T, head_dim]."""
@@ -116,11 +119,11 @@ class Attention(nn.Module):
         return y.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
-                past_key_values: Cache | None = None) -> torch.Tensor:
+                past_key_values: Cache | None = None, values: FirstLayerValues | None = None) -> torch.Tensor:
         b, t, _ = x.shape
         q = self._project(x, "q", self.n_heads)
         k = self._project(x, "k", self.n_kv_heads)
-        v = self._project(x, "v", self.n_kv_heads)
+        v = mixed_values(self._project(x, "v", self.n_kv_heads), values, getattr(self, "value_mix", None))
         if kernels.active(self.use_kernels, q):
             q, k = kernels.rope(q, k, *rope)
         else:
@@ -196,9 +199,10 @@ class DecoderLayer(GradientCheckpointingLayer):
         return self.residual_scale * x if self.residual_scale != 1.0 else x
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None,
-                past_key_values: Cache | None = None, **kwargs: Any) -> torch.Tensor:
+                past_key_values: Cache | None = None, values: FirstLayerValues | None = None,
+                **kwargs: Any) -> torch.Tensor:
         def attn(h: torch.Tensor) -> torch.Tensor:
-            return self.self_attn(h, rope, mask, past_key_values)
+            return self.self_attn(h, rope, mask, past_key_values, values)
 
         out = self.residual.layer_forward(self, x, attn)
         return out if out is not None else self.placement_scheme.forward(self, x, attn)
@@ -305,8 +309,9 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
             x = self.embed_norm(x)
         hidden_states = [x] if output_hidden_states else None
         x = self.open_stream(x)
+        values = FirstLayerValues() if self.config.value_residual else None  # the first layer's v, this forward
         for layer in self.layers:
-            x = layer(x, rope, mask, past_key_values)
+            x = layer(x, rope, mask, past_key_values, values)
             if hidden_states is not None:  # the stream as one, as the final norm sees it
                 hidden_states.append(self.close_stream(x))
         x = self.norm(self.close_stream(x))

@@ -50,6 +50,9 @@ class ZooAxes:
     hc_collapse: str | None = None  # hc / mhc: streams -> one before the final norm: sum | mean | head; null = own
     attnres_blocks: int = 4  # block_attnres: number N of blocks the layers are grouped into (the paper: about 8)
     scaled_init: bool = False  # std / sqrt(2L) on o_proj and down_proj
+    denseformer_dilation: int = 1  # denseformer: each depth-weighted average reads every k-th earlier output
+    denseformer_period: int = 1  # denseformer: a depth-weighted average after every p-th layer only
+    value_residual: bool = False  # ResFormer: every later layer's attention values mixed with the first layer's
 
 
 AXIS_NAMES = tuple(f.name for f in fields(ZooAxes))
@@ -165,7 +168,7 @@ def residual_names() -> tuple[str, ...]:
 def label_keys() -> tuple[str, ...]:
     """Every key a scheme label (`scheme_name`) can read, with `detail`'s."""
     load_schemes()
-    keys = ["norm_type", "residual", "norm_fn", "qk_norm"]
+    keys = ["norm_type", "residual", "norm_fn", "qk_norm", "value_residual"]
     for scheme in [*PLACEMENTS.values(), *RESIDUALS.values()]:
         keys += [k for k in scheme.label_keys if k not in keys]
     return tuple(keys)
@@ -200,6 +203,7 @@ def scheme_name(axes: Any) -> str:
     norm_fn, qk = axis(axes, "norm_fn"), axis(axes, "qk_norm")
     parts.append(norm_fn if norm_fn != "rmsnorm" else "")
     parts.append(f"qk_{qk}" if qk is not None and qk != place.qk_norm_default else "")
+    parts.append("vres" if axis(axes, "value_residual") is True else "")
     return "+".join(p for p in parts if p)
 
 
@@ -226,6 +230,8 @@ def scheme_problems(axes: Any) -> list[str]:
     for key in ("norm_alpha_attn", "norm_alpha_mlp", "norm_alpha_final"):
         if axis(axes, key) <= 0:
             problems.append(f"{key} must be > 0, got {axis(axes, key)}")
+    if not isinstance(axis(axes, "value_residual"), bool):
+        problems.append(f"value_residual must be true or false, got {axis(axes, 'value_residual')!r}")
     return problems
 
 
