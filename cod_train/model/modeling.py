@@ -81,7 +81,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class Attention(nn.Module):
     """Grouped-query attention with RoPE through `F.scaled_dot_product_attention`, and the optional RMSNorms of
-    q and k (`qk_norm`: `q_norm`, `k_norm`, transformers' Qwen3 / Olmo2 names) and of v (HybridNorm: `v_norm`)."""
+    q and k (`qk_norm`: `q_norm`, `k_norm`, transformers' Qwen3 / Olmo2 names) and of v (HybridNorm: `v_norm`).
+    A placement may set `softmax_scale` (None: SDPA's 1/sqrt(head_dim)) and a module `qk_scale`, applied to q and
+    k after RoPE and before the KV cache (nGPT)."""
+
+    softmax_scale: float | None = None
 
     def __init__(self, config: CodLlamaConfig, layer_idx: int):
         super().__init__()
@@ -128,16 +132,19 @@ class Attention(nn.Module):
             q, k = kernels.rope(q, k, *rope)
         else:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        qk_scale = getattr(self, "qk_scale", None)
+        if qk_scale is not None:
+            q, k = qk_scale(q, k)
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         # Grouped KV heads are broadcast inside SDPA (`enable_gqa`) instead of being copied n_heads/n_kv times.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1,
-                                             enable_gqa=self.n_kv_heads != self.n_heads)
+                                             enable_gqa=self.n_kv_heads != self.n_heads, scale=self.softmax_scale)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
 class MLP(nn.Module):
-    """SwiGLU feed-forward."""
+    """SwiGLU feed-forward; a placement may set a module `gate_up_scale` (gate, up) -> (gate, up) (nGPT)."""
 
     def __init__(self, config: CodLlamaConfig):
         super().__init__()
@@ -148,9 +155,13 @@ class MLP(nn.Module):
         self.use_kernels = kernels.wanted(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        gate_up_scale = getattr(self, "gate_up_scale", None)
+        if gate_up_scale is not None:
+            gate, up = gate_up_scale(gate, up)
         if kernels.active(self.use_kernels, x):
-            return self.down_proj(kernels.swiglu(self.gate_proj(x), self.up_proj(x)))
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            return self.down_proj(kernels.swiglu(gate, up))
+        return self.down_proj(F.silu(gate) * up)
 
 
 AttnFn = Callable[[torch.Tensor], torch.Tensor]
@@ -228,6 +239,11 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
             normal_full_(module.weight, mean=0.0, std=std)
         elif callable(reset := getattr(module, "reset_parameters", None)):  # norms, gains, schemes' modules
             reset()
+        unit_dim = getattr(module, "unit_dim", None)  # nGPT: the weight's vectors along this dim on the unit sphere
+        if unit_dim is not None and not getattr(module.weight, "_is_hf_initialized", False):
+            from cod_train.model.ngpt import unit_normalize_
+
+            unit_normalize_(module.weight, unit_dim)
 
     @torch.no_grad()
     def reset_weights(self) -> None:
@@ -268,7 +284,9 @@ class CodLlamaModel(CodLlamaPreTrainedModel):
         if config.has_embed_norm:
             self.embed_norm = make_norm(config, config.hidden_size, "final")
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
-        self.norm = make_norm(config, config.hidden_size, "final")
+        final_norm = config.placement_scheme.final_norm
+        self.norm = make_norm(config, config.hidden_size, "final") if final_norm else nn.Identity()
+        config.placement_scheme.build_model(self, config)
         config.residual_scheme.build_model(self, config)
         self.post_init()
 
@@ -329,7 +347,8 @@ class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
     def __init__(self, config: CodLlamaConfig):
         super().__init__(config)
         self.model = CodLlamaModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        head = config.placement_scheme.build_head(config)
+        self.lm_head = head if head is not None else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def forward(
@@ -368,7 +387,8 @@ class CodLlamaForCausalLM(CodLlamaPreTrainedModel, GenerationMixin):
             targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
         loss, logits = None, None
         if targets is not None and self.config.fused_loss and self.training:
-            loss = causal_lm_loss(h, self.lm_head.weight, targets, num_items_in_batch,
+            weight = self.lm_head.loss_weight() if hasattr(self.lm_head, "loss_weight") else self.lm_head.weight
+            loss = causal_lm_loss(h, weight, targets, num_items_in_batch,
                                   chunk_size=self.config.loss_chunk_size,
                                   use_kernels=kernels.active(kernels.wanted(self.config), h))
         else:

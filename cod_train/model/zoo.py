@@ -235,6 +235,11 @@ def scheme_problems(axes: Any) -> list[str]:
     return problems
 
 
+def run_problems(run: Any) -> list[str]:
+    """Problems of a run config (`run.model`, `run.train`, `run.distributed`) with its placement."""
+    return list(placement(str(axis(run.model, "norm_type"))).run_problems(run))
+
+
 class Placement(Scheme):
     """A `norm_type`: where the norms sit in a layer. `forward(b, x, attn)` is the layer's equations, written with
     the block's parts: its norms (`norms`, built by name), `b.self_attn` / `b.mlp`, and the residual scheme's
@@ -247,6 +252,7 @@ class Placement(Scheme):
     pre_norm: ClassVar[bool] = False  # x passes unnormalized from layer to layer (what hyper-connections need)
     export_form: ClassVar[str | None] = None  # the shipped layer it rewrites into exactly: pre_ln | reordered_ln
     mid_stream: ClassVar[str] = "post_attention_layernorm"  # the module whose input is the stream between sub-layers
+    final_norm: ClassVar[bool] = True  # the backbone ends with `model.norm` (nGPT: the stream is unit already)
 
     def layer(self, depth: int, config: Any) -> Placement:
         """The placement of the layer at 1-based `depth` (Mix-LN: Post-LN, then Pre-LN)."""
@@ -254,6 +260,22 @@ class Placement(Scheme):
 
     def build_layer(self, block: Any, config: Any) -> None:
         """Anything beyond the norms a layer of this placement holds (plain floats, init stds)."""
+
+    def build_model(self, model: Any, config: Any) -> None:
+        """The backbone's own parts of this placement (after its layers are built)."""
+
+    def build_head(self, config: Any) -> Any:
+        """The output layer `lm_head` (an nn.Module with a `weight` [vocab, d]); None = a plain nn.Linear."""
+        return None
+
+    def callbacks(self, config: Any) -> list[Any]:
+        """The training loop's callbacks of this placement (`cod_train.train.loop.Callback`; nGPT renormalizes
+        its weights after each optimizer step)."""
+        return []
+
+    def run_problems(self, run: Any) -> list[str]:
+        """Problems of a whole run config (`run.train`, `run.distributed`) with this placement."""
+        return []
 
     def forward(self, b: Any, x: Any, attn: Any) -> Any:
         raise NotImplementedError
@@ -361,7 +383,8 @@ def model_problems(*, hidden_size: int, intermediate_size: int, num_hidden_layer
              "num_key_value_heads": num_key_value_heads}
     problems = [f"{key} must be a positive integer, got {value!r}" for key, value in sizes.items()
                 if value is not None and (not isinstance(value, int) or value <= 0)]
-    problems += scheme_problems(axes)
+    problems += scheme_problems({**axes, "num_attention_heads": num_attention_heads,
+                                 "num_key_value_heads": num_key_value_heads})
     if initializer_range is not None and initializer_range < 0:
         problems.append(f"initializer_range must be >= 0, got {initializer_range}")
     if embedding_init_std is not None and embedding_init_std < 0:

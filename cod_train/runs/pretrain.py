@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cod_train.config import PretrainConfig, model_scheme
 from cod_train.core.errors import ConfigError
+from cod_train.model import zoo
 
 if TYPE_CHECKING:
 
@@ -52,6 +53,9 @@ def resolve(cfg: PretrainConfig) -> ResolvedRun:
     check_hub_first(cfg)
     cfg, overrides = apply_init_from(copy.deepcopy(cfg))  # model.* and data.tokenizer: the checkpoint's
     cfg.validate()
+    problems = zoo.run_problems(cfg)  # the placement's own rules on training (nGPT: no decay, no warm-up)
+    if problems:
+        raise ConfigError("; ".join(problems))
     run_dir, resume_from = prepare_run_dir(cfg)
     return ResolvedRun(freeze(cfg), run_dir, resume_from, MappingProxyType(overrides))
 
@@ -83,9 +87,9 @@ def diagnostics_for(cfg: PretrainConfig) -> Any:
 
 
 def callbacks_for(cfg: PretrainConfig) -> list[Any]:
-    """The loop's callbacks beyond the diagnostics (train.loop.Callback): none yet; a scheme that renormalizes
-    its weights after each optimizer step adds its callback here."""
-    return []
+    """The loop's callbacks beyond the diagnostics (train.loop.Callback): the placement's (nGPT renormalizes its
+    weights after each optimizer step)."""
+    return list(zoo.placement(cfg.model.norm_type).callbacks(cfg.model))
 
 
 def share_hub_files(cfg: PretrainConfig, env: DistEnv) -> None:

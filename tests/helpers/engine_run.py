@@ -55,5 +55,7 @@ def run(*overrides: str, diagnostics_fn=None):
         NaNInjector(model, inf_grad_steps, micro, gradient=True)
     data = SyntheticBatches(global_batch_size=cfg.train.global_batch_size, dp_rank=env.rank,
                             dp_world=env.world_size, seed=cfg.seed)
+    from cod_train.runs.pretrain import callbacks_for
+
     return train(cfg, model, data, env=env, eval_data=lambda: eval_batches(env.rank, env.world_size),
-                 diagnostics_fn=diagnostics_fn)
+                 callbacks=callbacks_for(cfg), diagnostics_fn=diagnostics_fn)

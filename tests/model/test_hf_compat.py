@@ -42,7 +42,8 @@ def test_loss_conventions_match_llama():
     torch.testing.assert_close(got, want)
 
 
-ALL_NORMS = ["pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln"]
+ALL_NORMS = ["pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln", "ngpt"]
+AXES = {"ngpt": {"num_key_value_heads": 4}}  # nGPT's s_qk is shared by q and k: no grouped KV heads
 
 
 def _left_padded_prompt(batch: int = 3, length: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +73,7 @@ def _manual_greedy(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int) 
 def test_generate_with_cache_equals_without_and_manual_loop(norm_type):
     """Batched, left-padded greedy decoding: generate() with the KV cache == without == a hand-written loop,
     whatever name (`cache` / `past_key_values`) the installed transformers hands the cache over with."""
-    model = tiny_model(norm_type=norm_type).eval()
+    model = tiny_model(norm_type=norm_type, **AXES.get(norm_type, {})).eval()
     prompt, mask = _left_padded_prompt()
     kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
     cached = model.generate(prompt, **kw)
@@ -83,7 +84,7 @@ def test_generate_with_cache_equals_without_and_manual_loop(norm_type):
 
 @pytest.mark.parametrize("norm_type", ALL_NORMS)
 def test_sampling_with_cache_equals_without(norm_type):
-    model = tiny_model(norm_type=norm_type).eval()
+    model = tiny_model(norm_type=norm_type, **AXES.get(norm_type, {})).eval()
     prompt, mask = _left_padded_prompt()
     outs = []
     for use_cache in (True, False):

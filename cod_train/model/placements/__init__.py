@@ -4,7 +4,7 @@ the order of error messages and tables)."""
 import importlib
 
 BUILT_IN = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln", "reordered_ln", "hybrid_ln",
-            "hybrid_ln_star")
+            "hybrid_ln_star", "ngpt")
 
 for _name in BUILT_IN:
     importlib.import_module(f"{__name__}.{_name}")
