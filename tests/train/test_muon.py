@@ -151,3 +151,21 @@ def test_a_resumed_muon_run_gives_the_straight_runs_losses(tmp_path):
     assert all(resumed[s] == straight[s] for s in (4, 5, 6)), (resumed, straight)
     run(f"run_dir={tmp_path / 'adamw'}", "train.weight_decay=0.1")
     assert losses(tmp_path / "adamw")[6] != straight[6]  # Muon is what ran
+
+
+@pytest.mark.slow
+def test_an_optimizer_sweep_runs_both_and_the_report_labels_them(tmp_path):
+    import sys
+
+    from cod_train.report import collect
+    from tests.helpers.cli import TINY
+    from tests.helpers.processes import run_checked
+
+    sweep = tmp_path / "sweep"
+    run_checked([sys.executable, "-m", "cod_train.cli.pretrain", "-m", "train.optimizer=adamw,muon", *TINY,
+                 "train.max_steps=2", "train.eval_every=0", "train.ckpt_every=0", "train.export_hf=false",
+                 f"hydra.sweep.dir={sweep}"], timeout=300)
+    run_dirs = sorted(p.parent for p in sweep.glob("*/config.yaml"))
+    assert len(run_dirs) == 2
+    assert [r.label for r in collect([str(d) for d in run_dirs]).runs] == ["pre_ln optimizer=adamw",
+                                                                            "pre_ln optimizer=muon"]
