@@ -49,8 +49,15 @@ def apply_activation_checkpointing(model: nn.Module, mode: str) -> None:
 
 
 def apply_compile(model: nn.Module) -> None:
-    """Compile each decoder block in place (repeated blocks share one compiled graph; names unchanged)."""
-    for layer in decoder_layers(model):
+    """Compile each decoder block in place (repeated blocks share one compiled graph; names unchanged). A scheme
+    whose layers read the history of outputs (AttnRes) passes a stream that grows with depth: one graph per layer,
+    so dynamo's recompile limit is raised to the depth (past it, the deeper blocks would silently run eagerly)."""
+    layers = decoder_layers(model)
+    if getattr(getattr(getattr(model, "config", None), "residual_scheme", None), "layer_reads_history", False):
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(layers) + 1)
+    for layer in layers:
         layer.compile(fullgraph=False)
 
 

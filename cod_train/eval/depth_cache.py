@@ -11,6 +11,15 @@ pruning curve), optionally KL(p_full || p_without_l) and top-1 agreement on the 
 relative change of every later layer's output (the skip effect). The plain way (remove the layer, rerun the
 full model) is :func:`cod_train.eval.depth_hooks.pruned_layers` + a full forward; the two agree to float
 rounding (tests/eval/test_depth_analyses.py).
+
+Schemes whose layers read the history of outputs (`layer_reads_history`: Attention Residuals, DenseFormer) pass
+a stream object (`cod_train.model.history.ResidualHistory`, the references to every output so far) instead of one
+tensor; ``states[i]`` is then the history entering layer i, as the layer reads it (no copy: the references). Removing
+layer l means its outputs never enter the history: layers l+1..L read the history without them (AttnRes: each
+later reader's softmax runs over the remaining sources; Block AttnRes: layer l's block sum lacks its outputs),
+which is what the same model with that layer pruned computes, so the cached and plain ways still agree
+(tests/model/test_attn_res.py). Each state's hidden state is the backbone's ``close_stream`` of it (AttnRes: the
+final norm's own depth attention over the sources so far).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from cod_train.eval.depth_hooks import (
     decoder_layers,
     first_tensor,
     head_loss_sum,
+    model_device,
     run_backbone,
     unwrap_model,
     valid_token_mask,
@@ -169,7 +179,7 @@ def removal_sweep(
     norm = final_norm(model)
     for b, batch in enumerate(batches):
         rec = capture_layer_calls(model, batch)
-        mask = valid_token_mask(batch).to(rec.states[0].device)
+        mask = valid_token_mask(batch).to(model_device(model))  # a state may be a stream object, not a tensor
         labels = batch["labels"].to(mask.device)
         normed = norm(close_stream(model, rec.states[n_layers]))  # hyper-connections: the streams as one
         base_loss, count = head_loss_sum(model, normed, labels)

@@ -66,9 +66,11 @@ def num_layers(model: nn.Module) -> int:
 
 
 def first_tensor(out: Any) -> torch.Tensor:
-    """Decoder layers return a tensor (transformers v5) or a tuple whose first item is the hidden state."""
-    if isinstance(out, torch.Tensor):
-        return out
+    """Decoder layers return a tensor (transformers v5) or a tuple whose first item is the hidden state; a residual
+    scheme's stream object (``residual_stream``: the history of outputs of AttnRes / DenseFormer) is returned whole,
+    as the stream the next layer reads (``close_stream`` makes it one hidden state)."""
+    if isinstance(out, torch.Tensor) or getattr(out, "residual_stream", False):
+        return cast(torch.Tensor, out)
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     hidden = getattr(out, "hidden_states", None) or getattr(out, "last_hidden_state", None)

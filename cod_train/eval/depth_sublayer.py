@@ -125,8 +125,10 @@ def _hyper_hooks(model: nn.Module, layer: nn.Module, mask: torch.Tensor, add: Ad
 
 
 def has_streams(layer: nn.Module) -> bool:
-    """A layer of a multi-stream residual scheme (hyper-connections): it passes n streams."""
-    return bool(getattr(getattr(layer, "residual", None), "multi_stream", False))
+    """A layer of a multi-stream residual scheme (hyper-connections: n streams) or of one whose layers read the
+    history of outputs (AttnRes): no one tensor is the stream before and after each sub-layer."""
+    scheme = getattr(layer, "residual", None)
+    return bool(getattr(scheme, "multi_stream", False) or getattr(scheme, "layer_reads_history", False))
 
 
 @contextlib.contextmanager

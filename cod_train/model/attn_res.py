@@ -24,7 +24,7 @@ from torch import nn
 from cod_train.model.history import ResidualHistory, history_of, weighted_sum
 
 
-def inverse_rms(v: torch.Tensor, eps: float) -> torch.Tensor:
+def attn_res_inverse_rms(v: torch.Tensor, eps: float) -> torch.Tensor:
     """1 / rms(v) over the last dim, fp32, [.., 1] (vector_norm accumulates in fp32 and keeps v itself for the
     backward, not an fp32 copy of it)."""
     norm = torch.linalg.vector_norm(v, dim=-1, keepdim=True, dtype=torch.float32)
@@ -54,19 +54,14 @@ class DepthAttention(nn.Module):
         return weighted_sum(list(alpha.to(outputs[0].dtype).unbind(0)), outputs), alpha
 
 
-def block_of(depth: int, config: Any) -> int:
-    """The block (1..attnres_blocks) of the layer at 1-based `depth`; block 0 is the embedding."""
-    per_block = config.num_hidden_layers // config.attnres_blocks
-    return (depth - 1) // per_block + 1
-
-
-def _write(stream: ResidualHistory, f: torch.Tensor, slot: int | None, eps: float) -> ResidualHistory:
+def _attn_res_write(stream: ResidualHistory, f: torch.Tensor, slot: int | None, eps: float
+                    ) -> ResidualHistory:
     """Append f (full AttnRes: `slot` None) or add it to the block sum in `slot` (Block AttnRes)."""
     if slot is None:
-        return stream.appended(f, inverse_rms(f, eps))
+        return stream.appended(f, attn_res_inverse_rms(f, eps))
     old = stream.outputs[slot]
     total = f if old is None else old + f
-    return stream.replaced(slot, total, inverse_rms(total, eps))
+    return stream.replaced(slot, total, attn_res_inverse_rms(total, eps))
 
 
 def attn_res_layer(b: Any, stream: ResidualHistory, attn: Callable[[torch.Tensor], torch.Tensor]) -> ResidualHistory:
@@ -78,22 +73,24 @@ def attn_res_layer(b: Any, stream: ResidualHistory, attn: Callable[[torch.Tensor
         return h * s if s != 1.0 else h
 
     h, _ = b.attnres_attn(stream)
-    stream = _write(stream, attn(scaled(b.input_layernorm(h))), slot, eps)
+    stream = _attn_res_write(stream, attn(scaled(b.input_layernorm(h))), slot, eps)
     h, _ = b.attnres_mlp(stream)
-    return _write(stream, b.mlp(scaled(b.post_attention_layernorm(h))), slot, eps)
+    return _attn_res_write(stream, b.mlp(scaled(b.post_attention_layernorm(h))), slot, eps)
 
 
-def open_history(x: torch.Tensor, slots: int, eps: float) -> ResidualHistory:
+def open_attn_res_history(x: torch.Tensor, slots: int, eps: float) -> ResidualHistory:
     """The stream at the first layer: the embedding (its inverse RMS cached), then `slots - 1` empty blocks."""
     stream = history_of(x, slots)
-    return stream.replaced(0, x, inverse_rms(x, eps))
+    return stream.replaced(0, x, attn_res_inverse_rms(x, eps))
 
 
 # -- diagnostics: which sources each reader weighs (token mean and spread of alpha) --
 
 
-def readers(backbone: nn.Module) -> list[nn.Module]:
-    """The 2L sub-layer readers in order (layer 1 attention, layer 1 MLP, ...), then the output's; [] without."""
+def attn_res_readers(backbone: nn.Module) -> list[nn.Module]:
+    """The 2L sub-layer readers in order (layer 1 attention, layer 1 MLP, ...), then the output's; [] without.
+    `backbone`: the backbone or the causal LM."""
+    backbone = getattr(backbone, "model", backbone)
     layers = getattr(backbone, "layers", None) or []
     found = [m for layer in layers for m in (getattr(layer, "attnres_attn", None), getattr(layer, "attnres_mlp", None))
              if m is not None]
@@ -101,14 +98,14 @@ def readers(backbone: nn.Module) -> list[nn.Module]:
     return found + [out] if found and out is not None else []
 
 
-class DepthWeights:
+class AttnResWeights:
     """While active (a context manager), the token mean and standard deviation of every reader's weights over
     the forwards run, per source slot (`mask` [B, T] keeps only those tokens). Sources are slots: full AttnRes
     0 = embedding, s = sub-layer s's output; Block AttnRes 0 = embedding, n = block n's sum. A reader's weights
     go to the slots present in its stream (a slot not read: None)."""
 
     def __init__(self, backbone: nn.Module, mask: torch.Tensor | None = None):
-        self.readers, self.mask = readers(backbone), mask
+        self.readers, self.mask = attn_res_readers(backbone), mask
         self.sums: list[torch.Tensor | None] = [None] * len(self.readers)
         self.counts = [0] * len(self.readers)
         self.slots: list[list[int]] = [[] for _ in self.readers]
@@ -128,7 +125,7 @@ class DepthWeights:
 
         return hook
 
-    def __enter__(self) -> DepthWeights:
+    def __enter__(self) -> AttnResWeights:
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.readers)]
         return self
 
@@ -174,18 +171,18 @@ class DepthWeights:
         return out
 
 
-def record_depth_weights(backbone: nn.Module, batch: dict[str, torch.Tensor]) -> DepthWeights:
+def record_attn_res_weights(backbone: nn.Module, batch: dict[str, torch.Tensor]) -> AttnResWeights:
     """A no-grad forward of the backbone on `batch` (its real tokens: `attention_mask` where given), recorded."""
     mask = batch.get("attention_mask")
-    with torch.no_grad(), DepthWeights(backbone, mask.bool() if mask is not None else None) as rec:
+    with torch.no_grad(), AttnResWeights(backbone, mask.bool() if mask is not None else None) as rec:
         backbone(input_ids=batch["input_ids"], attention_mask=mask, use_cache=False)
     return rec
 
 
-def query_norms(backbone: nn.Module, value: Callable[[torch.Tensor], torch.Tensor] | None = None
+def attn_res_query_norms(backbone: nn.Module, value: Callable[[torch.Tensor], torch.Tensor] | None = None
                 ) -> dict[str, Any]:
     """Input-independent: ||w * g|| of each reader (0 at init: uniform weights), per layer and the output's."""
-    found = readers(backbone)
+    found = attn_res_readers(backbone)
     if not found:
         return {}
     value = value or (lambda p: p.detach())

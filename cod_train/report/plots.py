@@ -465,6 +465,31 @@ def plot_hyper_connections(entries: Sequence[Entry], path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def plot_depth_attention(entries: Sequence[Entry], path: Path) -> Path | None:
+    """Per Attention Residuals model (side by side): the token mean of the weight with which each reader (the
+    input of sub-layer k, last: the final norm's) takes each source slot (0: the embedding; full AttnRes: sub-layer
+    s's output; Block AttnRes: block s's sum), white where a reader does not see that slot, and under it the token
+    spread (standard deviation) of the same weights."""
+    usable = [e for e in entries if e.get("attnres_weight_map")]
+    if not usable:
+        return None
+    fig, axes = _figure(2, len(usable), (4.6, 4.0))
+    for col, entry in enumerate(usable):
+        blocks = entry.get("attnres_sources") == "block_attnres"
+        for row, (key, what) in enumerate((("attnres_weight_map", "token mean"),
+                                           ("attnres_weight_spread", "token spread (std)"))):
+            grid = [[float("nan") if v is None else v for v in r] for r in entry.get(key) or []]
+            ax = axes[row][col]
+            image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0 if row == 0 else None, aspect="auto",
+                              origin="upper")
+            _integer_ticks(ax)
+            ax.set_xlabel("source (0: embedding, s: " + ("block s's sum)" if blocks else "sub-layer s's output)"))
+            ax.set_ylabel("reader k (sub-layer k+1's input; last: final norm)", fontsize=8)
+            _title(ax, f"{entry['label']}: depth-attention weight, {what}")
+            fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
 PLOTTERS: dict[str, Callable[[Sequence[Entry], Path], Path | None]] = {
     d.file: globals()[d.plot] for d in DIAGNOSTICS if d.plot is not None
 }  # analysis file stem -> figure (each diagnostic's `plot` in cod_train.eval.depth_registry)

@@ -296,6 +296,9 @@ def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]
     hyper = plots.plot_hyper_connections([next(iter(m.values())) for m in per_model if m],
                                          out_dir / "analysis" / "hyper_connections.png")  # residual=hc | mhc only
     written += [hyper] if hyper is not None else []
+    depth_attention = plots.plot_depth_attention([next(iter(m.values())) for m in per_model if m],
+                                                 out_dir / "analysis" / "attention_residuals.png")  # attnres only
+    written += [depth_attention] if depth_attention is not None else []
     summaries = [
         {**_identity(m), **depth_summary(m.get("pruning"), m.get("logit_lens"))}
         for m in per_model

@@ -79,7 +79,9 @@ def valid(norm_type: str, **axes) -> bool:
 
 NORM_TYPES, NORM_FNS = zoo.placement_names(), zoo.NORM_FNS
 # every residual but plain; hyper-connections (their n streams) are checked in test_hyper_connections.py
-RESIDUALS = tuple(r for r in zoo.residual_names() if r not in ("plain", "hc", "mhc"))
+# and the schemes whose layers read the history of outputs (AttnRes: tests/model/test_attn_res.py)
+RESIDUALS = tuple(r for r in zoo.residual_names()
+                  if r not in ("plain", "hc", "mhc") and not zoo.residual(r).layer_reads_history)
 ONE_AXIS = [(nt, axes) for nt in NORM_TYPES
             for axes in [{}, {"qk_norm": "head"}, {"qk_norm": "full"}]
             + [{"norm_fn": fn} for fn in NORM_FNS[1:]] + [{"residual": r} for r in RESIDUALS]

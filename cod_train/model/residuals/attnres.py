@@ -68,9 +68,9 @@ class AttnRes(Residual):
         return attn_res_layer(b, x, attn)
 
     def open(self, model: Any, x: Any) -> Any:
-        from cod_train.model.attn_res import open_history
+        from cod_train.model.attn_res import open_attn_res_history
 
-        return open_history(x, self.slots(model.config), float(model.config.rms_norm_eps))
+        return open_attn_res_history(x, self.slots(model.config), float(model.config.rms_norm_eps))
 
     def close(self, model: Any, stream: Any) -> Any:
         return model.attnres_out(stream)[0]
@@ -93,24 +93,24 @@ class AttnRes(Residual):
         return 2 * d * reads + d * (2 * L + 1)
 
     def learned_scalars(self, backbone: Any, value: Any = None, batch: Any = None) -> dict[str, Any]:
-        from cod_train.model.attn_res import query_norms, record_depth_weights
+        from cod_train.model.attn_res import attn_res_query_norms, record_attn_res_weights
 
-        out = query_norms(backbone, value)
+        out = attn_res_query_norms(backbone, value)
         if batch is not None:
-            out.update(record_depth_weights(backbone, batch).stats())
+            out.update(record_attn_res_weights(backbone, batch).stats())
         return out
 
     def recorder(self, backbone: Any, mask: Any) -> Any:
-        from cod_train.model.attn_res import DepthWeights
+        from cod_train.model.attn_res import AttnResWeights
 
-        return DepthWeights(backbone, mask)
+        return AttnResWeights(backbone, mask)
 
     def analyses(self, backbone: Any, batch: Any) -> dict[str, Any]:
         """`attnres_weight_map` [2L + 1 readers][sources]: the token mean of each reader's weight per source slot
         (None: not read), `attnres_weight_spread` its token standard deviation, `attnres_sources` what a slot is."""
-        from cod_train.model.attn_res import record_depth_weights
+        from cod_train.model.attn_res import record_attn_res_weights
 
-        maps = record_depth_weights(backbone, batch).maps()
+        maps = record_attn_res_weights(backbone, batch).maps()
         if maps is None:
             return {}
         return {"attnres_weight_map": maps[0], "attnres_weight_spread": maps[1], "attnres_sources": self.name}
