@@ -51,7 +51,8 @@ from cod_train.eval.depth_progress import Progress
 class LayerCalls:
     """One batch's recorded forward: ``states[i]`` = input of layer i (0-based), ``states[L]`` = the last
     layer's output (before the final norm); ``calls[i]`` = (positional args after the hidden state, keyword
-    args without it, whether the hidden state was passed by keyword)."""
+    args without it, whether the hidden state was passed by keyword), a per-forward state among them (value
+    residuals' first-layer values: anything with ``snapshot()``) as it was when layer i was called."""
 
     states: list[torch.Tensor] = field(default_factory=list)
     calls: list[tuple[tuple, dict, bool]] = field(default_factory=list)
@@ -66,11 +67,11 @@ def capture_layer_calls(model: nn.Module, batch: Batch) -> LayerCalls:
     for idx, layer in enumerate(layers):
 
         def pre(_m: nn.Module, args: tuple, kwargs: dict, idx: int = idx) -> None:
+            kept = {k: _snapshot(v) for k, v in kwargs.items() if k != "hidden_states"}
             if args:
-                rec.states[idx], rec.calls[idx] = args[0], (args[1:], dict(kwargs), False)
+                rec.states[idx], rec.calls[idx] = args[0], (tuple(map(_snapshot, args[1:])), kept, False)
             else:
-                rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                rec.states[idx], rec.calls[idx] = kwargs["hidden_states"], ((), rest, True)
+                rec.states[idx], rec.calls[idx] = kwargs["hidden_states"], ((), kept, True)
 
         handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
 
@@ -86,18 +87,38 @@ def capture_layer_calls(model: nn.Module, batch: Batch) -> LayerCalls:
     return rec
 
 
+def _snapshot(value: Any) -> Any:
+    """A per-forward state that layers fill as the forward goes (value residuals' first-layer values), as it is
+    now; any other argument as is."""
+    return value.snapshot() if hasattr(value, "snapshot") else value
+
+
+def _replayed_calls(rec: LayerCalls, states_of: int) -> list[tuple[tuple, dict, bool]]:
+    """The recorded calls with their per-forward states replaced by one live copy of those layer ``states_of``
+    was called with: a replay fills them as the model without the layers skipped would."""
+    args0, kwargs0, _ = rec.calls[states_of]
+    live_args = {i: _snapshot(a) for i, a in enumerate(args0) if hasattr(a, "snapshot")}
+    live_kwargs = {k: _snapshot(v) for k, v in kwargs0.items() if hasattr(v, "snapshot")}
+    return [(tuple(live_args.get(i, a) for i, a in enumerate(args)), {k: live_kwargs.get(k, v) for k, v in
+             kwargs.items()}, by_keyword) for args, kwargs, by_keyword in rec.calls]
+
+
 def run_layers(
     model: nn.Module,
     rec: LayerCalls,
     hidden: torch.Tensor,
     start: int,
     on_output: Callable[[int, torch.Tensor], None] | None = None,
+    states_of: int | None = None,
 ) -> torch.Tensor:
     """Apply layers ``start..L-1`` (0-based) to ``hidden`` with their recorded arguments; returns the last
-    output (before the final norm). ``on_output(i, h)`` sees layer i's output."""
+    output (before the final norm). ``on_output(i, h)`` sees layer i's output. The per-forward states start as
+    layer ``states_of`` (default ``start``) saw them: the removed layer's, where ``hidden`` is its input."""
     layers = decoder_layers(model)
+    states_of = start if states_of is None else states_of
+    calls = _replayed_calls(rec, states_of) if states_of < len(rec.calls) else rec.calls
     for idx in range(start, len(layers)):
-        args, kwargs, by_keyword = rec.calls[idx]
+        args, kwargs, by_keyword = calls[idx]
         out = (
             layers[idx](hidden_states=hidden, **kwargs)
             if by_keyword
@@ -207,7 +228,7 @@ def _remove_one(
             rel = (close_stream(model, hidden).double() - ref).norm(dim=-1) / ref.norm(dim=-1).clamp(min=1e-30)
             change[b, j, idx] = float(rel[mask].sum())
 
-    final = run_layers(model, rec, rec.states[layer], layer + 1, on_output)
+    final = run_layers(model, rec, rec.states[layer], layer + 1, on_output, states_of=layer)
     normed = final_norm(model)(close_stream(model, final))
     if res.kl is not None and res.top1 is not None:
         loss, kl, top1 = _head_rows(model, normed, labels, mask, base)

@@ -1,6 +1,6 @@
 """The learned scalars of the depth zoo, per layer: DyT / Derf alphas and shifts, each residual scheme's
-`scalar_params` (gates, branch gains: their mean over channels), and the model-level embedding scale and
-final-norm alpha.
+`scalar_params` (gates, branch gains: their mean over channels), value residuals' lambdas
+(`self_attn.value_mix.lambda_self` / `lambda_first`), and the model-level embedding scale and final-norm alpha.
 
 Keys (in ``metrics.jsonl`` under ``diag/``, in ``cod-analyze``'s JSON under ``learned_scalars``) are the
 parameter's name inside its layer without ``.weight`` (``attn_gain``, ``input_layernorm.alpha``,
@@ -26,11 +26,12 @@ from cod_train.eval.depth_hooks import backbone, decoder_layers, unwrap_model
 from cod_train.model import zoo
 
 NORM_SCALARS = (".alpha", ".shift", "embed_scale.weight")  # DyT / Derf, the embedding scale
+VALUE_RESIDUAL_SCALARS = (".value_mix.lambda_self", ".value_mix.lambda_first")  # value_residual (ResFormer)
 
 
 def _is_learned_scalar(name: str) -> bool:
     schemes = tuple(s for r in zoo.residual_names() for s in zoo.residual(r).scalar_params)
-    return name.endswith(NORM_SCALARS + schemes)
+    return name.endswith(NORM_SCALARS + VALUE_RESIDUAL_SCALARS + schemes)
 
 
 def _full_tensor(param: torch.Tensor) -> torch.Tensor:

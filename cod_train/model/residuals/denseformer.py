@@ -24,6 +24,8 @@ class DenseFormer(Residual):
     equations = "B_i = block_i(X_{i-1}),  X_i = sum_{j<=i, k | i-j} alpha_ij B_j  (after every p-th block; init X_i = B_i)"
     paper = "Pagliardini et al. 2024, arXiv 2402.02622"
     layer_reads_history = True
+    placements = ("pre_ln", "lns")
+    placement_reason = "Pre-LN blocks (the paper's; each sub-layer reads the stream through its own norm)"
 
     def label(self, axes: Any) -> str:
         k, p = axis(axes, "denseformer_dilation"), axis(axes, "denseformer_period")
