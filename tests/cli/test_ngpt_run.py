@@ -1,0 +1,64 @@
+"""nGPT through the commands: cod-pretrain keeps every weight vector on the unit sphere after its steps and
+resumes bit-exactly, cod-analyze runs every diagnostic on it, cod-report labels it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cod_train.cli import analyze, pretrain, report
+from cod_train.eval.depth_registry import DIAG_FILES, NAMES
+from tests.helpers.cli import run_command, tiny_args
+from tests.helpers.run_dirs import losses
+
+SCHEME = ["model.norm_type=ngpt", "train.warmup_steps=0", "train.min_lr_ratio=1.0",  # lr independent of max_steps
+          "train.eval_every=0", "train.ckpt_every=2",
+          "train.keep_last=0", "train.diag_every=2"]
+pytestmark = pytest.mark.slow
+
+
+def _run(module, name: str, *args: str) -> None:
+    assert run_command(module.main, name, *args) == 0, f"{name} {args} failed"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ngpt")
+    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=4"), f"run_dir={root / 'straight'}")
+    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=2"), f"run_dir={root / 'resumed'}")
+    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=4"), f"run_dir={root / 'resumed'}")
+    _run(analyze, "cod-analyze", f"checkpoint={root / 'straight'}", f"run_dir={root / 'straight'}",
+         "analyze.eval_tokens=256", "analyze.seq_len=32", "analyze.progress=false")
+    _run(report, "cod-report", f"runs=[{root / 'straight'}]", f"run_dir={root / 'report'}")
+    return root
+
+
+def test_weights_stay_on_the_sphere_through_training_and_resume_exactly(runs: Path) -> None:
+    state = load_file(runs / "straight" / "hf" / "model.safetensors")
+    checked = 0
+    for name, weight in state.items():
+        if weight.dim() == 2:  # every matrix: rows along d, except o_proj / down_proj: columns along d
+            dim = 0 if name.endswith(("o_proj.weight", "down_proj.weight")) else 1
+            torch.testing.assert_close(weight.float().norm(dim=dim), torch.ones(weight.shape[1 - dim]))
+            checked += 1
+    assert checked == 2 + 2 * 7  # embedding, lm_head, 7 per layer
+    alphas = [w for n, w in state.items() if n.endswith("alpha_attn.scale")]
+    assert alphas and not all(torch.allclose(a, torch.full_like(a, 32 ** -0.5)) for a in alphas)  # trained
+    straight, resumed = losses(runs / "straight"), losses(runs / "resumed")
+    assert sorted(straight) == [1, 2, 3, 4] and straight == resumed  # bit-exact through the resume at step 2
+
+
+def test_every_diagnostic_runs_on_ngpt(runs: Path) -> None:
+    for name in (*NAMES, "depth_summary"):
+        stem = DIAG_FILES.get(name, name)
+        model = json.loads((runs / "straight" / "analysis" / f"{stem}.json").read_text())["models"][0]
+        assert model["scheme"] == "ngpt" and model["num_layers"] == 2, name
+
+
+def test_cod_report_labels_ngpt(runs: Path) -> None:
+    rows = json.loads((runs / "report" / "report.json").read_text())["runs"]
+    assert [r["run"] for r in rows] == ["ngpt"]
