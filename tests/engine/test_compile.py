@@ -24,6 +24,15 @@ def test_diagnostics_steps_compile_no_graph(tmp_path):
     assert {"diag/layer_var", "diag/bi", "diag/attn_ratio", "diag/lens_kl"} <= set(got["diag_keys"])
 
 
+def test_ngpt_compiles_without_graph_breaks(tmp_path):
+    """nGPT's hooks (q/k scale, gate/up scale, eigen learning rates) compile into the one block graph."""
+    spec = (f"run_dir={tmp_path} train.max_steps=2 train.diag_every=2 train.ckpt_every=0 model.norm_type=ngpt "
+            "train.warmup_steps=0")
+    out = run_checked([sys.executable, DRIVER, spec], timeout=400).stdout
+    got = json.loads(next(ln for ln in out.splitlines() if ln.startswith("GRAPHS "))[7:])
+    assert got["before"] == [1] and got["after"] == [1], got
+
+
 def test_deepspeed_zero3_with_compile_is_refused_before_any_work(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.run(

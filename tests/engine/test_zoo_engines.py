@@ -25,6 +25,9 @@ SCHEMES = {  # every placement family, norm function and residual scheme at leas
                          "model.qk_norm=head",
     "lns_completep_ln": "model.norm_type=lns model.residual=depth_scaled model.depth_hparams=true "
                         "model.norm_fn=layernorm model.norm_bias=true model.embed_scale=true",
+    "block_attnres": "model.residual=block_attnres model.attnres_blocks=2",  # a history stream (ResidualHistory)
+    "lns_attnres": "model.norm_type=lns model.residual=attnres",
+    "ngpt": "model.norm_type=ngpt train.warmup_steps=0",  # weights renormalized after each step (a callback)
 }
 ENGINES = {  # scheme -> engines it runs on (2 processes)
     "hybrid_star_dyt_gpas": {"ddp": "distributed.engine=ddp",
@@ -33,6 +36,13 @@ ENGINES = {  # scheme -> engines it runs on (2 processes)
     "olmo2_layerscale": {"fsdp": "distributed.engine=fsdp", "zero3": "distributed.engine=deepspeed distributed.zero_stage=3"},
     "mixln_derf_rezero": {"ddp": "distributed.engine=ddp", "zero1": "distributed.engine=deepspeed distributed.zero_stage=1"},
     "lns_completep_ln": {"fsdp": "distributed.engine=fsdp", "zero2": "distributed.engine=deepspeed distributed.zero_stage=2"},
+    "block_attnres": {"ddp": "distributed.engine=ddp",
+                      "fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full",
+                      "zero3": "distributed.engine=deepspeed distributed.zero_stage=3"},
+    "lns_attnres": {"fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full"},
+    # DeepSpeed is refused for nGPT (its fp32 master copies would undo the renormalization)
+    "ngpt": {"ddp": "distributed.engine=ddp",
+             "fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full"},
 }
 
 
