@@ -20,7 +20,8 @@ from tests.helpers.models import tiny_model_config
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 # every axis the model has (read from the registry at test time, so new schemes are covered)
-AXES = {"residual": zoo.residual_names, "qk_norm": lambda: zoo.QK_NORMS, "norm_fn": lambda: zoo.NORM_FNS}
+AXES = {"residual": zoo.residual_names, "qk_norm": lambda: zoo.QK_NORMS, "norm_fn": lambda: zoo.NORM_FNS,
+        "value_residual": lambda: (True,)}
 
 
 def schemes() -> dict[str, dict]:
