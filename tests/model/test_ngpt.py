@@ -30,8 +30,10 @@ def _rope(x: torch.Tensor, theta: float) -> torch.Tensor:
     return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
 
 
-def reference_logits(model, ids: torch.Tensor) -> torch.Tensor:
-    """The paper's equations over the model's own parameter tensors (so autograd gives comparable gradients)."""
+def reference_logits(model, ids: torch.Tensor, olmo_core: bool = False) -> torch.Tensor:
+    """The paper's equations over the model's own parameter tensors (so autograd gives comparable gradients).
+    `olmo_core`: OLMo-core's NormalizedAttention as we read it instead: q and k normalized over the whole projection
+    width and scaled by s_q, s_k (here both = s_qk) before RoPE."""
     p, cfg = dict(model.named_parameters()), model.config
     d, heads, L = cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers
     hd, (B, T) = d // heads, ids.shape
@@ -48,8 +50,13 @@ def reference_logits(model, ids: torch.Tensor) -> torch.Tensor:
     for layer in range(L):
         w = {k[len(f"model.layers.{layer}."):]: v for k, v in p.items() if k.startswith(f"model.layers.{layer}.")}
         s_qk = (w["self_attn.qk_scale.s_qk.scale"] * sqrt_d).view(heads, 1, hd)
-        q = _unit(_rope(heads_of(h @ w["self_attn.q_proj.weight"].T), cfg.rope_parameters["rope_theta"])) * s_qk
-        k = _unit(_rope(heads_of(h @ w["self_attn.k_proj.weight"].T), cfg.rope_parameters["rope_theta"])) * s_qk
+        theta = cfg.rope_parameters["rope_theta"]
+        q, k = h @ w["self_attn.q_proj.weight"].T, h @ w["self_attn.k_proj.weight"].T
+        if olmo_core:
+            s_full = w["self_attn.qk_scale.s_qk.scale"] * sqrt_d
+            q, k = _rope(heads_of(_unit(q) * s_full), theta), _rope(heads_of(_unit(k) * s_full), theta)
+        else:
+            q, k = _unit(_rope(heads_of(q), theta)) * s_qk, _unit(_rope(heads_of(k), theta)) * s_qk
         v = heads_of(h @ w["self_attn.v_proj.weight"].T)
         scores = (q @ k.transpose(-1, -2)) * math.sqrt(hd)  # sqrt(d_k), not 1/sqrt(d_k)
         att = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v
@@ -103,6 +110,23 @@ def test_logits_loss_and_gradients_equal_the_papers_equations(fused):
     for (name, _), got, ref in zip(model.named_parameters(), got_grads, want_grads, strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6, msg=name)
         assert ref.abs().max() > 0, name  # every parameter is used
+
+
+def test_olmo_core_reading_differs_only_by_its_qk_normalization_and_scale_placement():
+    """OLMo-core's block (lerp with |alpha|, the same inits and scalings, sqrt(head_dim) softmax scale, SwiGLU with
+    sqrt(d) on the gate, s_z) equals ours where its two differences vanish: one head (full width = per head) and an
+    s_qk equal on each RoPE pair (i, i + hd/2) (a scale before RoPE = after); with several heads it differs."""
+    for heads, same in ((1, True), (4, False)):
+        model = tiny_model(norm_type="ngpt", num_attention_heads=heads, num_key_value_heads=heads).eval()
+        _off_init(model)
+        with torch.no_grad():
+            for layer in model.model.layers:
+                s = layer.self_attn.qk_scale.s_qk.scale.view(heads, 2, -1)
+                s[:, 1] = s[:, 0]
+        ids = torch.randint(0, 96, (2, 11), generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            got, olmo = model(ids).logits, reference_logits(model, ids, olmo_core=True)
+        assert torch.allclose(got, olmo, rtol=1e-5, atol=1e-5) == same, heads
 
 
 def test_init_puts_every_matrix_on_the_sphere_and_every_scale_at_the_papers_init():
