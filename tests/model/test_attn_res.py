@@ -337,3 +337,16 @@ def test_cod_analyze_runs_every_diagnostic_and_draws_the_depth_attention_figure(
     assert len(full["attnres_weight_map"][-1]) == 2 * SHAPE["num_hidden_layers"] + 1
     assert len(block["attnres_weight_map"][-1]) == 3
     assert len(block["learned_scalars"]["attn_attnres.src.0.tokens"]) == SHAPE["num_hidden_layers"]
+
+
+def test_block_attnres_resume_is_exact(tmp_path):
+    """Stopped at step 2 and resumed: the same losses as 4 uninterrupted steps (the pseudo-queries, key norms and
+    their optimizer state are in the checkpoint)."""
+    from tests.helpers.engine_run import run
+    from tests.helpers.run_dirs import losses
+
+    scheme = ["model.residual=block_attnres", "model.attnres_blocks=2"]
+    run(f"run_dir={tmp_path / 'full'}", "train.max_steps=4", "train.ckpt_every=2", *scheme)
+    run(f"run_dir={tmp_path / 'cut'}", "train.max_steps=2", "train.ckpt_every=2", *scheme)
+    run(f"run_dir={tmp_path / 'cut'}", "train.max_steps=4", "train.ckpt_every=2", *scheme)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
