@@ -27,6 +27,9 @@ SCHEMES = {  # every placement family, norm function and residual scheme at leas
                         "model.norm_fn=layernorm model.norm_bias=true model.embed_scale=true",
     "block_attnres": "model.residual=block_attnres model.attnres_blocks=2",  # a history stream (ResidualHistory)
     "lns_attnres": "model.norm_type=lns model.residual=attnres",
+    "ngpt": "model.norm_type=ngpt train.warmup_steps=0",  # weights renormalized after each step (a callback)
+    # a history stream (ResidualHistory) and a per-forward state beside it (the first layer's values)
+    "denseformer2x1_vres": "model.residual=denseformer model.denseformer_dilation=2 model.value_residual=true",
 }
 ENGINES = {  # scheme -> engines it runs on (2 processes)
     "hybrid_star_dyt_gpas": {"ddp": "distributed.engine=ddp",
@@ -39,6 +42,12 @@ ENGINES = {  # scheme -> engines it runs on (2 processes)
                       "fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full",
                       "zero3": "distributed.engine=deepspeed distributed.zero_stage=3"},
     "lns_attnres": {"fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full"},
+    # DeepSpeed is refused for nGPT (its fp32 master copies would undo the renormalization)
+    "ngpt": {"ddp": "distributed.engine=ddp",
+             "fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full"},
+    "denseformer2x1_vres": {"ddp": "distributed.engine=ddp",
+                            "fsdp_ac": "distributed.engine=fsdp distributed.activation_checkpointing=full",
+                            "zero3": "distributed.engine=deepspeed distributed.zero_stage=3"},
 }
 
 

@@ -21,7 +21,8 @@ class DenseFormer(Residual):
     keys = KEYS
     label_keys = KEYS
     summary = "a learned depth-weighted average of the embedding and every earlier block output after each block"
-    equations = "B_i = block_i(X_{i-1}),  X_i = sum_{j<=i, k | i-j} alpha_ij B_j  (after every p-th block; init X_i = B_i)"
+    equations = ("B_i = block_i(X_{i-1}),  X_i = sum_{j<=i, (i-j) mod k = 0} alpha_ij B_j after every p-th block "
+                 "(else X_i = B_i); B_0 = embedding; init alpha_ii = 1, others 0")
     paper = "Pagliardini et al. 2024, arXiv 2402.02622"
     layer_reads_history = True
     placements = ("pre_ln", "lns")
