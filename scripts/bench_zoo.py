@@ -43,6 +43,7 @@ SCHEMES: dict[str, dict] = {
     "depth_scaled": {"residual": "depth_scaled"}, "gpas": {"residual": "gpas"},
     "lns+gpas+qk_head": {"norm_type": "lns", "residual": "gpas", "qk_norm": "head"},
     "mix_ln+dyt": {"norm_type": "mix_ln", "norm_fn": "dyt"},
+    "attnres": {"residual": "attnres"}, "block_attnres4": {"residual": "block_attnres", "attnres_blocks": 4},
 }
 SHAPES = {"tiny": (8, 256), "60m": (2, 256), "130m": (1, 256)}
 VOCAB = 32000
