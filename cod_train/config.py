@@ -264,6 +264,54 @@ class LoggerConfig:
     mode: str = "auto"  # auto (offline without an API key) | online | offline | disabled
 
 
+# cod-plan's GPUs: usable memory (GiB: torch.cuda.get_device_properties(...).total_memory) and dense peak
+# TFLOP/s (bf16 tensor cores; fp32 without TF32), from the vendors' data sheets (SXM parts).
+GPUS: dict[str, dict[str, float]] = {
+    "h100-80gb": {"memory_gb": 79.2, "bf16_tflops": 989.0, "fp32_tflops": 67.0},
+    "a100-80gb": {"memory_gb": 79.2, "bf16_tflops": 312.0, "fp32_tflops": 19.5},
+    "a100-40gb": {"memory_gb": 39.4, "bf16_tflops": 312.0, "fp32_tflops": 19.5},
+    "h200": {"memory_gb": 140.4, "bf16_tflops": 989.0, "fp32_tflops": 67.0},
+}
+
+
+@dataclass
+class PlanConfig:
+    """cod-plan (and cod-pretrain's memory check at start): the cluster a run is planned for."""
+
+    world_size: int = 1  # processes (GPUs) the run is planned for; cod-pretrain's check uses its own
+    gpu: str = "h100-80gb"  # h100-80gb | a100-80gb | a100-40gb | h200 | custom (gpu_memory_gb, peak_tflops)
+    gpu_memory_gb: float = 0.0  # custom: usable GiB per GPU (a named GPU: its own)
+    peak_tflops: float = 0.0  # custom: dense peak TFLOP/s at the run's precision (a named GPU: its own)
+    mfu: float = 0.4  # assumed model-FLOPs utilization for the time estimate
+    reserve_gb: float = 2.0  # per GPU outside torch's tensors: CUDA context, NCCL buffers, allocator slack
+    bandwidth_gb_s: float = 50.0  # per-GPU collective bandwidth for the communication time (400 Gb/s NIC)
+    search: bool = True  # also find the largest micro-batch that fits
+    check: bool = True  # cod-pretrain on a GPU: plan the configured micro-batch at start, warn if it won't fit
+
+    def gpu_spec(self, precision: str) -> tuple[float, float]:
+        """(usable GiB, dense peak TFLOP/s at ``precision``) of ``gpu``."""
+        if self.gpu == "custom":
+            return self.gpu_memory_gb, self.peak_tflops
+        spec = GPUS[self.gpu]
+        return spec["memory_gb"], spec["fp32_tflops" if precision == "fp32" else "bf16_tflops"]
+
+    def validate(self) -> None:
+        problems = []
+        if self.gpu != "custom" and self.gpu not in GPUS:
+            problems.append(f"unknown plan.gpu {self.gpu!r}: use one of {(*GPUS, 'custom')} (custom: set "
+                            "plan.gpu_memory_gb and plan.peak_tflops)")
+        if self.gpu == "custom" and (self.gpu_memory_gb <= 0 or self.peak_tflops <= 0):
+            problems.append("plan.gpu=custom needs plan.gpu_memory_gb > 0 and plan.peak_tflops > 0")
+        if self.world_size < 1:
+            problems.append(f"plan.world_size must be >= 1, got {self.world_size}")
+        if not 0 < self.mfu <= 1:
+            problems.append(f"plan.mfu must be in (0, 1], got {self.mfu}")
+        if self.reserve_gb < 0 or self.bandwidth_gb_s <= 0:
+            problems.append("plan.reserve_gb must be >= 0 and plan.bandwidth_gb_s > 0")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+
 @dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -277,10 +325,11 @@ class PretrainConfig:
     resume_allow_change: bool = False  # resume even if the model or data stream changed (runs/identity.py)
     device: str = "auto"  # auto | cpu | cuda
     init_from: str = ""  # HF dir or hub name (Llama/Mistral/Qwen2/Qwen3, a cod-train export): start from its weights
+    plan: PlanConfig = field(default_factory=PlanConfig)  # cod-plan; cod-pretrain's memory check (plan.check)
 
     def validate(self) -> None:
         """Every check that needs no process group, data, tokenizer or model: the whole config, in one pass."""
-        for part in (self.model, self.data, self.train, self.distributed):
+        for part in (self.model, self.data, self.train, self.distributed, self.plan):
             part.validate()
         self.distributed.check_precision(self.train.precision)
         self.train.check_engine(self.distributed.engine)

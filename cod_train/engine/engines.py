@@ -59,6 +59,18 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # lr_scale: CompleteP's per-depth rule (train/optim.py)
 
 
+def move_to(module: nn.Module, where: torch.device | torch.dtype) -> None:
+    """``module.to(where)`` unless every parameter and buffer is there already: cod-plan's fake tensors
+    (engine/plan.py) cannot be moved, even onto their own device (torch swaps fake parameters)."""
+    tensors = [*module.parameters(), *module.buffers()]
+    if isinstance(where, torch.dtype):
+        done = all(t.dtype == where for t in tensors if t.is_floating_point())
+    else:
+        done = all(t.device == where or (t.device.type == where.type and where.index is None) for t in tensors)
+    if not done:
+        module.to(where)
+
+
 def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
@@ -87,9 +99,9 @@ class Engine:
 
     # --- set-up -----------------------------------------------------------------------------------
     def setup(self, optimizer_fn: OptimizerFactory) -> None:
-        self.module.to(self.env.device)
+        move_to(self.module, self.env.device)
         if self.precision == "bf16-pure":
-            self.module.to(torch.bfloat16)
+            move_to(self.module, torch.bfloat16)
         self.model = self.wrap(self.module)
         self.optimizer = optimizer_fn(self.module)
 
@@ -247,20 +259,22 @@ class FSDPEngine(Engine):
     format = "dcp"
 
     def _mesh(self, shape: tuple[int, ...]) -> DeviceMesh:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
         from torch.distributed.device_mesh import init_device_mesh
 
         names = ("replicate", "shard") if len(shape) == 2 else None
-        return init_device_mesh(self.env.device.type, shape, mesh_dim_names=names)
+        with unset_fake_temporarily():  # cod-plan sets up under FakeTensorMode; the mesh's rank table is real
+            return init_device_mesh(self.env.device.type, shape, mesh_dim_names=names)
 
     def setup(self, optimizer_fn: OptimizerFactory) -> None:
         from torch.distributed.fsdp import fully_shard
 
         mesh_shape = fsdp_mesh_shape(self.env.world_size, self.dist_cfg.hsdp_replicas)  # checked first
         if self.precision == "bf16-pure":
-            self.module.to(torch.bfloat16)
+            move_to(self.module, torch.bfloat16)
         on_meta = any(p.is_meta for p in self.module.parameters())
         if not on_meta:
-            self.module.to(self.env.device)
+            move_to(self.module, self.env.device)
         mesh = self._mesh(mesh_shape)
         block_policy, root_policy = fsdp_policies(self.precision, self.dist_cfg.fsdp_param_dtype)
         reshard = self.dist_cfg.reshard_after_forward

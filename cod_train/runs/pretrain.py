@@ -149,8 +149,35 @@ def run_pretrain(run: ResolvedRun, env: DistEnv) -> TrainResult:
                  callbacks=callbacks_for(cfg), diagnostics_fn=diagnostics_for(cfg))
 
 
+def check_memory_first(cfg: PretrainConfig) -> None:
+    """On a GPU (rank 0, before the process group exists: the plan makes a fake one), plan the configured
+    micro-batch (cod-plan, without the search) and warn, naming the plan's numbers, when it would not fit.
+    Advisory: a plan that cannot be made is said in one line and the run goes on. ``plan.check=false``: off."""
+    from cod_train.runs.app import is_main_process
+
+    if not cfg.plan.check or cfg.device == "cpu" or not is_main_process():
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    from cod_train.runs.plan import GIB, launch_world_size, memory_warning
+
+    usable = torch.cuda.get_device_properties(0).total_memory / GIB - cfg.plan.reserve_gb
+    try:
+        warning = memory_warning(cfg, launch_world_size(), usable)
+    except Exception as err:  # noqa: BLE001 - the check advises; it never stops a run
+        log.warning("memory check skipped: cod-plan could not plan this run (%s: %s)", type(err).__name__, err)
+        return
+    if warning:
+        log.warning(warning)
+
+
 def pretrain(cfg: PretrainConfig) -> int:
-    """The whole cod-pretrain command after parsing: resolve (validate), then train; the exit code."""
+    """The whole cod-pretrain command after parsing: resolve (validate), the memory check on a GPU, then train;
+    the exit code."""
     from cod_train.runs.lifecycle import run_training
 
-    return run_training(resolve(cfg), run_pretrain)
+    run = resolve(cfg)
+    check_memory_first(run.cfg)
+    return run_training(run, run_pretrain)
