@@ -97,6 +97,7 @@ def test_rows_longer_than_the_models_positions_exit_2_before_work(tmp_path: Path
     assert not run_dir.exists()
 
 
+@pytest.mark.slow
 def test_readme_default_sft_fine_tunes_the_default_pretrain_run(tmp_path, monkeypatch, capsys):
     """`cod-pretrain && cod-sft` as the README has it: rows as long as the model's positions, unless set larger."""
     from cod_train.cli import pretrain

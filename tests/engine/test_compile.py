@@ -8,11 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.processes import REPO, run_checked, subprocess_env
 
 DRIVER = str(Path(__file__).with_name("compile_driver.py"))
 
 
+@pytest.mark.slow
 def test_diagnostics_steps_compile_no_graph(tmp_path):
     """Per-block compile gives one graph for the 2 identical blocks; the diagnostics forward (hooks on every block,
     steps 2 and 4) runs eagerly: no graph is added by it, nor by the training steps after it (before the fix: 1

@@ -100,6 +100,7 @@ def test_device_names_are_checked_before_any_work(name):
     assert parse_device("auto") == parse_device("cpu") == torch.device("cpu")
 
 
+@pytest.mark.slow
 def test_deepspeed_with_one_visible_gpu_per_slurm_task_uses_device_0_everywhere():
     """SLURM task 5 of 8, its node's tasks each seeing one GPU: init_distributed, then DeepSpeed's comm init
     and engine (as far as a CPU-only torch goes: its first CUDA allocation). Every device choice is 0, and so is
@@ -122,6 +123,7 @@ def _host_group_runs(mode: str) -> tuple[list[dict], str]:
     return sorted(rows, key=lambda row: row["rank"]), proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_the_host_group_is_gloo_with_the_configured_timeout():
     rows, _ = _host_group_runs("ok")
     assert [row["rank"] for row in rows] == [0, 1]
@@ -130,6 +132,7 @@ def test_the_host_group_is_gloo_with_the_configured_timeout():
         assert row["sums"] == [1.0 + 2.0, 10.0 + 20.0]
 
 
+@pytest.mark.slow
 def test_when_gloo_cannot_be_created_host_sums_use_the_default_group():
     rows, output = _host_group_runs("gloo_fails")
     assert [row["rank"] for row in rows] == [0, 1]

@@ -25,6 +25,7 @@ xllamacpp = pytest.importorskip(
     "xllamacpp", reason="llama.cpp (the xllamacpp wheel of the `llamacpp` extra) is not installed: `make install` "
     "installs it")
 
+pytestmark = pytest.mark.slow  # trains two models, then runs llama.cpp on 6 exports
 CORPUS = [f"In {1900 + i} the naïve café of 東京 sold {i * 37} Ünïcödé books for €{i % 50},  said the curse "
           f"of depth.\n" for i in range(400)]
 TEXT = ("The naïve café sold 1234567 books in 1987; Ünïcödé costs €42!\n\n  two  spaces\tand a tab, "
