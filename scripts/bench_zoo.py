@@ -44,6 +44,9 @@ SCHEMES: dict[str, dict] = {
     "lns+gpas+qk_head": {"norm_type": "lns", "residual": "gpas", "qk_norm": "head"},
     "mix_ln+dyt": {"norm_type": "mix_ln", "norm_fn": "dyt"},
     "attnres": {"residual": "attnres"}, "block_attnres4": {"residual": "block_attnres", "attnres_blocks": 4},
+    "denseformer": {"residual": "denseformer"},
+    "denseformer4x5": {"residual": "denseformer", "denseformer_dilation": 4, "denseformer_period": 5},
+    "vres": {"value_residual": True},
 }
 SHAPES = {"tiny": (8, 256), "60m": (2, 256), "130m": (1, 256)}
 VOCAB = 32000
