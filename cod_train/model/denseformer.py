@@ -9,7 +9,7 @@ reads the stream the removed one would have read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ def dwa_weights(backbone: nn.Module, value: Any = None) -> list[list[float | Non
     """Per layer, its average's weight on each depth 0..l (None where not a source); None for a layer without
     an average. `value` gathers a sharded parameter (a collective: every rank calls it, layer by layer)."""
     rows: list[list[float | None] | None] = []
-    for layer in backbone.layers:
+    for layer in cast(nn.ModuleList, backbone.layers):
         dwa = getattr(layer, "denseformer_dwa", None)
         if dwa is None:
             rows.append(None)
