@@ -5,11 +5,13 @@ One process holds the `pre_ln` model and one scheme's model (same shapes, same b
 the training loop's call `labels=shift_labels=y, num_items_in_batch=n`, backward, optimizer step). After warm-up,
 `--pairs` repetitions alternate the order (AB, BA, ...), each timing `--steps` steps per model. Reported per scheme:
 the median of the pair-by-pair ratios scheme / pre_ln of the step's CPU time (the figure that does not depend on
-what else runs on a shared machine) and of its wall time, with min-max.
+what else runs on a shared machine) and of its wall time, with min-max. A placement's training-loop callbacks run
+after each optimizer step (nGPT's renormalization), as in cod-pretrain.
 
 Memory, deterministic rather than sampled: the bytes the forward saves for the backward (activations; counted
 once per storage through `torch.autograd.graph.saved_tensors_hooks`) plus weights, gradients and the two AdamW
-moments (4 x parameter bytes); its ratio to pre_ln's is the "training memory" column. (Peak RSS of one shared
+moments (4 x parameter bytes); its ratio to pre_ln's is the "training memory" column; the saved bytes alone under
+bf16 autocast, as a ratio to pre_ln's, are the "bf16 saved" column. (Peak RSS of one shared
 process cannot separate two models; these two terms are what differs between schemes.)
 
     python scripts/bench_zoo.py --threads 1 --before c3d89f4 --out zoo.json   # c3d89f4: before the depth zoo
@@ -44,6 +46,7 @@ SCHEMES: dict[str, dict] = {
     "lns+gpas+qk_head": {"norm_type": "lns", "residual": "gpas", "qk_norm": "head"},
     "mix_ln+dyt": {"norm_type": "mix_ln", "norm_fn": "dyt"},
     "attnres": {"residual": "attnres"}, "block_attnres4": {"residual": "block_attnres", "attnres_blocks": 4},
+    "ngpt": {"norm_type": "ngpt"},
     "denseformer": {"residual": "denseformer"},
     "denseformer4x5": {"residual": "denseformer", "denseformer_dilation": 4, "denseformer_period": 5},
     "vres": {"value_residual": True},
@@ -68,12 +71,16 @@ class Trainer:
     def __init__(self, model, batch):
         self.model, self.x = model, batch
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.callbacks = model.config.placement_scheme.callbacks(model.config)  # nGPT: the renormalization
 
     def step(self) -> None:
         out = self.model(input_ids=self.x, labels=self.x, shift_labels=self.x, num_items_in_batch=self.x.numel(),
                          use_cache=False)
         out.loss.backward()
         self.opt.step()
+        with torch.no_grad():
+            for callback in self.callbacks:
+                callback.after_optimizer_step(self.model, 0)
         self.opt.zero_grad(set_to_none=True)
 
     def timed(self, steps: int) -> tuple[float, float]:
@@ -84,6 +91,11 @@ class Trainer:
 
     def memory_mib(self) -> float:
         """Activations saved for the backward (one count per storage) + weights, grads and AdamW moments."""
+        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return (self.saved_bytes() + 4 * params) / 2**20
+
+    def saved_bytes(self, bf16: bool = False) -> int:
+        """Bytes the forward saves for the backward, each storage once (`bf16`: under bf16 autocast)."""
         seen: dict[int, int] = {}
 
         def pack(t: torch.Tensor) -> torch.Tensor:
@@ -91,13 +103,13 @@ class Trainer:
             seen[storage.data_ptr()] = storage.nbytes()
             return t
 
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = self.model(input_ids=self.x, labels=self.x, shift_labels=self.x,
                              num_items_in_batch=self.x.numel(), use_cache=False)
         out.loss.backward()
         self.opt.zero_grad(set_to_none=True)
-        params = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        return (sum(seen.values()) + 4 * params) / 2**20
+        return sum(seen.values())
 
 
 def before_model(rev: str, like):
@@ -148,7 +160,7 @@ def main() -> None:
     base = Trainer(build(args.size), x)
     for _ in range(args.warmup):
         base.step()
-    base_mem = base.memory_mib()
+    base_mem, base_bf16 = base.memory_mib(), base.saved_bytes(bf16=True)
     rows = []
     names = ([f"pre_ln@{args.before}"] if args.before else []) + args.schemes.split(",")
     for name in names:
@@ -159,10 +171,12 @@ def main() -> None:
         row = {"scheme": name, **ratios(base, other, args.pairs, args.steps),
                "memory_mib": other.memory_mib(), "pre_ln_memory_mib": base_mem}
         row["memory_ratio"] = row["memory_mib"] / base_mem
+        row["saved_bf16_ratio"] = other.saved_bytes(bf16=True) / base_bf16
         rows.append(row)
         print(f"{name:18s} cpu {row['cpu_ratio']:.3f} ({row['cpu_min']:.2f}-{row['cpu_max']:.2f})  "
               f"wall {row['wall_ratio']:.3f} ({row['wall_min']:.2f}-{row['wall_max']:.2f})  "
-              f"memory {row['memory_mib']:.0f} MiB ({row['memory_ratio']:.3f}x)", flush=True)
+              f"memory {row['memory_mib']:.0f} MiB ({row['memory_ratio']:.3f}x)  "
+              f"bf16 saved {row['saved_bf16_ratio']:.3f}x", flush=True)
         del other, model
     meta = {"size": args.size, "batch": [b, t], "pairs": args.pairs, "steps": args.steps,
             "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),

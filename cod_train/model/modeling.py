@@ -243,7 +243,7 @@ class CodLlamaPreTrainedModel(PreTrainedModel):
         if unit_dim is not None and not getattr(module.weight, "_is_hf_initialized", False):
             from cod_train.model.ngpt import unit_normalize_
 
-            unit_normalize_(module.weight, unit_dim)
+            unit_normalize_(cast(torch.Tensor, module.weight), unit_dim)
 
     @torch.no_grad()
     def reset_weights(self) -> None:

@@ -24,8 +24,10 @@ NGPT_ALPHA_INIT = 0.05  # alpha_A, alpha_M: the eigen learning rates start here 
 
 
 def unit_sphere(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """x / ||x|| along `dim` (the paper's Norm), with fp32 statistics, rounded to x's dtype."""
-    return F.normalize(x.float(), dim=dim).to(x.dtype)
+    """x / ||x|| along `dim` (the paper's Norm): the inverse norm in fp32, rounded to x's dtype before the multiply,
+    so the backward keeps x in its own dtype and one number per vector (not an fp32 copy of x)."""
+    inverse = torch.rsqrt(x.float().square().sum(dim, keepdim=True).clamp_min(1e-24))
+    return x * inverse.to(x.dtype)
 
 
 @torch.no_grad()
@@ -35,7 +37,7 @@ def unit_normalize_(weight: torch.Tensor, dim: int) -> torch.Tensor:
     if hasattr(weight, "device_mesh") and hasattr(weight, "placements"):
         full = weight.full_tensor()  # type: ignore[attr-defined]
         return copy_full_(weight, unit_sphere(full, dim))
-    return weight.copy_(unit_sphere(weight, dim))
+    return weight.mul_(torch.rsqrt(weight.float().square().sum(dim, keepdim=True).clamp_min(1e-24)).to(weight.dtype))
 
 
 class NgptScale(nn.Module):
