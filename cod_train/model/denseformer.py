@@ -80,7 +80,7 @@ def dwa_weights(backbone: nn.Module, value: Any = None) -> list[list[float | Non
             rows.append(None)
             continue
         weight = (value(dwa.weight) if value is not None else dwa.weight.detach()).float().tolist()
-        row: list[float | None] = [None for _ in range(int(layer.depth) + 1)]
+        row: list[float | None] = [None] * (dwa.sources[-1] + 1)  # its last source is its own depth
         for k, j in enumerate(dwa.sources):
             row[j] = weight[k]
         rows.append(row)
