@@ -39,11 +39,14 @@ def schemes() -> dict[str, dict]:
                 "lns-qk_norm=head": {"norm_type": "lns", "qk_norm": "head"}})
     valid = {}
     for name, overrides in out.items():
-        try:
-            tiny_model_config(**overrides).validate()
-        except (ConfigError, TypeError):
-            continue
-        valid[name] = overrides
+        # a scheme without grouped KV heads (nGPT's shared s_qk) is tried with num_key_value_heads = heads
+        for attempt in (overrides, {**overrides, "num_key_value_heads": None}):
+            try:
+                tiny_model_config(**attempt).validate()
+            except (ConfigError, TypeError):
+                continue
+            valid[name] = attempt
+            break
     return valid
 
 
