@@ -1,0 +1,152 @@
+"""cod-plan against what it plans: the static memory against a count by hand, the peak and the collective bytes
+against real gloo runs (tests/runs/plan_driver.py), bad input as one error line."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cod_train.config import PretrainConfig, to_typed
+from cod_train.runs.app import config_dir
+from tests.helpers.cli import one_error_line, run_command
+from tests.helpers.processes import run_checked, torchrun
+
+DRIVER = str(Path(__file__).with_name("plan_driver.py"))
+PRESETS = {"tiny": "llama_tiny", "60m": "llama_60m"}
+# 4 micro-batches of 2 sequences of 128 tokens per step on one process, 2 on each of two
+SMALL_RUN = ["data.seq_len=128", "train.global_batch_size=8", "train.micro_batch_size=2", "train.grad_clip=1.0"]
+
+
+def plan_config(model: str, engine: str, *extra: str) -> PretrainConfig:
+    """The runs validated here: ``model`` (tiny | 60m) on ``engine`` (single | ddp | fsdp), fp32 on the CPU."""
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        raw = compose("pretrain", overrides=[f"model={PRESETS[model]}", f"distributed={engine}", *SMALL_RUN,
+                                             *extra])
+    return to_typed(raw, PretrainConfig)
+
+
+def cpu_plan(model: str, engine: str, world: int):
+    """cod-plan's step of the run the driver measures (on the CPU, so no GPU loss-chunk choice)."""
+    from cod_train.runs.plan import plan_micro_batch, planned_vocab
+
+    cfg = plan_config(model, engine)
+    return plan_micro_batch(cfg, world, cfg.train.micro_batch_size, planned_vocab(cfg))
+
+
+def hand_count(model: str, engine: str, world: int) -> tuple[int, int, int]:
+    """(parameter, gradient, optimizer-state) bytes per rank: fp32 weights; FSDP2 keeps ceil(rows / world) rows of
+    each weight per rank (dim 0, padded); fused AdamW two moments per weight and a 4-byte step per tensor."""
+    import torch
+
+    from cod_train.model import build_model
+    from cod_train.runs.plan import planned_vocab
+
+    cfg = plan_config(model, engine)
+    with torch.device("meta"):
+        params = list(build_model(cfg.model, planned_vocab(cfg)).parameters())
+    rows = (lambda p: math.ceil(p.shape[0] / world)) if engine == "fsdp" else (lambda p: p.shape[0])
+    weights = sum(4 * rows(p) * (p.numel() // p.shape[0]) for p in params)
+    return weights, weights, 2 * weights + 4 * len(params)
+
+
+@pytest.mark.parametrize("model,engine,world", [("tiny", "single", 1), ("tiny", "fsdp", 2), ("60m", "ddp", 2),
+                                                ("60m", "fsdp", 2)])
+def test_static_memory_is_the_count_by_hand(model, engine, world):
+    memory = cpu_plan(model, engine, world).memory
+    assert (memory.params, memory.grads, memory.optimizer) == hand_count(model, engine, world)
+
+
+def measured(engines: list[str], world: int) -> dict[str, dict]:
+    specs = [f"{m}:{e}" for m in PRESETS for e in engines]
+    out = torchrun(DRIVER, *specs, nproc=world, timeout=600).stdout if world > 1 else \
+        run_checked([sys.executable, DRIVER, *specs], timeout=600).stdout
+    rows = [json.loads(line.split(" ", 1)[1]) for line in out.splitlines() if line.startswith("MEASURED ")]
+    return {row["spec"]: row for row in rows}
+
+
+def assert_plan_matches(got: dict, model: str, engine: str, world: int) -> None:
+    plan = cpu_plan(model, engine, world)
+    assert abs(plan.memory.peak - got["peak"]) <= 0.15 * got["peak"], (model, engine, plan.memory, got)
+    for kind in ("all_gather", "reduce_scatter", "all_reduce"):
+        assert plan.comm.payload[kind] == got.get(kind, 0), (model, engine, kind, plan.comm, got)
+
+
+@pytest.mark.slow
+def test_plan_within_15_percent_of_one_process():
+    runs = measured(["single"], 1)
+    for model in PRESETS:
+        assert_plan_matches(runs[f"{model}:single"], model, "single", 1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_plan_within_15_percent_of_two_gloo_processes(engine):
+    runs = measured([engine], 2)
+    for model in PRESETS:
+        assert_plan_matches(runs[f"{model}:{engine}"], model, engine, 2)
+
+
+def cod_plan_stderr(capsys, *args: str) -> tuple[int, str]:
+    from cod_train.cli import plan
+
+    capsys.readouterr()
+    code = run_command(plan.main, "cod-plan", *args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,words", [
+    (["distributed=ddp", "plan.world_size=3"], "multiple of the 3"),
+    (["plan.gpu=v100"], "unknown plan.gpu 'v100'"),
+    (["plan.gpu=custom"], "plan.gpu_memory_gb"),
+    (["distributed=single", "plan.world_size=2"], "runs one process"),
+    (["distributed=fsdp", "plan.world_size=4", "distributed.hsdp_replicas=3"], "hsdp_replicas=3"),
+])
+def test_bad_input_is_one_error_line(capsys, tmp_path, args, words):
+    code, err = cod_plan_stderr(capsys, f"run_dir={tmp_path}", *args)
+    assert code == 2 and words in one_error_line(err)
+
+
+def test_cod_plan_prints_the_table_and_writes_plan_json(capsys, tmp_path):
+    from cod_train.cli import plan
+
+    code = run_command(plan.main, "cod-plan", f"run_dir={tmp_path}", "distributed=fsdp", "plan.world_size=2",
+                       "plan.gpu=custom", "plan.gpu_memory_gb=1", "plan.peak_tflops=100", "plan.mfu=0.5",
+                       "plan.reserve_gb=0", "train.max_steps=10", *SMALL_RUN)
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert code == 0 and saved["fits"] and saved["verdict"] in out and "fits: peak" in out
+    # time: FLOPs per step from the model's own count, at 100 TFLOP/s x 2 GPUs x 50 %
+    assert saved["step_seconds"] == pytest.approx(saved["flops_per_step"] / (2 * 100e12 * 0.5))
+    # the rank's share is 4 rows: every divisor fits in 1 GiB at this size
+    assert saved["largest_micro_batch"] == 4
+    assert saved["memory_bytes"]["peak"] <= 2**30
+
+
+def test_does_not_fit_names_the_shortfall(capsys, tmp_path):
+    from cod_train.cli import plan
+
+    code = run_command(plan.main, "cod-plan", f"run_dir={tmp_path}", "plan.gpu=custom", "plan.gpu_memory_gb=0.05",
+                       "plan.peak_tflops=100", "plan.reserve_gb=0", "plan.search=false", *SMALL_RUN)
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    short = saved["memory_bytes"]["peak"] / 2**30 - 0.05
+    assert code == 0 and not saved["fits"]
+    assert f"does not fit, by {short:.1f} GiB" in capsys.readouterr().out
+
+
+def test_pretrain_check_is_skipped_without_a_gpu(monkeypatch):
+    """The check runs on a GPU only: on the CPU it must not plan (nor import the planner)."""
+    import sys
+
+    from cod_train.runs.pretrain import check_memory_first
+
+    monkeypatch.delitem(sys.modules, "cod_train.runs.plan", raising=False)
+    check_memory_first(plan_config("tiny", "single", "device=cpu"))
+    check_memory_first(plan_config("tiny", "single"))  # device=auto on a machine without CUDA
+    assert "cod_train.runs.plan" not in sys.modules or __import__("torch").cuda.is_available()
+
+
