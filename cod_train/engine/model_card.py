@@ -85,6 +85,8 @@ def _scheme_sentence(axes: dict[str, Any]) -> str:
         out += f", norm function `{axes['norm_fn']}` in place of RMSNorm"
     if "qk_norm" in axes:
         out += f", QK-norm `{axes['qk_norm']}`"
+    if axes.get("value_residual"):
+        out += ", value residuals (ResFormer: every later layer's attention values mixed with the first layer's)"
     return out + "."
 
 

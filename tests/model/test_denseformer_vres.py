@@ -256,6 +256,12 @@ def test_labels_macs_and_parameter_counts():
     assert zoo.scheme_name(dict(norm_type="lns", residual="denseformer", denseformer_dilation=4,
                                 denseformer_period=5)) == "lns+denseformer4x5"
     assert zoo.scheme_name(dict(norm_type="post_ln", value_residual=True)) == "post_ln+vres"
+    from cod_train.engine.model_card import _scheme_sentence, scheme_axes
+
+    card = _scheme_sentence(scheme_axes(make(residual="denseformer", denseformer_dilation=2,
+                                             value_residual=True).config, "pre_ln"))
+    assert card.startswith("scheme `pre_ln+denseformer2x1+vres`") and "2x1-DenseFormer" in card
+    assert "value residuals (ResFormer" in card
     for axes in (dict(residual="denseformer", denseformer_dilation=2, num_hidden_layers=5), dict(value_residual=True)):
         model, base = make(**axes), make(num_hidden_layers=axes.get("num_hidden_layers", 4))
         assert total_params(model.config) == sum(p.numel() for p in model.parameters())
