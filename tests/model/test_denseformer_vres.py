@@ -167,7 +167,8 @@ def test_layer_removal_cached_and_plain_match_the_formulation_without_that_layer
 
 
 ZOO = [dict(residual="denseformer", denseformer_period=2), dict(value_residual=True),
-       dict(value_residual=True, residual="denseformer", denseformer_dilation=2, norm_type="lns")]
+       dict(value_residual=True, residual="denseformer", denseformer_dilation=2, norm_type="lns"),
+       dict(value_residual=True, residual="hc", hc_streams=2)]  # beside another scheme's own stream object
 
 
 @pytest.mark.parametrize("axes", ZOO)
