@@ -10,7 +10,7 @@ own rows of the result (docs/architecture.md, "Muon under FSDP2").
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
@@ -38,7 +38,7 @@ class GatheringMuon(torch.optim.Muon):
     def _sharded_update(self, param: torch.Tensor, group: dict[str, Any]) -> None:
         """torch's ``_single_tensor_muon`` for one DTensor parameter, with the Newton-Schulz step on the full
         matrix (every rank computes it; each keeps its own shard: no second collective)."""
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import DTensor, distribute_tensor
 
         grad = param.grad
         assert grad is not None
@@ -47,7 +47,7 @@ class GatheringMuon(torch.optim.Muon):
             state["momentum_buffer"] = torch.zeros_like(grad)
         buf = state["momentum_buffer"]
         buf.lerp_(grad, 1 - group["momentum"])
-        update = grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+        update = cast(DTensor, grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf)
         full = _zeropower_via_newtonschulz(update.full_tensor(), group["ns_coefficients"], group["ns_steps"],
                                            group["eps"])
         local = distribute_tensor(full, update.device_mesh, update.placements, src_data_rank=None)
