@@ -17,6 +17,7 @@ from tests.helpers.processes import REPO, run_checked, subprocess_env
 from tests.helpers.run_dirs import metric_rows
 
 
+@pytest.mark.slow
 def test_norm_sweep_runs_each_variant_in_its_own_run_dir(tmp_path):
     sweep = tmp_path / "sweep"
     run_checked([sys.executable, "-m", "cod_train.cli.pretrain", "-m", "norm=pre_ln,lns", *TINY,

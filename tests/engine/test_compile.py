@@ -27,6 +27,7 @@ def test_diagnostics_steps_compile_no_graph(tmp_path):
     assert {"diag/layer_var", "diag/bi", "diag/attn_ratio", "diag/lens_kl"} <= set(got["diag_keys"])
 
 
+@pytest.mark.slow
 def test_ngpt_compiles_without_graph_breaks(tmp_path):
     """nGPT's hooks (q/k scale, gate/up scale, eigen learning rates) compile into the one block graph."""
     spec = (f"run_dir={tmp_path} train.max_steps=2 train.diag_every=2 train.ckpt_every=0 model.norm_type=ngpt "
