@@ -18,7 +18,9 @@
 # eval loss, hf/ exported). Then: fused_loss (chunked loss == plain loss and gradients on CUDA, bf16-mixed and
 # bf16-pure; the lm_head gradient's addmm(out_dtype=fp32) against a float64 reference), mhc_memory (peak memory
 # and saved-for-backward bytes of one bf16-mixed forward+backward, residual=mhc / hc vs pre_ln), liger_kernels
-# (SKIPPED when liger_kernel is not importable), generate (greedy generate() with cache == without cache == a
+# (SKIPPED when liger_kernel is not importable), plan_memory (cod-plan's planned peak of $MODEL on one GPU, bf16-mixed
+# and bf16-pure, over torch.cuda.max_memory_allocated of two real steps: the ratio; FAILED when off by more than
+# PLAN_MAX_ERR=0.25; CUDA-only), generate (greedy generate() with cache == without cache == a
 # manual argmax loop, on the exported hf/, loaded as the class its config.json names), host_syncs_single (no
 # synchronizing CUDA call inside an optimizer step between logging steps, torch.cuda.set_sync_debug_mode), bench
 # (scripts/bench.py, ours vs LlamaForCausalLM at 130m and 1b -> $OUT/bench.json).
@@ -665,6 +667,61 @@ sys.exit(0 if ratio <= max_ratio else 1)
 PY
 }
 
+plan_memory() {  # cod-plan's planned peak of $MODEL (one process) vs torch.cuda.max_memory_allocated, as a ratio
+  needs_cuda
+  "$PY" - <<'PY'
+import os, sys
+import torch
+from hydra import compose, initialize_config_dir
+from cod_train.config import PretrainConfig, to_typed
+from cod_train.engine.distributed import DistEnv
+from cod_train.engine.parallelize import parallelize
+from cod_train.model import build_model
+from cod_train.runs.app import config_dir
+from cod_train.runs.plan import make_plan, planned_vocab
+from cod_train.train.optim import build_optimizer
+
+max_err = float(os.environ.get("PLAN_MAX_ERR", "0.25"))
+rows = []
+for precision in ("bf16-mixed", "bf16-pure"):
+    with initialize_config_dir(config_dir=config_dir(), version_base=None):
+        cfg = to_typed(compose("pretrain", overrides=[
+            f"model={os.environ['MODEL']}", f"data.seq_len={os.environ['SEQ']}", "distributed=single",
+            f"train.global_batch_size={os.environ['GBS']}", f"train.micro_batch_size={os.environ['MBS']}",
+            f"train.precision={precision}"]), PretrainConfig)
+    planned = make_plan(cfg, 1, search=False).step.memory.peak
+    vocab, micro = planned_vocab(cfg), cfg.train.micro_batch_size
+    accum = cfg.train.global_batch_size // micro
+    torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+    env = DistEnv(device=torch.device("cuda", 0))
+    engine = parallelize(build_model(cfg.model, vocab), cfg.distributed, env, precision=precision,
+                         optimizer_fn=lambda m: build_optimizer(m, cfg.train), micro_batch_size=micro,
+                         grad_accum_steps=accum, grad_clip=cfg.train.grad_clip)
+    ids = torch.randint(0, vocab, (micro, cfg.data.seq_len), device="cuda")
+    for _ in range(2):  # the first step creates Adam's state
+        for i in range(accum):
+            with engine.accumulate(last=i == accum - 1), engine.autocast():
+                loss = engine.model(input_ids=ids, labels=ids, shift_labels=ids, use_cache=False,
+                                    num_items_in_batch=micro * cfg.data.seq_len * accum).loss
+            engine.backward(loss)
+            del loss
+        engine.clip_grad_norm()
+        engine.optimizer_step(1e-4, torch.zeros((), dtype=torch.bool, device="cuda"))
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated()
+    ratio = planned / measured
+    rows.append((precision, planned, measured, ratio))
+    print(f"{precision}: planned {planned / 2**30:.2f} GiB, max_memory_allocated {measured / 2**30:.2f} GiB, "
+          f"ratio {ratio:.3f}")
+    del engine, ids
+msg = "; ".join(f"{p} plan/measured {r:.3f} ({a / 2**30:.2f}/{b / 2**30:.2f} GiB)" for p, a, b, r in rows)
+bad = [p for p, _, _, r in rows if abs(r - 1) > max_err]
+with open(os.environ["DETAIL"], "a") as f:
+    f.write(msg + (f" (off by more than {max_err:.0%}: {bad})" if bad else "") + "\n")
+sys.exit(1 if bad else 0)
+PY
+}
+
 bench() {  # scripts/bench.py: ours vs LlamaForCausalLM, one training step, tokens/s, MFU and peak memory
   local extra
   needs_cuda
@@ -729,6 +786,7 @@ train_step deepspeed_z2_bf16-mixed deepspeed train.precision=bf16-mixed distribu
 train_step deepspeed_z3_bf16-mixed deepspeed train.precision=bf16-mixed distributed=deepspeed distributed.zero_stage=3
 train_step mhc_bf16-mixed python train.precision=bf16-mixed distributed=single residual=mhc
 step mhc_memory mhc_memory
+step plan_memory --needs data plan_memory
 train_step ddp_2gpu torchrun2 train.precision=bf16-mixed distributed=ddp
 train_step fsdp_2gpu torchrun2 train.precision=bf16-mixed distributed=fsdp
 step liger_kernels --needs data liger_kernels

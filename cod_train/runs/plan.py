@@ -37,6 +37,7 @@ class Plan:
     comm_seconds: float
     total_hours: float
     largest_micro_batch: int | None  # None: not searched; 0: not even 1 fits
+    largest_peak: int | None = None  # its planned peak (bytes)
 
     @property
     def margin_gb(self) -> float:
@@ -116,27 +117,33 @@ def _capacity(cfg: PretrainConfig) -> tuple[float, float]:
     return memory_gb - cfg.plan.reserve_gb, peak
 
 
-def largest_fitting(cfg: PretrainConfig, world_size: int, vocab: int, known: StepPlan, capacity_gb: float) -> int:
-    """The largest micro-batch (a divisor of the rank's share of the global batch) whose planned peak fits.
+def largest_fitting(cfg: PretrainConfig, world_size: int, vocab: int, known: StepPlan,
+                    capacity_gb: float) -> tuple[int, int | None]:
+    """The largest micro-batch (a divisor of the rank's share of the global batch) whose planned peak fits, and
+    that peak; (0, None) when not even 1 fits.
 
-    The peak grows about linearly with the micro-batch (activations): two planned points give a line, the
-    largest divisor under it is planned and, while it does not fit, the next smaller one."""
+    The peak grows about linearly with the micro-batch (activations): the known plan and one more point (the
+    whole share when the known one fits, else 1) give a line; the largest divisor under it is planned and, while
+    it does not fit, the next smaller one."""
     share = cfg.train.global_batch_size // world_size
     sizes = [m for m in range(1, share + 1) if share % m == 0]
+    limit = capacity_gb * GIB
     points = {known.micro_batch: known.memory.peak}
-    other = 1 if known.micro_batch != 1 else sizes[-1]
+    other = sizes[-1] if known.memory.peak <= limit else 1
     if other not in points:
         points[other] = plan_micro_batch(cfg, world_size, other, vocab).memory.peak
+    whole = points.get(sizes[-1])
+    if whole is not None and whole <= limit:
+        return sizes[-1], whole
     (m0, p0), (m1, p1) = sorted(points.items())[0], sorted(points.items())[-1]
     slope = (p1 - p0) / (m1 - m0) if m1 != m0 else 0.0
-    limit = capacity_gb * GIB
     guess = [m for m in sizes if p0 + slope * (m - m0) <= limit] or [sizes[0]]
     for m in sorted({m for m in sizes if m <= guess[-1]}, reverse=True):
         peak = points[m] if m in points else plan_micro_batch(cfg, world_size, m, vocab).memory.peak
         points[m] = peak
         if peak <= limit:
-            return m
-    return 0
+            return m, peak
+    return 0, None
 
 
 def make_plan(cfg: PretrainConfig, world_size: int, *, capacity_gb: float | None = None,
@@ -155,10 +162,10 @@ def make_plan(cfg: PretrainConfig, world_size: int, *, capacity_gb: float | None
     flops = float(flops_per_token(model_config(cfg.model, vocab), cfg.data.seq_len)) * tokens
     step_s = flops / (world_size * peak_tflops * 1e12 * cfg.plan.mfu)
     comm_s = step.comm.wire_total / (cfg.plan.bandwidth_gb_s * 1e9)
-    largest = None
+    largest: tuple[int | None, int | None] = (None, None)
     if cfg.plan.search if search is None else search:
         largest = largest_fitting(cfg, world_size, vocab, step, capacity)
-    return Plan(step, capacity, peak_tflops, flops, step_s, comm_s, step_s * cfg.train.max_steps / 3600, largest)
+    return Plan(step, capacity, peak_tflops, flops, step_s, comm_s, step_s * cfg.train.max_steps / 3600, *largest)
 
 
 def verdict(plan: Plan) -> str:
@@ -213,7 +220,9 @@ def render(cfg: PretrainConfig, plan: Plan, world_size: int) -> str:
     ]
     lines += [f"note: {n}" for n in step.notes]
     if plan.largest_micro_batch is not None:
-        lines.append(f"largest micro-batch that fits: {plan.largest_micro_batch or 'none (not even 1)'}")
+        found = (f"{plan.largest_micro_batch} (peak {(plan.largest_peak or 0) / GIB:.1f} GiB)"
+                 if plan.largest_micro_batch else "none (not even 1)")
+        lines.append(f"largest micro-batch that fits: {found}")
     lines.append(verdict(plan))
     return "\n".join(lines)
 
@@ -228,7 +237,7 @@ def plan_json(cfg: PretrainConfig, plan: Plan, world_size: int, seconds: float) 
         "memory_bytes": asdict(plan.step.memory), "collectives": asdict(plan.step.comm),
         "flops_per_step": plan.flops_per_step, "step_seconds": plan.step_seconds,
         "comm_seconds": plan.comm_seconds, "total_hours": plan.total_hours,
-        "largest_micro_batch": plan.largest_micro_batch, "fits": plan.fits, "margin_gb": plan.margin_gb,
+        "largest_micro_batch": plan.largest_micro_batch, "largest_peak_bytes": plan.largest_peak, "fits": plan.fits, "margin_gb": plan.margin_gb,
         "verdict": verdict(plan), "notes": plan.step.notes, "planning_seconds": seconds,
         "config": flatten_config(cfg),
     }

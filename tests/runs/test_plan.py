@@ -139,14 +139,40 @@ def test_does_not_fit_names_the_shortfall(capsys, tmp_path):
 
 
 def test_pretrain_check_is_skipped_without_a_gpu(monkeypatch):
-    """The check runs on a GPU only: on the CPU it must not plan (nor import the planner)."""
-    import sys
+    """On the CPU the check must not plan: cod_train.runs.plan is not even imported."""
+    import torch
 
     from cod_train.runs.pretrain import check_memory_first
 
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delitem(sys.modules, "cod_train.runs.plan", raising=False)
-    check_memory_first(plan_config("tiny", "single", "device=cpu"))
-    check_memory_first(plan_config("tiny", "single"))  # device=auto on a machine without CUDA
-    assert "cod_train.runs.plan" not in sys.modules or __import__("torch").cuda.is_available()
+    check_memory_first(plan_config("tiny", "single"))
+    assert "cod_train.runs.plan" not in sys.modules
 
 
+@pytest.mark.parametrize("check,gib,warns", [(True, 0.05, True), (True, 64, False), (False, 0.05, False)])
+def test_pretrain_check_on_a_gpu_warns_with_the_plans_numbers(monkeypatch, caplog, check, gib, warns):
+    """A GPU of ``gib`` GiB (faked: properties only): the tiny run's planned peak (~0.1 GiB) does not fit in
+    0.05 GiB, fits in 64; plan.check=false plans nothing."""
+    import types
+
+    import torch
+
+    from cod_train.runs.pretrain import check_memory_first
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: types.SimpleNamespace(total_memory=int(gib * 2**30)))
+    cfg = plan_config("tiny", "single", f"plan.check={str(check).lower()}", "plan.reserve_gb=0")
+    with caplog.at_level("WARNING", logger="cod_train"):
+        check_memory_first(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if not warns:
+        assert warnings == []
+        return
+    assert len(warnings) == 1 and "does not fit, by" in warnings[0] and "plan.check=false" in warnings[0]
+    from cod_train.runs.plan import make_plan
+
+    peak = make_plan(cfg, 1, search=False).step.memory.peak / 2**30
+    usable = int(gib * 2**30) / 2**30
+    assert f"peak {peak:.1f} GiB per GPU of {usable:.1f} GiB usable" in warnings[0]
