@@ -1,7 +1,8 @@
 """``cod-plan``: memory, communication and time of a cod-pretrain config on a cluster, planned on the CPU.
 
     cod-plan experiment=paper_1b distributed=fsdp plan.world_size=8                  # 8 x H100 80GB
-    cod-plan experiment=paper_1b residual=mhc distributed=deepspeed distributed.zero_stage=3 plan.world_size=16
+    cod-plan experiment=paper_1b residual=mhc distributed=deepspeed distributed.zero_stage=3 train.precision=bf16-mixed \
+             plan.world_size=16
     cod-plan experiment=paper_7b distributed=fsdp plan.world_size=16 plan.gpu=a100-40gb plan.mfu=0.35
     cod-plan ... plan.gpu=custom plan.gpu_memory_gb=94 plan.peak_tflops=756
 

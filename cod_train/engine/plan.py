@@ -137,7 +137,7 @@ STATIC_KEYS = {"Parameter", "Sharded Param", "Gradient", "Sharded Grad", "Optsta
 
 def _peak_parts(tracker: Any) -> tuple[int, int, int, int]:
     """(peak, activations, temporaries, gathered / communication buffers) at the tracker's peak."""
-    snapshot = next(iter(tracker.get_tracker_snapshot("peak").values()), {})
+    snapshot: dict[Any, int] = next(iter(tracker.get_tracker_snapshot("peak").values()), {})
     by_name = {str(getattr(k, "value", k)): int(v) for k, v in snapshot.items()}
     act = sum(v for k, v in by_name.items() if k in ACTIVATION_KEYS)
     buffers = sum(v for k, v in by_name.items() if k in BUFFER_KEYS)

@@ -37,7 +37,7 @@ def _group_size(group: Any) -> int:
     return int(group.size())
 
 
-def _functional_group_size(name: str) -> int:
+def _functional_group_size(name: Any) -> int:
     from torch._C._distributed_c10d import _resolve_process_group
 
     return _group_size(_resolve_process_group(name))
