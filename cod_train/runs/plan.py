@@ -156,6 +156,8 @@ def make_plan(cfg: PretrainConfig, world_size: int, *, capacity_gb: float | None
     cfg = _gpu_config(cfg)
     vocab = planned_vocab(cfg)
     step = plan_micro_batch(cfg, world_size, micro, vocab)
+    if cfg.model.use_kernels:
+        step.notes.append("planned without the Liger kernels of model.use_kernels (they hold less)")
     spec_capacity, peak_tflops = _capacity(cfg)
     capacity = spec_capacity if capacity_gb is None else capacity_gb
     tokens = cfg.train.global_batch_size * cfg.data.seq_len
