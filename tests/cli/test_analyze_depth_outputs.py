@@ -14,8 +14,8 @@ from cod_train.eval.depth_io import text_batches
 from cod_train.eval.depth_progress import BOOTSTRAP_SAMPLES
 from cod_train.runs.analyze import AnalyzeConfig, AnalyzeOptions, run
 from tests.cli.test_analyze import text_file, tiny_tokenizer, write_hf_run
-from tests.cli.test_pretrain import TINY, _main
-from tests.eval.hand import hand_layers
+from tests.helpers.cli import TINY, cod_pretrain
+from tests.helpers.hand import hand_layers
 
 SEQ, ROWS = 16, 2
 
@@ -63,7 +63,7 @@ def test_training_log_and_depth_summary_name_the_whole_scheme(tmp_path: Path, mo
     """The run directory, the training log and depth_summary.json name the scheme with the same function."""
     monkeypatch.chdir(tmp_path)
     args = [*TINY, "norm=lns", "residual=gpas", "norm_fn=dyt", "train.max_steps=1", "train.eval_tokens=0"]
-    assert _main(monkeypatch, *args) == 0
+    assert cod_pretrain(*args) == 0
     run_dir = tmp_path / "runs" / "llama_tiny-lns+gpas+dyt"
     assert run_dir.is_dir(), sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert "(lns+gpas+dyt)" in capsys.readouterr().out

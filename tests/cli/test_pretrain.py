@@ -19,9 +19,6 @@ from tests.helpers.processes import REPO, subprocess_env
 from tests.helpers.run_dirs import metric_rows
 
 
-def _main(monkeypatch, *args: str) -> int:  # TEMPORARY: test_analyze_depth_outputs imports it (moving to helpers)
-    return cod_pretrain(*args)
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -18,7 +18,7 @@ from cod_train.eval.diagnostics import (
     layer_variance,
     run_diagnostics,
 )
-from tests.eval.hand import hand_layers
+from tests.helpers.hand import hand_layers
 
 VOCAB, LAYERS = 64, 4
 
