@@ -6,5 +6,6 @@
 - ``batches``: deterministic world-size-invariant synthetic batches and a NaN / Inf injector;
 - ``engine_run``: the engine tests' tiny pretraining config and in-process run driver;
 - ``cli``: running a ``cod-*`` command in this process, and the tiny ``cod-pretrain`` overrides;
-- ``tokenizers``: a character-level tokenizer and a tiny saved Hugging Face model.
+- ``tokenizers``: a character-level tokenizer and a tiny saved Hugging Face model;
+- ``hand``: hidden states computed by hand, layer by layer (the depth analyses' expectation).
 """
