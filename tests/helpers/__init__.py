@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules (test modules import these, never each other):
+"""Helpers shared by the test modules (a test module imports these, not another test module):
 
 - ``processes``: the repository root, the subprocess environment, ``run_checked`` / ``torchrun``, ``free_port``;
 - ``run_dirs``: a run directory's metrics (``metric_rows``, ``losses``);
