@@ -20,7 +20,7 @@ ARGS ?=
 PYTEST_WORKERS ?= auto
 PYTEST_OPTS = -q -n $(PYTEST_WORKERS) --dist loadfile
 
-.PHONY: install train test test-fast lint lock test-latest versions data bench study clean-venv
+.PHONY: install train test test-fast lint lock test-latest versions data bench study study-report clean-venv
 
 install: $(STAMP)
 
@@ -87,8 +87,15 @@ versions:
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
 
+# The depth-zoo study (scripts/study.py, docs/study/): PLAN=full (~3 h of 2 idle cores) or PLAN=reduced (the
+# pipeline check); re-running continues where it stopped. study-report: its report again from the runs' files
+# copied into docs/study/$(PLAN)/runs (no training).
+PLAN ?= full
 study: install data
-	bash scripts/cpu_study.sh
+	$(PY) scripts/study.py --plan $(PLAN) $(ARGS)
+
+study-report: install
+	$(PY) scripts/study.py --plan $(PLAN) --report-only
 
 clean-venv:
 	rm -rf $(VENV) $(LATEST_VENV)

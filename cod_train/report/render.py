@@ -2,7 +2,12 @@
 
 Missing pieces are shown, never fatal: a cell without data reads "—", and a "Missing or partial files"
 section lists, per run, what was absent or unreadable (a crashed run's truncated ``metrics.jsonl``, no
-``eval.json``, no ``analysis/``).
+``eval.json``, no ``analysis/``); a run with ``failed.json`` is listed as failed, with its exit code and error.
+
+Runs that differ only in ``seed`` form one group (a scheme over seeds): when any group has several runs, a
+"Schemes over seeds" section gives each group's mean and 95% t-interval per metric, the pairs of schemes whose
+difference is beyond the seed-to-seed noise (Welch's t-test, Holm-corrected), and figures with one line per
+scheme and its band (render_groups.py).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 from cod_train.eval.depth_registry import DIAGNOSTICS
 from cod_train.eval.depth_summary import PRUNE_THRESHOLD_PCT, depth_summary
 from cod_train.report import plots
+from cod_train.report.groups import group_runs, has_seeds
+from cod_train.report.render_groups import groups_section
 from cod_train.report.runs import RunData
 
 DASH = "—"
@@ -27,7 +34,7 @@ NOISE_CURVES = (("layer_pruning", "delta_ppl_pct", "pruning cost (%)"), ("block_
 def human(n: float | None, digits: int = 1) -> str:
     if n is None:
         return DASH
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
             return f"{n / scale:.{digits}f}{unit}"
     return f"{n:.0f}"
@@ -42,26 +49,33 @@ def summary_rows(runs: Sequence[RunData]) -> list[dict[str, Any]]:
     for run in runs:
         ppl, ppl_src, ppl_step = run.eval_ppl
         loss, loss_step = run.train_loss
+        avg = run.downstream.get("average")
         rows.append(
             {
                 "run": run.label,
+                "group": run.group or run.label,
+                "seed": run.seed,
                 "path": str(run.path),
                 "variant": run.variant,
                 "settings": run.settings,
                 "layers": run.num_layers,
                 "params": run.params,
                 "tokens": run.tokens,
+                "flops_per_token": run.flops_per_token,
+                "train_flops": run.train_flops,
                 "train_loss": loss,
                 "train_loss_step": loss_step,
                 "eval_ppl": ppl,
                 "eval_ppl_source": ppl_src,
                 "eval_ppl_step": ppl_step,
                 "downstream": run.downstream,
+                "downstream_avg": avg * 100 if avg is not None else None,
                 "downstream_step": run.eval_json_step if run.downstream else None,
                 "tokens_per_s": run.tokens_per_s,
                 **run_depth_summary(run),
                 "analysis_from": str(run.analysis_from) if run.analysis_from else None,
                 "status": run.status,
+                "failure": run.failure,
                 "missing": run.missing,
                 "notes": run.notes,
             }
@@ -81,8 +95,8 @@ def _at(value: str, step: int | None, known: bool) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    head = ("| run | variant | layers | params | tokens | last train loss @step | eval ppl @step | depth util. @step "
-            "| settling depth | downstream avg acc (%) @step | tokens/s | status |")  # fmt: skip
+    head = ("| run | variant | layers | params | tokens | train FLOPs | last train loss @step | eval ppl @step "
+            "| depth util. @step | settling depth | downstream avg acc (%) @step | tokens/s | status |")  # fmt: skip
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         loss = _at(_num(r["train_loss"], ".3f"), r["train_loss_step"], r["train_loss"] is not None)
@@ -93,7 +107,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         down = _at(_num(avg * 100 if avg is not None else None), r["downstream_step"], avg is not None)
         lines.append(
             f"| {r['run']} | {r['variant']} | {r['layers'] or DASH} | {human(r['params'])} | {human(r['tokens'], 2)} "
-            f"| {loss} | {ppl} | {util} | {_num(r['settling_depth'])} | {down} | {_num(r['tokens_per_s'], ',.0f')} "
+            f"| {human(r['train_flops'], 2)} | {loss} | {ppl} | {util} | {_num(r['settling_depth'])} | {down} | {_num(r['tokens_per_s'], ',.0f')} "
             f"| {r['status']} |"
         )
     lines += [""] + _step_warnings(rows)
@@ -101,7 +115,9 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         lines += ["‡ no eval.json: last in-training eval from metrics.jsonl.", ""]
     lines += [f"@N: the training step of the weights each number was measured on. Depth util.: fraction of layers whose "
               f"removal raises perplexity by more than {PRUNE_THRESHOLD_PCT:g}% [range counted with each layer's 95% "
-              "interval]; settling depth: logit-lens settling layer / L (docs/depth.md). Both from cod-analyze."]  # fmt: skip
+              "interval]; settling depth: logit-lens settling layer / L (docs/depth.md). Both from cod-analyze. Train FLOPs: "
+              "training FLOPs per token (cod_train.model.flops: projections, attention and the residual scheme's own "
+              "multiply-adds, x3 for the backward pass) x tokens trained on."]  # fmt: skip
     return lines
 
 
@@ -136,7 +152,20 @@ def run_depth_summary(run: RunData) -> dict[str, Any]:
     pruning = final_model(run.analysis.get("layer_pruning") or [])
     chosen = pruning or final_model(run.analysis.get("logit_lens") or [])
     lens = next((e for e in run.analysis.get("logit_lens") or [] if chosen and _same_model(e, chosen)), None)
-    return {**depth_summary(pruning, lens), "depth_step": chosen.get("step") if chosen else None}
+    return {**depth_summary(pruning, lens), "deep_utilization": deep_utilization(pruning),
+            "depth_step": chosen.get("step") if chosen else None}
+
+
+def deep_utilization(pruning: dict[str, Any] | None) -> float | None:
+    """The share of the deep half of the layers (l > L/2) whose removal raises perplexity by more than
+    PRUNE_THRESHOLD_PCT percent: depth utilization restricted to the layers a "curse of depth" makes idle."""
+    pct = (pruning or {}).get("delta_ppl_pct")
+    if not pct:
+        return None
+    layers = pruning.get("layers") if isinstance(pruning.get("layers"), list) else list(range(1, len(pct) + 1))
+    total = pruning.get("num_layers") or max(layers)
+    deep = [v for layer, v in zip(layers, pct, strict=True) if layer > total / 2 and v is not None]
+    return sum(v > PRUNE_THRESHOLD_PCT for v in deep) / len(deep) if deep else None
 
 
 def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -163,6 +192,10 @@ def _missing_section(rows: list[dict[str, Any]]) -> list[str]:
     if not flagged:
         return lines + ["Every run has metrics, eval.json and analysis/.", ""]
     for r in flagged:
+        if r["failure"] is not None:
+            error = r["failure"].get("error") or "no error recorded"
+            lines.append(f"- **{r['run']}**: **{r['status']}**: {error} (`{r['path']}/failed.json`)")
+            continue
         status = [f"status: {r['status']}"] if r["status"] != "complete" else []
         items = status + [f"no {m}" for m in r["missing"]] + r["notes"]
         lines.append(f"- **{r['run']}**: " + "; ".join(items))
@@ -278,12 +311,38 @@ def _analysis_sources(runs: Sequence[RunData], notes: Sequence[str]) -> list[str
     return (["Analysed models:", "", *lines, ""]) if lines else []
 
 
-def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str, notes: Sequence[str] = ()) -> str:
+FIGURES_PER = ("run", "scheme")
+
+
+def representatives(runs: Sequence[RunData], rows: list[dict[str, Any]]) -> list[RunData]:
+    """One run per group for the per-run figures: its first complete seed, else its first run."""
+    out = []
+    for group in group_runs(runs, rows):
+        complete = group.complete
+        out.append(complete[0][0] if complete else group.runs[0])
+    return out
+
+
+def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str, notes: Sequence[str] = (),
+                    figures_per: str = "run", order: str = "run", data: dict[str, Any] | None = None) -> str:  # fmt: skip
+    """report.md's text; ``figures_per="scheme"``: the per-run figures show one seed of each scheme; ``order``:
+    the groups' order (flops: with compute tiers); ``data`` receives what report.json adds (the groups over
+    seeds)."""
     fig_dir = out_dir / "figures"
     rows = summary_rows(runs)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines = [f"# {title}", "", f"Generated {now} from {len(runs)} run(s).", "", "## Summary", ""]
+    groups = group_runs(runs, rows)
+    failed = sum(r["failure"] is not None for r in rows)
+    lines = [f"# {title}", "", f"Generated {now} from {len(runs)} run(s) of {len(groups)} scheme(s)"
+             + (f", {failed} failed" if failed else "") + ".", ""]  # fmt: skip
+    if has_seeds(groups):
+        lines += groups_section(groups, fig_dir, order, (data if data is not None else {}).update)
+    lines += ["## Summary (each run)", ""]
     lines += _table(rows) + [""] + _runs_section(rows) + _downstream_table(rows) + _missing_section(rows)
+    if figures_per == "scheme" and has_seeds(groups):
+        runs = representatives(runs, rows)
+        lines += [f"_The figures below show one seed per scheme (its first complete run: "
+                  f"{', '.join(r.label for r in runs)}); the figures over seeds are above._", ""]  # fmt: skip
     lines += ["## Training and eval loss", ""]
     _figure(lines, fig_dir, "loss_curves", lambda p: plots.plot_loss_curves(_loss_entries(runs), p),
             "No run has loss rows in metrics.jsonl.")  # fmt: skip
@@ -317,13 +376,18 @@ def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str, notes: S
 
 
 def write_report(runs: Sequence[RunData], out_dir: Path, title: str = "cod-train report",
-                 notes: Sequence[str] = ()) -> Path:  # fmt: skip
+                 notes: Sequence[str] = (), *, order: str = "run", figures_per: str = "run") -> Path:  # fmt: skip
     """Write ``out_dir/report.md``, ``out_dir/report.json`` and ``out_dir/figures/*.png``; ``notes``: what belongs
-    to no single run (models of a joint analysis that are none of the runs)."""
+    to no single run (models of a joint analysis that are none of the runs). ``order``: run (as given) | flops
+    (equal-compute tiers, then perplexity) | ppl; ``figures_per``: run | scheme (one seed per scheme)."""
+    from cod_train.report.groups import ordered_runs
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = render_markdown(runs, out_dir, title, notes)
+    runs = ordered_runs(runs, summary_rows(runs), order)
+    data: dict[str, Any] = {}
+    text = render_markdown(runs, out_dir, title, notes, figures_per=figures_per, order=order, data=data)
     (out_dir / "report.md").write_text(text + "\n", encoding="utf-8")
     from cod_train.core.io import atomic_write_json
 
-    atomic_write_json(out_dir / "report.json", {"title": title, "runs": summary_rows(runs)})
+    atomic_write_json(out_dir / "report.json", {"title": title, "order": order, "runs": summary_rows(runs), **data})
     return out_dir / "report.md"

@@ -30,12 +30,14 @@ from cod_train.model import zoo
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-RUN_MARKERS = ("config.yaml", "metrics.jsonl", "eval.json", "hf", "checkpoints")
+FAILED_FILE = "failed.json"  # written by a failed training command (cod_train.runs.app) or the study script
+RUN_MARKERS = ("config.yaml", "metrics.jsonl", "eval.json", "hf", "checkpoints", FAILED_FILE)
 ANALYSIS_FILES = tuple(DIAG_FILES.values())
 MAX_DEPTH = 4
 SCHEME_AXES = zoo.label_keys()  # every key the run directory's name (the scheme's label) reads
 MAX_LABEL = 48  # longer labels keep only the settings that tell the runs apart (the rest: report.md's run list)
 NOT_SETTINGS = ("run_dir", "logger.", "resume", "resume_allow_change", *(f"model.{axis}" for axis in SCHEME_AXES))
+SEED_KEYS = ("seed",)  # runs that differ only in these are one group: the same scheme over several seeds
 
 
 @dataclass
@@ -53,6 +55,8 @@ class RunData:
     saved_model: dict[str, Any] = field(default_factory=dict)  # hf/ or the latest checkpoint's config.json
     settings: dict[str, Any] = field(default_factory=dict)  # config keys whose value differs between the runs
     label_base: str = ""  # the label's first part: the scheme (or, without one, the directory's name)
+    group: str = ""  # the label without the seed: runs of one group differ only in their seed
+    failure: dict[str, Any] | None = None  # failed.json: the run (or a stage after it) failed
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -147,7 +151,40 @@ class RunData:
         return out
 
     @property
+    def seed(self) -> int | None:
+        value = self.config.get("seed")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def seq_len(self) -> int | None:
+        value = (self.config.get("data") or {}).get("seq_len")
+        return int(value) if isinstance(value, int) else None
+
+    @property
+    def flops_per_token(self) -> int | None:
+        """Training FLOPs per token of the saved model at the run's sequence length (cod_train.model.flops: the
+        projections, attention and the residual scheme's own multiply-adds)."""
+        if not self.saved_model.get("hidden_size") or self.seq_len is None:
+            return None
+        from cod_train.model.flops import cod_config, flops_per_token
+
+        saved = SimpleNamespace(**{"num_key_value_heads": None, "head_dim": None, **self.saved_model})
+        try:  # the model's own config class: every axis the scheme's extra multiply-adds read has its default
+            return int(flops_per_token(cod_config(cast("PretrainedConfig", saved)), self.seq_len))
+        except Exception:  # noqa: BLE001 - a config the model code cannot read: no count, shown as missing
+            return None
+
+    @property
+    def train_flops(self) -> float | None:
+        """FLOPs of the whole training run: per-token FLOPs x tokens trained on."""
+        per_token, tokens = self.flops_per_token, self.tokens
+        return float(per_token) * tokens if per_token is not None and tokens is not None else None
+
+    @property
     def status(self) -> str:
+        if self.failure is not None:
+            stage = self.failure.get("stage") or self.failure.get("command") or "run"
+            return f"failed ({stage}, exit {self.failure.get('exit_code', '?')})"
         step, total = self.last_step, self.max_steps
         if step is None:
             return "no metrics"
@@ -391,8 +428,13 @@ def _params(run: RunData) -> int | None:
 def read_run(path: Path) -> RunData:
     """A run's own files, but not its analyses (:func:`attach_analyses`); never raises on missing or partial files."""
     run = RunData(path=path, label=path.name)
+    if (path / FAILED_FILE).is_file():
+        data = _read_json(path / FAILED_FILE, run.notes, FAILED_FILE)
+        run.failure = data if isinstance(data, dict) else {"error": f"{FAILED_FILE} unreadable"}
     if (path / "config.yaml").is_file():
         run.config = _read_config(path / "config.yaml", run)
+    elif run.failure is not None and isinstance(run.failure.get("config"), dict):
+        run.config = run.failure["config"]  # failed before writing config.yaml: the config it was given
     else:
         run.missing.append("config.yaml")
     if (path / "metrics.jsonl").is_file():
@@ -538,12 +580,13 @@ def _value(value: Any) -> str:
 def differing_settings(runs: list[RunData]) -> list[dict[str, Any]]:
     """Per run, the config keys (present in every run) whose values differ between the runs, except the scheme
     (the label's first part), paths of the run itself and the model shape a differing ``model.name`` implies."""
-    flat = [flatten_config(r.config) for r in runs]
+    every = [flatten_config(r.config) for r in runs]
+    flat = [f for f in every if f]  # a run without any config (failed before writing one) has no settings
     keys = [k for k in flat[0] if all(k in f for f in flat[1:])] if flat else []
     keys = [k for k in keys if not k.startswith(NOT_SETTINGS) and len({json.dumps(f[k]) for f in flat}) > 1]
     if "model.name" in keys:  # a preset's shape follows its name: keep only what the name does not explain
         keys = [k for k in keys if not k.startswith("model.") or k == "model.name" or not _follows(flat, k)]
-    return [{k: f[k] for k in keys} for f in flat]
+    return [{k: f[k] for k in keys if k in f} for f in every]
 
 
 def _follows(flat: list[dict[str, Any]], key: str) -> bool:
@@ -561,7 +604,8 @@ def _names(keys: list[str]) -> dict[str, str]:
 
 def _labels(runs: list[RunData], keys: list[str]) -> list[str]:
     names = _names(keys)
-    return [" ".join([r.label_base, *(f"{names[k]}={_value(r.settings[k])}" for k in keys)]) for r in runs]
+    return [" ".join([r.label_base, *(f"{names[k]}={_value(r.settings[k])}" for k in keys if k in r.settings)])
+            for r in runs]  # fmt: skip
 
 
 def assign_labels(runs: list[RunData]) -> None:
@@ -570,15 +614,23 @@ def assign_labels(runs: list[RunData]) -> None:
     for run, settings in zip(runs, differing_settings(runs), strict=True):
         run.settings = settings
         run.label_base = run.variant if run.variant != "?" else _short(run.path.name)
-    keys = list(runs[0].settings) if runs else []
-    labels = _labels(runs, keys)
-    if max((len(label) for label in labels), default=0) > MAX_LABEL:
-        keys = _separating_keys(runs, keys)
-        labels = _labels(runs, keys)
+    keys = list(max((r.settings for r in runs), key=len, default={}))
+    labels = _fitting_labels(runs, keys)
+    groups = _fitting_labels(runs, [k for k in keys if k not in SEED_KEYS])
     seen: dict[str, int] = {}
     for run, label in zip(runs, labels, strict=True):
         seen[label] = seen.get(label, 0) + 1
         run.label = label if labels.count(label) == 1 else f"{label} [{seen[label]}]"
+    for run, group in zip(runs, groups, strict=True):
+        run.group = group
+
+
+def _fitting_labels(runs: list[RunData], keys: list[str]) -> list[str]:
+    """The labels with every key of ``keys``, or past MAX_LABEL characters only those that tell the runs apart."""
+    labels = _labels(runs, keys)
+    if max((len(label) for label in labels), default=0) > MAX_LABEL:
+        labels = _labels(runs, _separating_keys(runs, keys))
+    return labels
 
 
 def _separating_keys(runs: list[RunData], keys: list[str]) -> list[str]:

@@ -18,14 +18,21 @@
 - ``norm.<key>=`` on the command line is an alias of ``model.<key>=`` (the ``norm=`` group writes into ``model``);
 - in a ``-m`` sweep, a ``run_dir`` that was not set on the command line becomes the job's sweep directory
   (``<sweep dir>/<job number>_<overrides, cut to 100 characters>``)
-  and every job shares one wandb group (the sweep directory's name) unless ``logger.group`` is set.
+  and every job shares one wandb group (the sweep directory's name) unless ``logger.group`` is set;
+- a training command (pretrain, sft) that fails writes ``failed.json`` (exit code, error line) in its run directory
+  (:func:`record_failure`): every failure of a local ``-m`` sweep's job, which no longer stops the sweep (the next
+  job starts; the sweep exits 1 at its end, naming the failed jobs), and outside a sweep a run that failed after
+  it started (not a configuration error, which writes nothing). A job stopped by a signal stops the sweep, as
+  before, and is no failure (it resumes). A later successful run in that directory removes the file.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import functools
 import importlib
+import json
 import logging
 import os
 import re
@@ -155,13 +162,75 @@ def report_error(err: ConfigError | RunError) -> int:
     return EXIT_CONFIG_ERROR if isinstance(err, ConfigError) else err.exit_code
 
 
-def run_typed(fn: Callable[[T], int | None], raw: DictConfig, schema: type[T]) -> int:
-    """Convert ``raw`` and call ``fn``; a ConfigError or RunError becomes a one-line message and its exit code."""
+def run_typed(fn: Callable[[T], int | None], raw: DictConfig, schema: type[T],
+              errors: list[str] | None = None) -> int:  # fmt: skip
+    """Convert ``raw`` and call ``fn``; a ConfigError or RunError becomes a one-line message (also appended to
+    ``errors``) and its exit code."""
     try:
         _sweep_run_dir(raw)
         return int(fn(to_typed(raw, schema)) or 0)
     except (ConfigError, RunError) as err:
+        if errors is not None:
+            errors.append(str(err))
         return report_error(err)
+
+
+FAILED_FILE = "failed.json"  # a failed run's exit code and error line (cod-report lists the run as failed)
+RECORDS_FAILURE = ("pretrain", "sft")  # the commands whose run_dir is a training run
+FAILED_JOBS: list[str] = []  # this process's failed local-sweep jobs: "<run_dir> (exit N)"
+
+
+def _job_run_dir(raw: DictConfig) -> Path | None:
+    try:
+        value = raw.get("run_dir")
+        return Path(str(value)) if value else None
+    except Exception:  # noqa: BLE001 - an interpolation that does not resolve: no directory to write into
+        return None
+
+
+def record_failure(raw: DictConfig, command: str, code: int, error: str) -> Path | None:
+    """Write ``run_dir/failed.json``: the command, exit code, error line, sweep job and the composed config (so
+    cod-report can label a run that failed before writing its config.yaml)."""
+    run_dir = _job_run_dir(raw)
+    if run_dir is None or not is_main_process():
+        return None
+    try:
+        config = OmegaConf.to_container(raw, resolve=True)
+    except Exception:  # noqa: BLE001 - the config that failed may not resolve; the marker is written without it
+        config = None
+    sweep = local_sweep_job()
+    record = {"command": command, "exit_code": code, "error": error, "job": sweep[1] if sweep else None,
+              "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), "config": config}  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / FAILED_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
+    return run_dir
+
+
+def run_job(fn: Callable[[T], int | None], raw: DictConfig, schema: type[T], command: str) -> int:
+    """:func:`run_typed`; for a training command, a failure is recorded in its run directory and, in a local
+    sweep, an unexpected exception becomes exit code 1 (its traceback logged) so that the next job starts."""
+    if command not in RECORDS_FAILURE:
+        return run_typed(fn, raw, schema)
+    sweep = local_sweep_job() is not None
+    errors: list[str] = []
+    try:
+        code = run_typed(fn, raw, schema, errors)
+    except Exception as err:
+        record_failure(raw, command, EXIT_RUN_ERROR, f"{type(err).__name__}: {err}")
+        if not sweep:
+            raise
+        log.exception("the job failed; the sweep goes on with the next job")
+        code = EXIT_RUN_ERROR
+    else:
+        stopped = code >= EXIT_SIGNAL_BASE  # a signal: resumable, not a failure
+        if code == EXIT_OK and (run_dir := _job_run_dir(raw)) is not None:
+            (run_dir / FAILED_FILE).unlink(missing_ok=True)
+        elif code and not stopped and (sweep or code != EXIT_CONFIG_ERROR):
+            record_failure(raw, command, code, errors[-1] if errors else f"exit code {code}")
+    if code and sweep and code < EXIT_SIGNAL_BASE:
+        FAILED_JOBS.append(f"{_job_run_dir(raw)} (exit {code})")
+        return EXIT_OK  # the sweep goes on; main() reports the failed jobs at its end
+    return code
 
 
 # Applied unless given on the command line: log to the console only and write nothing outside run_dir.
@@ -294,7 +363,7 @@ def hydra_app(config_name: str, schema: type[T]) -> Callable[[Callable[[T], int 
         @hydra.main(config_path=config_dir(), config_name=config_name, version_base="1.3")
         def _hydra_main(raw: DictConfig) -> None:
             setup_logging()
-            code = run_typed(fn, raw, schema)
+            code = run_job(fn, raw, schema, config_name)
             if code:
                 sys.exit(code)
 
@@ -306,6 +375,10 @@ def hydra_app(config_name: str, schema: type[T]) -> Callable[[Callable[[T], int 
                 if problem:
                     sys.exit(report_error(ConfigError(problem)))
                 _hydra_main()
+                if FAILED_JOBS:
+                    print(f"error: {len(FAILED_JOBS)} job(s) of the sweep failed (each run directory holds "
+                          f"{FAILED_FILE}): {', '.join(FAILED_JOBS)}", file=sys.stderr, flush=True)
+                    sys.exit(EXIT_RUN_ERROR)
             except KeyboardInterrupt:  # outside the training loop (which saves on Ctrl-C), or a second Ctrl-C
                 print("interrupted (Ctrl-C): stopped at once; what was already written (checkpoints, results) is "
                       "kept", file=sys.stderr, flush=True)

@@ -85,7 +85,8 @@ def test_report_with_a_crashed_run(tmp_path: Path) -> None:
     text = path.read_text()
     # labelled by scheme; last loss 5 - 30 * 0.05 at step 30; eval.json and analysis/ name no step: "@?";
     # depth util.: 3 of 4 removals cost > 1% (100, 5, 2.5, 0.5 %); settling layer 4 of 4
-    assert "| pre_ln | pre_ln | 4 | 1.2M | 61.44K | 3.500 @30 | 20.09 @? | 0.75 @? | 1.00 | 50.00 @? |" in text
+    # train FLOPs "—": the config has no data.seq_len
+    assert "| pre_ln | pre_ln | 4 | 1.2M | 61.44K | — | 3.500 @30 | 20.09 @? | 0.75 @? | 1.00 | 50.00 @? |" in text
     assert "| lns | lns | 4 |" in text and "incomplete (12/30 steps)" in text
     lns_row = text.split("| lns |")[1].split("\n")[0]
     assert f"| {2.7 ** 4.4:.2f} @10 ‡ |" in lns_row and "| 4.400 @12 |" in lns_row  # the in-training eval at 10
@@ -112,7 +113,7 @@ def test_run_with_nothing_but_a_truncated_metrics_file(tmp_path: Path) -> None:
     data = load_run(run)
     assert data.status == "no metrics" and data.eval_ppl == (None, "", None)
     text = write_report([data], tmp_path / "out").read_text()
-    assert "| empty-run | ? | — | — | — | — | — | — | — | — | — | no metrics |" in text
+    assert "| empty-run | ? | — | — | — | — | — | — | — | — | — | — | no metrics |" in text
     assert "No run has analysis/layer_variance.json" in text
     assert not (tmp_path / "out" / "figures" / "loss_curves.png").exists()
 

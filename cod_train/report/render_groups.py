@@ -1,0 +1,152 @@
+"""report.md's "Schemes over seeds" section: per scheme the mean and 95% interval over seeds of every metric,
+parameters and training FLOPs, which differences are beyond the seed-to-seed noise, and the figures with one line
+per scheme and its band (seed_plots.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cod_train.report import seed_plots, stats
+from cod_train.report.groups import (
+    CURVES,
+    METRICS,
+    Group,
+    compute_tiers,
+    curve_band,
+    group_summary,
+    loss_band,
+    pair_tests,
+)
+
+DASH = "—"
+VERDICT_METRICS = tuple(m for m in METRICS if m.key != "train_loss")
+METHOD = (
+    "Each scheme is the group of runs that differ only in `seed`; only its complete runs count (failed or stopped "
+    "runs are listed, not averaged). Each cell: the mean over seeds and, in brackets, its 95% Student-t interval "
+    "(mean ± t(0.975, n−1)·s/√n, s the sample standard deviation over the n seeds). Signal or noise: for each pair "
+    "of schemes with at least 2 complete seeds, Welch's t-test on the seeds' values (unequal variances, "
+    "Welch–Satterthwaite degrees of freedom); **beyond noise** = Holm–Bonferroni-adjusted p < 0.05 over every pair "
+    "of the report for that metric. This uses the spread over seeds (initialization and data order), not only over "
+    "held-out batches. With 3 seeds the test only detects large differences: *within noise* is no evidence of "
+    "equality."
+)
+
+
+def cell(found: dict[str, Any] | None, fmt: str) -> str:
+    if not found:
+        return DASH
+    mean = format(found["mean"], fmt)
+    if found["lo"] is None:
+        return f"{mean} (1 seed)"
+    return f"{mean} [{format(found['lo'], fmt)}, {format(found['hi'], fmt)}]"
+
+
+def _human(n: float | None, digits: int = 2) -> str:
+    from cod_train.report.render import human
+
+    return human(n, digits)
+
+
+def group_table(groups: Sequence[Group], summaries: Sequence[dict[str, Any]], order: str) -> list[str]:
+    tiers = compute_tiers(groups) if order == "flops" else {}
+    cheapest = min((s["train_flops"] for s in summaries if s["train_flops"]), default=None)
+    names = " | ".join(m.name for m in METRICS)
+    head = f"| scheme | seeds | params | train FLOPs (× cheapest) | tokens | {names} | not complete |"
+    if tiers:
+        head = "| compute tier " + head
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for group, summary in zip(groups, summaries, strict=True):
+        flops = summary["train_flops"]
+        ratio = f" (×{flops / cheapest:.2f})" if flops and cheapest else ""
+        cells = [cell(summary[m.key], m.fmt) for m in METRICS]
+        missing = "; ".join(f"{label}: {status}" for label, status in group.not_complete) or DASH
+        row = (f"| {group.name} | {summary['n_complete']} | {_human(summary['params'], 1)} | {_human(flops)}{ratio} "
+               f"| {_human(summary['tokens'])} | " + " | ".join(cells) + f" | {missing} |")  # fmt: skip
+        lines.append((f"| {tiers.get(group.name) or '?'} " if tiers else "") + row)
+    notes = ["", "Seeds: the number of complete runs averaged. Deep-layer share: the share of layers l > L/2 whose "
+             "removal raises perplexity by more than 1%."]  # fmt: skip
+    if tiers:
+        notes.append("Compute tier: schemes whose training FLOPs are within 5% of each other (sorted by FLOPs; inside "
+                     "a tier by perplexity): compare perplexities at equal compute inside a tier.")  # fmt: skip
+    return lines + notes + [""]
+
+
+def _reference(groups: Sequence[Group]) -> Group:
+    return next((g for g in groups if g.name == "pre_ln"), groups[0])
+
+
+def verdict_lines(groups: Sequence[Group]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """Per metric: each scheme against the reference (Pre-LN when present), then every other pair beyond noise."""
+    ref = _reference(groups)
+    lines = ["### Signal or noise over seeds", "", METHOD, ""]
+    every: dict[str, list[dict[str, Any]]] = {}
+    for metric in VERDICT_METRICS:
+        tests = pair_tests(groups, metric.key)
+        every[metric.key] = tests
+        if not tests:
+            continue
+        lines += [f"#### {metric.name}", "", f"| scheme | difference to {ref.name} [95% CI] | p (Welch) | p (Holm) "
+                  "| verdict |", "|---|---|---|---|---|"]  # fmt: skip
+        for test in tests:
+            if ref.name not in (test["a"], test["b"]):
+                continue
+            sign, other = (1.0, test["a"]) if test["b"] == ref.name else (-1.0, test["b"])
+            lo, hi = sorted((sign * test["lo"] + 0.0, sign * test["hi"] + 0.0))  # + 0.0: no "-0.00"
+            lines.append(f"| {other} | {format(sign * test['diff'] + 0.0, metric.fmt)} [{format(lo, metric.fmt)}, "
+                         f"{format(hi, metric.fmt)}] | {test['p']:.3g} | {test['p_holm']:.3g} | {test['verdict']} |")  # fmt: skip
+        others = [t for t in tests if ref.name not in (t["a"], t["b"])]
+        beyond = [t for t in others if t["verdict"] == "beyond noise"]
+        lines += ["", f"Other pairs beyond noise ({len(beyond)} of {len(others)}): "
+                  + (", ".join(f"{t['a']} vs {t['b']} ({format(t['diff'], metric.fmt)}, p_Holm {t['p_holm']:.2g})"
+                               for t in beyond) or "none") + ".", ""]  # fmt: skip
+    if not any(every.values()):
+        lines += ["_No two schemes have 2 or more complete seeds each: no test over seeds._", ""]
+    return lines, every
+
+
+def _figure(lines: list[str], path: Path | None, name: str, caption: str) -> None:
+    lines += ([f"![{name}](figures/{name}.png)", "", caption, ""] if path else [])
+
+
+def _by_depth(groups: Sequence[Group]) -> dict[int | None, list[Group]]:
+    out: dict[int | None, list[Group]] = {}
+    for group in groups:
+        out.setdefault(group.runs[0].num_layers, []).append(group)
+    return out
+
+
+def figures(groups: Sequence[Group], fig_dir: Path, summaries: Sequence[dict[str, Any]]) -> list[str]:
+    lines: list[str] = []
+    entries = [{"label": g.name, "intervals": {m.key: s[m.key] for m in METRICS}, "values": s["values"]}
+               for g, s in zip(groups, summaries, strict=True)]  # fmt: skip
+    shown = [(m.key, m.name) for m in METRICS if m.key != "train_loss"]
+    path = seed_plots.plot_metric_intervals(entries, shown, fig_dir / "seed_metrics.png", "Each scheme over seeds")
+    _figure(lines, path, "seed_metrics", "Each scheme's metrics: mean, 95% t-interval over seeds, every seed.")
+    for depth, members in _by_depth(groups).items():
+        suffix = f"_L{depth}" if depth else ""
+        where = f"{depth}-layer models" if depth else "models"
+        loss = [{"label": g.name, "train": loss_band(g, "train"), "eval": loss_band(g, "eval")} for g in members]
+        path = seed_plots.plot_seed_loss(loss, fig_dir / f"seed_loss{suffix}.png", f"Loss over seeds, {where}")
+        _figure(lines, path, f"seed_loss{suffix}", f"Training and held-out loss, {where}: seeds' mean and band.")
+        curves = [{"label": g.name, "curves": {stem: curve_band(g, stem, key) for stem, key, _ in CURVES}}
+                  for g in members]  # fmt: skip
+        path = seed_plots.plot_seed_curves(curves, CURVES, fig_dir / f"seed_curves{suffix}.png",
+                                           f"Per-layer depth diagnostics over seeds, {where} (cod-analyze)")  # fmt: skip
+        _figure(lines, path, f"seed_curves{suffix}", f"Per-layer curves, {where}: the seeds' mean per scheme with "
+                "its 95% t-interval band; dashed line in the pruning panel: the 1% depth-utilization threshold.")  # fmt: skip
+    return lines
+
+
+def groups_section(groups: Sequence[Group], fig_dir: Path, order: str,
+                   on_data: Callable[[dict[str, Any]], None]) -> list[str]:  # fmt: skip
+    """The section's lines; ``on_data`` receives report.json's ``groups`` and ``pair_tests``."""
+    summaries = [group_summary(g) for g in groups]
+    lines = ["## Schemes over seeds", "", f"Interval: Student-t, {stats.CONFIDENCE:.0%}, over each scheme's complete "
+             "seeds (method below).", ""]  # fmt: skip
+    lines += group_table(groups, summaries, order)
+    verdicts, tests = verdict_lines(groups)
+    lines += figures(groups, fig_dir, summaries) + verdicts
+    on_data({"groups": summaries, "pair_tests": tests})
+    return lines

@@ -1,0 +1,333 @@
+"""The depth-zoo study: every registered normalization / residual scheme, 3 seeds each, then one report.
+
+    python scripts/study.py                      # or: make study          (the full plan, ~3 h of 2 idle cores)
+    python scripts/study.py --plan reduced       # the pipeline check of docs/study/reduced/ (~30 min)
+    python scripts/study.py --dry-run            # print the runs it would make, run nothing
+    python scripts/study.py --report-only        # regenerate the report from the runs' files
+
+Resumable: re-running it continues where it stopped. A finished run (hf/, eval.json and analysis/ present) is
+skipped, a partial one is continued with ``resume=auto`` from its last checkpoint, a failed one is tried again. A
+run that fails gets ``failed.json`` (stage, exit code, last error line) in its directory and the study goes on;
+cod-report lists it as failed.
+
+Phases (the full plan): (1) ``tune``: Pre-LN at each learning rate of ``lr_grid`` (seed 0, never a study seed);
+the lowest held-out loss picks the one learning rate of the AdamW family, written to ``<out>/plan.json``; Muon runs
+use it too (``train.muon_adjust_lr=match_rms_adamw`` matches Muon's update RMS to AdamW's, so AdamW's learning
+rate carries over). (2) ``d12``: every scheme of :func:`schemes` on the 12-layer model, seeds 1-3. (3) ``d24``: the
+24-layer model for Pre-LN, LNS, Mix-LN and the two other AdamW schemes of lowest mean 12-layer perplexity (chosen
+once every ``d12`` scheme has a result, kept in plan.json). (4) the report: the runs' small files (config,
+metrics.jsonl, eval.json, analysis/*.json, hf/config.json; no weights) are copied under ``<report>/runs/`` and
+cod-report regenerates ``<report>/report.md`` from that copy alone (``make study-report``).
+
+The schemes come from the registry (cod_train.model.zoo): a placement or residual scheme that lands later is
+included on the next run of this script, as is Muon once ``train.optimizer=muon`` exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+MODEL = "llama_tiny_deep"
+ALWAYS_DEEP = ("pre_ln", "lns", "mix_ln")  # the 24-layer runs always include these; plus the best two others
+BASE_SCHEMES: dict[str, list[str]] = {  # the issue's list, in its order
+    "pre_ln": ["norm=pre_ln"],
+    "post_ln": ["norm=post_ln"],
+    "mix_ln": ["norm=mix_ln"],
+    "lns": ["norm=lns"],
+    "deepnorm": ["norm=deepnorm"],
+    "peri_ln": ["norm=peri_ln"],
+    "reordered_ln+qk_head": ["norm=reordered_ln", "qk_norm=head"],
+    "hybrid_ln": ["norm=hybrid_ln"],
+    "dyt": ["norm=dyt"],
+    "gpas": ["norm=pre_ln", "residual=gpas"],
+    "completep": ["residual=completep", "model.depth_base_layers=12"],  # the learning rate was tuned at 12 layers
+    "mhc": ["residual=mhc"],
+}
+# Registered schemes the study leaves out on purpose: variants of a scheme above (sandwich_ln ~ peri_ln without
+# the embedding norm, hybrid_ln_star, static / dynamic HC beside mHC) or older gates (rezero, layerscale).
+LEFT_OUT = {"plain", "sandwich_ln", "hybrid_ln_star", "rezero", "layerscale", "hc", "depth_scaled"}
+SCHEME_EXTRA = {"ngpt": ["train.warmup_steps=0", "train.weight_decay=0"]}  # what nGPT's run_problems require
+
+
+@dataclass
+class Plan:
+    steps: int
+    batch: int  # sequences per step
+    seq_len: int
+    seeds: tuple[int, ...]
+    eval_tokens: int
+    analyze_tokens: int
+    downstream: tuple[str, ...]
+    downstream_limit: int
+    lr_grid: tuple[float, ...]  # one value: no tuning phase
+    deep_layers: int | None  # the second depth (None: no d24 phase)
+    saves: int = 4  # checkpoints (and in-training evals, diagnostics) per run
+    diagnostics: tuple[str, ...] = ()  # cod-analyze's (empty: all of them)
+    only: tuple[str, ...] = ()  # a subset of the schemes (empty: all)
+    about: str = ""
+    extra: list[str] = field(default_factory=list)
+
+
+PLANS = {
+    # ~187 min of 2 idle cores at the old study's 4.3K tokens/s: 57 runs x ~135 s (12 layers), 15 x ~210 s
+    # (24 layers), 3 tuning runs x ~110 s. Cut to fit: 100 steps of 8 x 256 tokens (205K tokens, a sixth of the
+    # old study's 600 steps), 2 downstream tasks at 100 examples, 16K analysis tokens, the 24-layer runs limited
+    # to five schemes, the learning rate tuned once on Pre-LN (three values) for every scheme.
+    "full": Plan(steps=100, batch=8, seq_len=256, seeds=(1, 2, 3), eval_tokens=65536, analyze_tokens=16384,
+                 downstream=("arc_easy", "piqa"), downstream_limit=100, lr_grid=(1e-3, 2e-3, 4e-3), deep_layers=24,
+                 about="full plan"),  # fmt: skip
+    # The pipeline check: 4 schemes x 3 seeds, 8 steps of 4 x 64 tokens, no tuning (the old study's 2e-3), the
+    # four diagnostics drawn over seeds (the first run, pre_ln seed 1, was analysed with all eight).
+    "reduced": Plan(steps=8, batch=4, seq_len=64, seeds=(1, 2, 3), eval_tokens=4096, analyze_tokens=2048,
+                    downstream=("arc_easy",), downstream_limit=10, lr_grid=(2e-3,), deep_layers=None, saves=2,
+                    diagnostics=("variance", "pruning", "block_influence", "logit_lens"),  # the curves over seeds
+                    only=("pre_ln", "post_ln", "mix_ln", "lns"), about="reduced pass (pipeline check)"),  # fmt: skip
+}
+
+
+def schemes() -> dict[str, list[str]]:
+    """The study's schemes: the fixed list, every other registered placement / residual scheme (the frontier
+    schemes as they land), ResFormer's value residuals and Muon where they exist."""
+    from cod_train.config import OPTIMIZERS
+    from cod_train.model import zoo
+
+    out = dict(BASE_SCHEMES)
+    used = {"pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "peri_ln", "reordered_ln", "hybrid_ln", "gpas", "mhc"}
+    for name in zoo.placement_names():
+        if name not in used | LEFT_OUT:
+            out[name] = [f"model.norm_type={name}", *SCHEME_EXTRA.get(name, [])]
+    for name in zoo.residual_names():
+        if name not in used | LEFT_OUT:
+            out[name] = [f"model.residual={name}", *SCHEME_EXTRA.get(name, [])]
+    if "value_residual" in zoo.AXIS_NAMES:
+        out["vres"] = ["model.value_residual=true"]
+    if "muon" in OPTIMIZERS:
+        out["pre_ln+muon"] = ["norm=pre_ln", "train.optimizer=muon"]
+        out["lns+muon"] = ["norm=lns", "train.optimizer=muon"]
+    return out
+
+
+# ---------------------------------------------------------------------- one run
+def pretrain_args(plan: Plan, run: Path, overrides: list[str], seed: int, lr: float, layers: int) -> list[str]:
+    steps = plan.steps
+    return last_wins([str(BIN / "cod-pretrain"), f"model={MODEL}", f"model.num_hidden_layers={layers}",
+            f"run_dir={run}", "resume=auto", f"seed={seed}", f"train.max_steps={steps}", f"train.lr={lr}",
+            f"train.warmup_steps={max(1, steps // 10)}", f"train.global_batch_size={plan.batch}",
+            f"train.micro_batch_size={plan.batch}", f"data.seq_len={plan.seq_len}",
+            f"train.eval_every={max(1, steps // plan.saves)}", f"train.ckpt_every={max(1, steps // plan.saves)}",
+            f"train.diag_every={max(1, steps // plan.saves)}", f"train.eval_tokens={plan.eval_tokens // 4}", "logger=none",
+            *plan.extra, *overrides])  # fmt: skip
+
+
+def last_wins(args: list[str]) -> list[str]:
+    """Each ``key=`` once, its last value (Hydra refuses a key given twice): a scheme's own settings, which come
+    last (nGPT's ``train.warmup_steps=0``), win over the plan's."""
+    keys = [a.split("=", 1)[0] if "=" in a else None for a in args]
+    return [a for i, (a, k) in enumerate(zip(args, keys, strict=True)) if k is None or k not in keys[i + 1 :]]
+
+
+def eval_args(plan: Plan, run: Path) -> list[str]:
+    tasks = ",".join(plan.downstream)
+    return [str(BIN / "cod-eval"), f"checkpoint={run}", f"data.seq_len={plan.seq_len}",  # the trained length
+            f"perplexity.eval_tokens={plan.eval_tokens}",
+            f"downstream.tasks=[{tasks}]", f"downstream.limit={plan.downstream_limit}"]  # fmt: skip
+
+
+def analyze_args(plan: Plan, run: Path) -> list[str]:
+    chosen = [f"analyze.diagnostics=[{','.join(plan.diagnostics)}]"] if plan.diagnostics else []
+    return [str(BIN / "cod-analyze"), f"checkpoint={run}", f"analyze.eval_tokens={plan.analyze_tokens}",
+            "analyze.progress=false", *chosen]  # fmt: skip
+
+
+def _call(args: list[str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as out:
+        out.write(f"\n$ {' '.join(args)}\n")
+        out.flush()
+        return subprocess.call(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _last_error(log: Path) -> str:
+    lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
+    return (errors or lines or ["(no output)"])[-1][:300]
+
+
+def mark_failed(run: Path, stage: str, code: int, log: Path) -> None:
+    """``failed.json`` unless the command wrote its own (cod-pretrain's local sweep does)."""
+    marker = run / "failed.json"
+    if marker.is_file() and json.loads(marker.read_text()).get("stage") == stage:
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"stage": stage, "exit_code": code, "error": _last_error(log),
+                                  "time": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=1) + "\n")  # fmt: skip
+
+
+def run_one(plan: Plan, run: Path, pretrain: list[str], *, evaluate: bool = True) -> bool:
+    """Pre-train (or continue), evaluate and analyse one run, skipping what is done; False when a stage failed."""
+    (run / "failed.json").unlink(missing_ok=True)  # a failed run is tried again
+    log = run.parent / "logs" / f"{run.name}.log"
+    stages = [("pretrain", pretrain, run / "hf" / "config.json")]
+    if evaluate:
+        stages += [("eval", eval_args(plan, run), run / "eval.json"),
+                   ("analyze", analyze_args(plan, run), run / "analysis" / "layer_pruning.json")]  # fmt: skip
+    for stage, args, done in stages:
+        if done.exists():
+            continue
+        print(f"  {stage}: {run}", flush=True)
+        code = _call(args, log)
+        if code != 0:
+            mark_failed(run, stage, code, log)
+            print(f"  FAILED ({stage}, exit {code}): {run}; see {log}", flush=True)
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------- phases
+def final_eval_loss(run: Path) -> float | None:
+    """The run's held-out loss: eval.json, else its last in-training eval."""
+    if (run / "eval.json").is_file():
+        return float(json.loads((run / "eval.json").read_text())["perplexity"]["eval_loss"])
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if '"eval_loss"' in ln] \
+        if (run / "metrics.jsonl").is_file() else []  # fmt: skip
+    return float(rows[-1]["eval_loss"]) if rows else None
+
+
+def tuned_lr(plan: Plan, out: Path, state: dict, dry: bool) -> float:
+    if len(plan.lr_grid) == 1:
+        return plan.lr_grid[0]
+    if "lr" in state:
+        return float(state["lr"])
+    losses = {}
+    for lr in plan.lr_grid:
+        run = out / "tune" / f"pre_ln-lr{lr:g}"
+        if dry:
+            print(f"tune  {run}")
+            continue
+        if run_one(plan, run, pretrain_args(plan, run, BASE_SCHEMES["pre_ln"], 0, lr, 12), evaluate=False):
+            losses[lr] = final_eval_loss(run)
+    if dry:
+        return plan.lr_grid[len(plan.lr_grid) // 2]
+    scored = {lr: loss for lr, loss in losses.items() if loss is not None}
+    if not scored:
+        sys.exit("error: every tuning run failed; see the logs under " + str(out / "tune" / "logs"))
+    state["lr"], state["tune_losses"] = min(scored, key=lambda k: scored[k]), {str(k): v for k, v in scored.items()}
+    return float(state["lr"])
+
+
+def run_phase(plan: Plan, out: Path, phase: str, chosen: dict[str, list[str]], lr: float, layers: int,
+              dry: bool) -> list[Path]:  # fmt: skip
+    runs = []
+    for name, overrides in chosen.items():
+        for seed in plan.seeds:
+            run = out / phase / f"{name}-s{seed}"
+            runs.append(run)
+            args = pretrain_args(plan, run, overrides, seed, lr, layers)
+            if dry:
+                print(f"{phase}  {run}  {' '.join(overrides)}")
+                continue
+            print(f"[{phase}] {name} seed {seed}", flush=True)
+            run_one(plan, run, args)
+    return runs
+
+
+def best_others(out: Path, names: list[str], seeds: tuple[int, ...], k: int = 2) -> list[str]:
+    """The k AdamW schemes besides ALWAYS_DEEP with the lowest mean 12-layer held-out loss over their seeds."""
+    means = {}
+    for name in names:
+        if name in ALWAYS_DEEP or name.endswith("+muon"):
+            continue
+        runs = [out / "d12" / f"{name}-s{seed}" for seed in seeds]
+        losses = [final_eval_loss(run) for run in runs if (run / "eval.json").is_file()]
+        if losses and None not in losses:
+            means[name] = sum(losses) / len(losses)  # type: ignore[arg-type]
+    return sorted(means, key=lambda n: means[n])[:k]
+
+
+def write_report(plan: Plan, out: Path, report: Path, state: dict) -> None:
+    """Copy every run's small files under ``report/runs`` and run cod-report on that copy (without the runs
+    themselves, e.g. on another machine: on the copy already there)."""
+    if out.is_dir():
+        copy_light(out, report / "runs")
+        (report / "plan.json").write_text(json.dumps({"plan": vars(plan), **state}, indent=1, default=list) + "\n")
+    elif not (report / "runs").is_dir():
+        sys.exit(f"error: neither the runs ({out}) nor their copy ({report / 'runs'}) exist: run the study first")
+    title = f"cod-train depth-zoo study ({plan.about}): {MODEL}, {plan.steps} steps x {plan.batch} x {plan.seq_len} tokens"
+    code = subprocess.call([str(BIN / "cod-report"), f"runs=[{report / 'runs'}]", f"out={report}", f"title='{title}'",
+                            "order=flops", "figures_per=scheme"], cwd=REPO)  # fmt: skip
+    if code:
+        sys.exit(f"error: cod-report failed (exit {code})")
+
+
+LIGHT = ("config.yaml", "metrics.jsonl", "eval.json", "failed.json", "hf/config.json")
+
+
+def copy_light(out: Path, dest: Path) -> None:
+    """Each run's files that the report reads, without weights; analysis entries re-pointed at the copy."""
+    runs = {p.parent for name in ("config.yaml", "failed.json") for p in out.glob(f"d*/*/{name}")}
+    for run in sorted(runs):
+        target = dest / run.relative_to(out)
+        for name in LIGHT:
+            if (run / name).is_file():
+                (target / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(run / name, target / name)
+        for src in (run / "analysis").glob("*.json"):
+            data = json.loads(src.read_text())
+            for entry in data.get("models", []):
+                entry["run_dir"] = entry["checkpoint"] = str(_repo_relative(target))
+            (target / "analysis").mkdir(parents=True, exist_ok=True)
+            (target / "analysis" / src.name).write_text(json.dumps(data))
+
+
+def _repo_relative(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--plan", choices=sorted(PLANS), default="full")
+    parser.add_argument("--out", type=Path, help="where the runs go (default runs/study/<plan>)")
+    parser.add_argument("--report", type=Path, help="where the report goes (default docs/study/<plan>)")
+    parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    plan = PLANS[args.plan]
+    out = (args.out or REPO / "runs" / "study" / args.plan).resolve()
+    report = (args.report or REPO / "docs" / "study" / args.plan).resolve()
+    state_file = out / "plan.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    if not args.report_only:
+        run_study(plan, out, state, args.dry_run)
+        if args.dry_run:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(state, indent=1) + "\n")
+    write_report(plan, out, report, state)
+
+
+def run_study(plan: Plan, out: Path, state: dict, dry: bool) -> None:
+    every = schemes()
+    names = [n for n in every if not plan.only or n in plan.only]
+    state["schemes"] = {n: every[n] for n in names}
+    lr = tuned_lr(plan, out, state, dry)
+    print(f"learning rate {lr:g}; schemes: {', '.join(names)}", flush=True)
+    run_phase(plan, out, "d12", {n: every[n] for n in names}, lr, 12, dry)
+    if plan.deep_layers is None:
+        return
+    deep = state.get("deep") or [*ALWAYS_DEEP, *best_others(out, names, plan.seeds)]
+    if not dry and len(deep) == len(ALWAYS_DEEP) + 2:
+        state["deep"] = deep  # fixed once chosen, so a resumed study keeps the same 24-layer schemes
+    run_phase(plan, out, f"d{plan.deep_layers}", {n: every[n] for n in deep if n in every}, lr, plan.deep_layers, dry)
+
+
+if __name__ == "__main__":
+    main()

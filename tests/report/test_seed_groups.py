@@ -1,0 +1,133 @@
+"""cod-report over seeds: runs that differ only in `seed` are one scheme, with means, t-intervals, the Welch verdict,
+training FLOPs, the order at equal FLOPs and failed runs listed as failed. Hand-made run directories, no training."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from cod_train.report import collect, write_report
+
+D, F, LAYERS, HEADS, VOCAB, SEQ = 64, 128, 2, 4, 100, 32
+STEPS, TOKENS_PER_STEP = 10, 128
+
+
+def model_config(norm: str, residual: str = "plain") -> dict:
+    return {"model_type": "cod_llama", "hidden_size": D, "intermediate_size": F, "num_hidden_layers": LAYERS,
+            "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "vocab_size": VOCAB, "norm_type": norm,
+            "residual": residual, "tie_word_embeddings": False}  # fmt: skip
+
+
+def make_run(root: Path, name: str, norm: str, seed: int, ppl: float, *, residual: str = "plain",
+             depth_pct: tuple[float, float] = (5.0, 0.5)) -> Path:  # fmt: skip
+    run = root / name
+    (run / "hf").mkdir(parents=True)
+    model = {"name": "tiny", "norm_type": norm, "residual": residual, "num_hidden_layers": LAYERS}
+    (run / "config.yaml").write_text(json.dumps({"model": model, "seed": seed, "data": {"seq_len": SEQ},
+                                                 "train": {"max_steps": STEPS}}))  # fmt: skip
+    rows = [{"step": s, "loss": 5.0 - 0.1 * s + 0.01 * seed, "tokens": s * TOKENS_PER_STEP} for s in range(1, STEPS + 1)]
+    rows.append({"step": STEPS, "eval_loss": math.log(ppl), "eval_ppl": ppl})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "hf" / "config.json").write_text(json.dumps(model_config(norm, residual)))
+    (run / "eval.json").write_text(json.dumps({"step": STEPS, "perplexity": {"eval_loss": math.log(ppl), "eval_ppl": ppl}}))
+    (run / "analysis").mkdir()
+    entry = {"label": name, "run_dir": str(run.resolve()), "step": STEPS, "num_layers": LAYERS}
+    pruning = {**entry, "base_ppl": ppl, "layers": [1, 2], "ppl": [ppl * (1 + p / 100) for p in depth_pct],
+               "delta_ppl_pct": list(depth_pct)}  # fmt: skip
+    (run / "analysis" / "layer_pruning.json").write_text(json.dumps({"models": [pruning]}))
+    return run
+
+
+def failed_run(root: Path, name: str, code: int, config: dict | None) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "failed.json").write_text(json.dumps({"command": "pretrain", "exit_code": code, "config": config,
+                                                 "error": "stopped after 5 non-finite losses in a row"}))  # fmt: skip
+    return run
+
+
+PPL = {"pre_ln": (30.0, 31.0, 32.0), "lns": (20.0, 20.5, 21.0), "mix_ln": (30.5, 31.5, 33.0)}
+
+
+@pytest.fixture
+def study(tmp_path) -> Path:
+    root = tmp_path / "runs"
+    for norm, ppls in PPL.items():
+        for seed, ppl in enumerate(ppls, start=1):
+            make_run(root, f"{norm}-s{seed}", norm, seed, ppl)
+    for seed, ppl in enumerate((29.0, 30.0, 31.0), start=1):
+        make_run(root, f"mhc-s{seed}", "pre_ln", seed, ppl, residual="mhc")
+    return root
+
+
+def _report(root: Path, out: Path, **kwargs) -> tuple[str, dict]:
+    found = collect([str(root)])
+    write_report(found.runs, out, **kwargs)
+    return (out / "report.md").read_text(), json.loads((out / "report.json").read_text())
+
+
+def _row(text: str, start: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(start))
+
+
+def test_runs_that_differ_only_in_seed_are_one_scheme(study, tmp_path):
+    runs = collect([str(study)]).runs
+    assert {r.label for r in runs if r.group == "pre_ln"} == {"pre_ln seed=1", "pre_ln seed=2", "pre_ln seed=3"}
+    assert sorted({r.group for r in runs}) == ["lns", "mix_ln", "pre_ln", "pre_ln+mhc4"]
+    text, data = _report(study, tmp_path / "out")
+    # pre_ln: 30, 31, 32 -> mean 31, s = 1, half = t(0.975, 2) / sqrt(3) = 4.302653 / 1.732051 = 2.484138
+    assert "| pre_ln | 3 |" in text and "| 31.00 [28.52, 33.48] |" in _row(text, "| pre_ln | 3 |")
+    group = next(g for g in data["groups"] if g["group"] == "pre_ln")
+    assert group["eval_ppl"] == pytest.approx({"mean": 31.0, "lo": 31.0 - 2.484138, "hi": 31.0 + 2.484138, "n": 3})
+    assert group["seeds"] == [1, 2, 3]
+    # depth utilization: removing layer 1 costs 5% (> 1%), layer 2 0.5%: 1 of 2; deep half (layer 2): 0 of 1
+    assert group["depth_utilization"]["mean"] == 0.5 and group["deep_utilization"]["mean"] == 0.0
+
+
+def test_the_verdict_uses_the_spread_over_seeds(study, tmp_path):
+    text, data = _report(study, tmp_path / "out")
+    tests = {frozenset((t["a"], t["b"])): t for t in data["pair_tests"]["eval_ppl"]}
+    # lns vs pre_ln: diff -10.5, se^2 = 1/3 + 0.25/3, t = -16.27 on ~2.9 df: p ~ 6e-4, x6 pairs (Holm) still < 0.05
+    far = tests[frozenset(("pre_ln", "lns"))]
+    assert abs(far["t"]) == pytest.approx(10.5 / math.sqrt(1 / 3 + 0.25 / 3), rel=1e-6)
+    assert far["verdict"] == "beyond noise" and far["p_holm"] < 0.05
+    near = tests[frozenset(("pre_ln", "mix_ln"))]  # 31 vs 31.67 with s 1 and 1.26: within the seeds' spread
+    assert near["verdict"] == "within noise" and near["p"] > 0.4
+    assert "| lns | -10.50 [" in text and "beyond noise |" in _row(text, "| lns | -10.50 [")
+    assert "Welch's t-test" in text and "Holm" in text  # the method is stated
+
+
+def test_training_flops_by_hand_and_order_at_equal_flops(study, tmp_path):
+    # plain: 6 x (L (4 d^2 + 3 d f) + V d) + 12 L d T per token, x the 10 x 128 tokens trained on
+    per_token = 6 * (LAYERS * (4 * D * D + 3 * D * F) + VOCAB * D) + 12 * LAYERS * D * SEQ
+    text, data = _report(study, tmp_path / "out", order="flops")
+    row = next(r for r in data["runs"] if r["run"] == "pre_ln seed=1")
+    assert row["flops_per_token"] == per_token and row["train_flops"] == per_token * STEPS * TOKENS_PER_STEP
+    mhc = next(r for r in data["runs"] if r["run"].startswith("pre_ln+mhc4"))
+    assert mhc["train_flops"] > row["train_flops"] and mhc["params"] > row["params"]  # the streams' mixing
+    # order=flops: the three plain schemes share compute tier 1, by perplexity; mHC costs more: tier 2
+    assert [g["group"] for g in data["groups"]] == ["lns", "pre_ln", "mix_ln", "pre_ln+mhc4"]
+    assert _row(text, "| 1 | lns |") and _row(text, "| 2 | pre_ln+mhc4 |")
+    human = f"{per_token * STEPS * TOKENS_PER_STEP / 1e6:.2f}M"
+    assert f"| {human} (×1.00) |" in _row(text, "| 1 | pre_ln |")
+    assert f"| {human} |" in _row(text, "| pre_ln seed=1 |")  # the per-run table has the column too
+
+
+def test_a_failed_run_is_listed_as_failed_not_missing(study, tmp_path):
+    config = {"model": {"name": "tiny", "norm_type": "pre_ln", "num_hidden_layers": LAYERS}, "seed": 4,
+              "data": {"seq_len": SEQ}, "train": {"max_steps": STEPS}}  # fmt: skip
+    failed_run(study, "pre_ln-s4", 3, config)  # diverged before writing anything but failed.json
+    failed_run(study, "zzz-broken", 1, None)  # not even a config
+    text, data = _report(study, tmp_path / "out")
+    row = _row(text, "| pre_ln | 3 |")  # 3 complete seeds averaged; the fourth listed
+    assert "pre_ln seed=4: failed (pretrain, exit 3)" in row
+    missing = text.split("## Missing or partial files")[1].split("\n## ")[0]
+    assert "- **pre_ln seed=4**: **failed (pretrain, exit 3)**: stopped after 5 non-finite losses in a row" in missing
+    assert "- **zzz-broken**: **failed (pretrain, exit 1)**" in missing
+    assert "seed=4**: no " not in missing  # its absent files are not listed as missing
+    assert "2 failed" in text.splitlines()[2]
+    group = next(g for g in data["groups"] if g["group"] == "pre_ln")
+    assert group["n_complete"] == 3 and group["not_complete"] == [["pre_ln seed=4", "failed (pretrain, exit 3)"]]

@@ -1,0 +1,126 @@
+"""scripts/study.py without training: the schemes come from the registry, a re-run skips finished stages and
+continues partial ones, a failed stage is recorded and the study goes on, the report's copy holds no weights."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import REPO
+
+
+@pytest.fixture(scope="module")
+def study():
+    spec = importlib.util.spec_from_file_location("study_script", REPO / "scripts" / "study.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["study_script"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_schemes_follow_the_registry(study, monkeypatch):
+    """A scheme registered later (here a plugin's) is in the study without editing the script."""
+    from cod_train.config import OPTIMIZERS
+    from cod_train.model import zoo
+
+    zoo.load_schemes()
+    for name in ("PLACEMENTS", "RESIDUALS", "_loaded"):  # the plugin's registration ends with this test
+        monkeypatch.setattr(zoo, name, type(getattr(zoo, name))(getattr(zoo, name)))
+    zoo._loaded.discard("tests.helpers.toy_schemes")
+    monkeypatch.delitem(sys.modules, "tests.helpers.toy_schemes", raising=False)  # imported afresh: registers
+    monkeypatch.setenv("COD_TRAIN_PLUGINS", "tests.helpers.toy_schemes")
+    found = study.schemes()
+    assert found["toy_parallel"] == ["model.norm_type=toy_parallel"]
+    assert found["toy_gate"] == ["model.residual=toy_gate"]
+    assert list(found)[: len(study.BASE_SCHEMES)] == list(study.BASE_SCHEMES)  # the issue's list first, in order
+    registered = set(zoo.placement_names()) | set(zoo.residual_names())
+    covered = {o.split("=", 1)[1] for overrides in found.values() for o in overrides
+               if o.startswith(("norm=", "model.norm_type=", "residual=", "model.residual="))}  # fmt: skip
+    assert registered - covered - study.LEFT_OUT <= {"dyt", "completep", "depth_scaled"}  # presets of other names
+    assert ("pre_ln+muon" in found) == ("muon" in OPTIMIZERS)
+
+
+def test_a_schemes_own_settings_win(study, tmp_path):
+    plan = study.PLANS["full"]
+    args = study.pretrain_args(plan, tmp_path / "r", ["model.norm_type=ngpt", "train.warmup_steps=0"], 2, 1e-3, 12)
+    assert [a for a in args if a.startswith("train.warmup_steps=")] == ["train.warmup_steps=0"]
+    assert "seed=2" in args and "train.lr=0.001" in args and "model.num_hidden_layers=12" in args
+
+
+class FakeCommands:
+    """Stands in for cod-pretrain / cod-eval / cod-analyze: writes what each writes when done; ``fail`` names a
+    command that exits 3 instead."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    def __call__(self, args: list[str], log: Path) -> int:
+        name = Path(args[0]).name
+        self.calls.append(name)
+        run = Path(next(a.split("=", 1)[1] for a in args if a.startswith(("run_dir=", "checkpoint="))))
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if name == self.fail:
+            log.write_text("error: stopped after 5 non-finite losses in a row\n")
+            return 3
+        done = {"cod-pretrain": "hf/config.json", "cod-eval": "eval.json", "cod-analyze": "analysis/layer_pruning.json"}
+        (run / done[name]).parent.mkdir(parents=True, exist_ok=True)
+        (run / done[name]).write_text("{}")
+        return 0
+
+
+def test_a_rerun_skips_what_is_done_and_a_failure_is_recorded(study, tmp_path, monkeypatch):
+    plan, run = study.PLANS["reduced"], tmp_path / "d12" / "lns-s1"
+    fake = FakeCommands(fail="cod-eval")
+    monkeypatch.setattr(study, "_call", fake)
+    assert study.run_one(plan, run, ["cod-pretrain", f"run_dir={run}"]) is False
+    assert fake.calls == ["cod-pretrain", "cod-eval"]  # analyze not tried after a failed eval
+    marker = json.loads((run / "failed.json").read_text())
+    assert (marker["stage"], marker["exit_code"]) == ("eval", 3) and "non-finite" in marker["error"]
+    fake.calls.clear()
+    fake.fail = ""
+    assert study.run_one(plan, run, ["cod-pretrain", f"run_dir={run}"]) is True  # tried again
+    assert fake.calls == ["cod-eval", "cod-analyze"] and not (run / "failed.json").exists()
+    fake.calls.clear()
+    assert study.run_one(plan, run, ["cod-pretrain", f"run_dir={run}"]) is True and fake.calls == []  # finished
+
+
+def test_a_partial_run_continues_with_resume_auto(study, tmp_path):
+    args = study.pretrain_args(study.PLANS["full"], tmp_path / "r", ["norm=lns"], 1, 2e-3, 12)
+    assert "resume=auto" in args  # cod-pretrain continues from the run's last checkpoint
+
+
+def _eval_json(run: Path, ppl: float) -> None:
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps({"perplexity": {"eval_loss": math.log(ppl), "eval_ppl": ppl}}))
+
+
+def test_the_24_layer_schemes_add_the_best_two_others(study, tmp_path):
+    means = {"pre_ln": 10.0, "peri_ln": 30.0, "dyt": 20.0, "deepnorm": 40.0, "lns+muon": 5.0, "gpas": 25.0}
+    for name, ppl in means.items():
+        for seed, jitter in zip((1, 2, 3), (0.9, 1.0, 1.1), strict=True):
+            _eval_json(tmp_path / "d12" / f"{name}-s{seed}", ppl * jitter)
+    # pre_ln is always in; Muon is another optimizer, not a scheme; of the rest dyt (20) and gpas (25) are best
+    assert study.best_others(tmp_path, list(means), (1, 2, 3)) == ["dyt", "gpas"]
+
+
+def test_the_reports_copy_holds_no_weights(study, tmp_path):
+    run = tmp_path / "runs" / "d12" / "lns-s1"
+    (run / "hf").mkdir(parents=True)
+    (run / "analysis").mkdir()
+    for name in ("config.yaml", "metrics.jsonl", "eval.json", "hf/config.json", "hf/model.safetensors"):
+        (run / name).write_text("x")
+    entry = {"label": "lns-s1", "run_dir": str(run), "checkpoint": str(run)}
+    (run / "analysis" / "logit_lens.json").write_text(json.dumps({"models": [entry]}))
+    study.copy_light(tmp_path / "runs", tmp_path / "docs" / "runs")
+    copy = tmp_path / "docs" / "runs" / "d12" / "lns-s1"
+    files = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
+    assert files == ["analysis/logit_lens.json", "config.yaml", "eval.json", "hf/config.json", "metrics.jsonl"]
+    moved = json.loads((copy / "analysis" / "logit_lens.json").read_text())["models"][0]
+    assert moved["run_dir"] == str(copy)  # cod-report gives the analysed model to the copy, not to the original
