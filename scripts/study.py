@@ -90,7 +90,7 @@ PLANS = {
     "reduced": Plan(steps=8, batch=4, seq_len=64, seeds=(1, 2, 3), eval_tokens=4096, analyze_tokens=2048,
                     downstream=("arc_easy",), downstream_limit=10, lr_grid=(2e-3,), deep_layers=None, saves=2,
                     diagnostics=("variance", "pruning", "block_influence", "logit_lens"),  # the curves over seeds
-                    only=("pre_ln", "post_ln", "mix_ln", "lns"), about="reduced pass (pipeline check)"),  # fmt: skip
+                    only=("pre_ln", "post_ln", "mix_ln", "lns"), about="reduced pass, a pipeline check"),  # fmt: skip
 }
 
 
@@ -268,7 +268,7 @@ def write_report(plan: Plan, out: Path, report: Path, state: dict) -> None:
         sys.exit(f"error: cod-report failed (exit {code})")
 
 
-LIGHT = ("config.yaml", "metrics.jsonl", "eval.json", "failed.json", "hf/config.json")
+LIGHT = ("config.yaml", "metrics.jsonl", "eval.json", "failed.json", "hf/config.json", "checkpoints/*/meta.json")
 
 
 def copy_light(out: Path, dest: Path) -> None:
@@ -276,10 +276,9 @@ def copy_light(out: Path, dest: Path) -> None:
     runs = {p.parent for name in ("config.yaml", "failed.json") for p in out.glob(f"d*/*/{name}")}
     for run in sorted(runs):
         target = dest / run.relative_to(out)
-        for name in LIGHT:
-            if (run / name).is_file():
-                (target / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(run / name, target / name)
+        for src in (f for pattern in LIGHT for f in run.glob(pattern)):  # copy2: the mtimes date hf/ to its step
+            (target / src.relative_to(run)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target / src.relative_to(run))
         for src in (run / "analysis").glob("*.json"):
             data = json.loads(src.read_text())
             for entry in data.get("models", []):

@@ -37,9 +37,10 @@ METRICS = (
 CURVES = (  # (analysis file, field, axis label): the per-layer curves drawn with bands over seeds
     ("layer_pruning", "delta_ppl_pct", "perplexity increase without layer l (%)"),
     ("block_influence", "bi", "Block Influence 1 - cos(h_{l-1}, h_l)"),
-    ("logit_lens", "top1", "logit-lens top-1 agreement with the output"),
+    ("logit_lens", "top1", "logit-lens top-1 agreement with the output (fraction)"),
     ("layer_variance", "layer_var", "output variance after layer l"),
 )
+BOUNDS = {"logit_lens": (0.0, 1.0), "block_influence": (0.0, 2.0)}  # a band is drawn inside the metric's range
 EQUAL_FLOPS = 0.05  # groups whose training FLOPs are within 5% of a tier's cheapest are compared at equal compute
 
 
@@ -133,7 +134,7 @@ def ordered_runs(runs: Sequence[RunData], rows: Sequence[dict[str, Any]], order:
 def pair_tests(groups: Sequence[Group], key: str) -> list[dict[str, Any]]:
     """Every pair of groups with at least 2 complete seeds each: Welch's test on ``key`` over the seeds, with the
     Holm-adjusted p-value over all these pairs and the verdict."""
-    tests = []
+    tests: list[dict[str, Any]] = []
     for i, a in enumerate(groups):
         for b in groups[i + 1 :]:
             found = stats.welch(a.values(key), b.values(key))

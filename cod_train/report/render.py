@@ -160,9 +160,10 @@ def deep_utilization(pruning: dict[str, Any] | None) -> float | None:
     """The share of the deep half of the layers (l > L/2) whose removal raises perplexity by more than
     PRUNE_THRESHOLD_PCT percent: depth utilization restricted to the layers a "curse of depth" makes idle."""
     pct = (pruning or {}).get("delta_ppl_pct")
-    if not pct:
+    if not pruning or not pct:
         return None
-    layers = pruning.get("layers") if isinstance(pruning.get("layers"), list) else list(range(1, len(pct) + 1))
+    given = pruning.get("layers")
+    layers: list[int] = given if isinstance(given, list) else list(range(1, len(pct) + 1))
     total = pruning.get("num_layers") or max(layers)
     deep = [v for layer, v in zip(layers, pct, strict=True) if layer > total / 2 and v is not None]
     return sum(v > PRUNE_THRESHOLD_PCT for v in deep) / len(deep) if deep else None

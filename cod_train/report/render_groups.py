@@ -130,12 +130,13 @@ def figures(groups: Sequence[Group], fig_dir: Path, summaries: Sequence[dict[str
         loss = [{"label": g.name, "train": loss_band(g, "train"), "eval": loss_band(g, "eval")} for g in members]
         path = seed_plots.plot_seed_loss(loss, fig_dir / f"seed_loss{suffix}.png", f"Loss over seeds, {where}")
         _figure(lines, path, f"seed_loss{suffix}", f"Training and held-out loss, {where}: seeds' mean and band.")
-        curves = [{"label": g.name, "curves": {stem: curve_band(g, stem, key) for stem, key, _ in CURVES}}
+        curves = [{"label": g.name, "curves": {stem: curve_band(g, stem, key) for stem, key, *_ in CURVES}}
                   for g in members]  # fmt: skip
         path = seed_plots.plot_seed_curves(curves, CURVES, fig_dir / f"seed_curves{suffix}.png",
                                            f"Per-layer depth diagnostics over seeds, {where} (cod-analyze)")  # fmt: skip
         _figure(lines, path, f"seed_curves{suffix}", f"Per-layer curves, {where}: the seeds' mean per scheme with "
-                "its 95% t-interval band; dashed line in the pruning panel: the 1% depth-utilization threshold.")  # fmt: skip
+                "its 95% t-interval band (cut to the metric's range); dashed line in the pruning panel: the 1% "
+                "depth-utilization threshold.")  # fmt: skip
     return lines
 
 

@@ -614,7 +614,8 @@ def assign_labels(runs: list[RunData]) -> None:
     for run, settings in zip(runs, differing_settings(runs), strict=True):
         run.settings = settings
         run.label_base = run.variant if run.variant != "?" else _short(run.path.name)
-    keys = list(max((r.settings for r in runs), key=len, default={}))
+    widest: dict[str, Any] = max((r.settings for r in runs), key=len) if runs else {}
+    keys = list(widest)
     labels = _fitting_labels(runs, keys)
     groups = _fitting_labels(runs, [k for k in keys if k not in SEED_KEYS])
     seen: dict[str, int] = {}

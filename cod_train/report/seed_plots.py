@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cod_train.report import plots
+from cod_train.report.groups import BOUNDS
 
 BAND_ALPHA = 0.18
 SEED_BAND_NOTE = " (band: 95% t-interval over seeds)"
@@ -34,20 +35,22 @@ def _nan(values: Sequence[Any]) -> list[float]:
 
 
 def _band(ax: Any, xs: Sequence[float], band: dict[str, Any], style: dict[str, Any], label: str,
-          markers: bool = True, floor: float | None = None) -> None:  # fmt: skip
-    """The mean line and its band; ``floor``: a log axis' lowest value (an interval reaching below 0 is cut there)."""
+          markers: bool = True, bounds: tuple[float, float] | None = None) -> None:  # fmt: skip
+    """The mean line and its band, the band cut to ``bounds`` (a metric's range, or a log axis' positive part)."""
     ys = _nan(band["mean"])
     line_style = style if markers else {k: v for k, v in style.items() if k != "marker"}
     ax.plot(xs, ys, markersize=3.5, linewidth=1.4, label=f"{label} (n={band['n']})", **line_style)
     if band["n"] > 1:
-        lows = _nan(band["lo"]) if floor is None else [max(v, floor) for v in _nan(band["lo"])]
-        ax.fill_between(xs, lows, _nan(band["hi"]), color=style["color"], alpha=BAND_ALPHA, linewidth=0)
+        lo, hi = bounds or (-math.inf, math.inf)
+        lows, highs = ([min(max(v, lo), hi) for v in _nan(band[k])] for k in ("lo", "hi"))
+        ax.fill_between(xs, lows, highs, color=style["color"], alpha=BAND_ALPHA, linewidth=0)
 
 
 def plot_seed_curves(entries: Sequence[dict[str, Any]], panels: Sequence[tuple[str, str, str]], path: Path,
                      title: str) -> Path | None:  # fmt: skip
     """Per-layer curves, one panel per ``(stem, key, ylabel)`` of ``panels``; entry: ``{"label", "curves":
-    {stem: band}}`` with band = groups.curve_band's dict."""
+    {stem: band}}`` with band = groups.curve_band's dict. A band is cut to its metric's range (groups.BOUNDS: a
+    t-interval over 3 seeds of a fraction can reach past 1)."""
     shown = [p for p in panels if any(e["curves"].get(p[0]) for e in entries)]
     if not shown:
         return None
@@ -61,8 +64,8 @@ def plot_seed_curves(entries: Sequence[dict[str, Any]], panels: Sequence[tuple[s
         means = [v for _, _, band in bands for v in _nan(band["mean"]) if math.isfinite(v)]
         log_y = stem == "layer_variance" and bool(means) and min(means) > 0
         for idx, label, band in bands:
-            _band(ax, band["layers"], band, scheme_style(idx, len(entries)), label,
-                  floor=min(means) / 10 if log_y else None)  # fmt: skip
+            bounds = (min(means) / 10, math.inf) if log_y else BOUNDS.get(stem)
+            _band(ax, band["layers"], band, scheme_style(idx, len(entries)), label, bounds=bounds)
         if stem == "layer_pruning":
             ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")  # the depth-utilization threshold
             if max([0.0, *(abs(v) for v in means)]) > 100:  # removing an early layer can cost 1000s of %
@@ -130,6 +133,7 @@ def plot_metric_intervals(entries: Sequence[dict[str, Any]], metrics: Sequence[t
             ax.plot(entry["values"][key], [y] * len(entry["values"][key]), linestyle="none", marker="x",
                     color=color, markersize=4, alpha=0.7)  # fmt: skip
         ax.set_yticks(ys, [e["label"] for e in entries], fontsize=8)
+        ax.set_ylim(-0.6, len(entries) - 0.4)
         ax.set_xlabel(name)
         ax.grid(True, axis="x", alpha=0.3)
         plots._title(ax, name)

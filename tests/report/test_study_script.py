@@ -114,13 +114,16 @@ def test_the_reports_copy_holds_no_weights(study, tmp_path):
     run = tmp_path / "runs" / "d12" / "lns-s1"
     (run / "hf").mkdir(parents=True)
     (run / "analysis").mkdir()
-    for name in ("config.yaml", "metrics.jsonl", "eval.json", "hf/config.json", "hf/model.safetensors"):
+    (run / "checkpoints" / "step_0000008").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl", "eval.json", "hf/config.json", "hf/model.safetensors",
+                 "checkpoints/step_0000008/meta.json", "checkpoints/step_0000008/model.safetensors"):  # fmt: skip
         (run / name).write_text("x")
     entry = {"label": "lns-s1", "run_dir": str(run), "checkpoint": str(run)}
     (run / "analysis" / "logit_lens.json").write_text(json.dumps({"models": [entry]}))
     study.copy_light(tmp_path / "runs", tmp_path / "docs" / "runs")
     copy = tmp_path / "docs" / "runs" / "d12" / "lns-s1"
     files = sorted(str(p.relative_to(copy)) for p in copy.rglob("*") if p.is_file())
-    assert files == ["analysis/logit_lens.json", "config.yaml", "eval.json", "hf/config.json", "metrics.jsonl"]
+    assert files == ["analysis/logit_lens.json", "checkpoints/step_0000008/meta.json", "config.yaml", "eval.json",
+                     "hf/config.json", "metrics.jsonl"]  # fmt: skip
     moved = json.loads((copy / "analysis" / "logit_lens.json").read_text())["models"][0]
     assert moved["run_dir"] == str(copy)  # cod-report gives the analysed model to the copy, not to the original
