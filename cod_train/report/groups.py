@@ -18,6 +18,16 @@ from cod_train.report import stats
 from cod_train.report.runs import RunData
 
 
+def human(n: float | None, digits: int = 1) -> str:
+    """A count with a unit: 4.5M, 44.44B, 1.2T (—: unknown)."""
+    if n is None:
+        return "—"
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.{digits}f}{unit}"
+    return f"{n:.0f}"
+
+
 @dataclass(frozen=True)
 class Metric:
     key: str  # a key of render.summary_rows' rows

@@ -21,7 +21,7 @@ from typing import Any
 from cod_train.eval.depth_registry import DIAGNOSTICS
 from cod_train.eval.depth_summary import PRUNE_THRESHOLD_PCT, depth_summary
 from cod_train.report import plots
-from cod_train.report.groups import group_runs, has_seeds
+from cod_train.report.groups import group_runs, has_seeds, human
 from cod_train.report.render_groups import groups_section
 from cod_train.report.runs import RunData
 
@@ -29,15 +29,6 @@ DASH = "—"
 ANALYSIS_SECTIONS = tuple((d.file, d.title, d.about) for d in DIAGNOSTICS)  # (file stem, heading, caption)
 NOISE_CURVES = (("layer_pruning", "delta_ppl_pct", "pruning cost (%)"), ("block_influence", "bi", "Block Influence"),
                 ("logit_lens", "kl", "logit-lens KL"))  # fmt: skip
-
-
-def human(n: float | None, digits: int = 1) -> str:
-    if n is None:
-        return DASH
-    for unit, scale in (("P", 1e15), ("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.{digits}f}{unit}"
-    return f"{n:.0f}"
 
 
 def _num(value: float | None, fmt: str = ".2f") -> str:

@@ -16,6 +16,7 @@ from cod_train.report.groups import (
     compute_tiers,
     curve_band,
     group_summary,
+    human,
     loss_band,
     pair_tests,
 )
@@ -44,8 +45,6 @@ def cell(found: dict[str, Any] | None, fmt: str) -> str:
 
 
 def _human(n: float | None, digits: int = 2) -> str:
-    from cod_train.report.render import human
-
     return human(n, digits)
 
 
