@@ -74,10 +74,18 @@ def table(rows: dict[str, dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", type=Path, help="JSON file of the rows planned so far")
+    parser.add_argument("--cache", type=Path, help="JSON file of the rows planned so far (new rows are added)")
+    parser.add_argument("--also", type=Path, nargs="*", default=[], help="more such files, read only")
+    parser.add_argument("--only", nargs="*", help="plan these presets only (README.md is rewritten when every row "
+                                                  "is known)")
     args = parser.parse_args()
-    rows: dict[str, dict] = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
+    rows: dict[str, dict] = {}
+    for path in [*args.also, args.cache]:
+        if path and path.is_file():
+            rows.update(json.loads(path.read_text()))
     for preset in presets():
+        if args.only and preset not in args.only:
+            continue
         for scheme, scheme_args in schemes().items():
             for engine, engine_args in ENGINES.items():
                 for world in WORLDS:
@@ -87,6 +95,11 @@ def main() -> None:
                         print(key, json.dumps(rows[key]), file=sys.stderr, flush=True)
                         if args.cache:
                             args.cache.write_text(json.dumps(rows, indent=1))
+    wanted = [f"{p}|{s}|{e}|{w}" for p in presets() for s in schemes() for e in ENGINES for w in WORLDS]
+    if any(key not in rows for key in wanted):
+        print("not every row is planned yet: README.md left as it is", file=sys.stderr)
+        return
+    rows = {key: rows[key] for key in wanted}
     readme = ROOT / "README.md"
     text = readme.read_text()
     if START not in text or END not in text:
