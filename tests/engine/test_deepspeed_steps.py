@@ -71,5 +71,9 @@ def test_zero3_checkpoint_gathers_one_module_at_a_time(tmp_path):
     ckpt = "checkpoints/step_0000003/model.safetensors"
     got, want = load_file(str(tmp_path / "z3" / ckpt)), load_file(str(tmp_path / "single" / ckpt))
     assert list(got) == list(want) or set(got) == set(want)
+    # Adam's first steps move a weight by about lr * g / (|g| + eps): where g is near 0, the order in which the two
+    # ranks' gradients are summed changes that step by up to a few percent of lr (seen: 1 weight in 8192 off by
+    # 0.6% of lr); a wrong gather would be off by whole steps.
+    lr = tiny_config().train.lr
     for key, tensor in want.items():
-        torch.testing.assert_close(got[key], tensor, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[key], tensor, rtol=1e-4, atol=0.02 * lr)

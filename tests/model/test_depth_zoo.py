@@ -77,7 +77,10 @@ def valid(norm_type: str, **axes) -> bool:
     return True
 
 
-NORM_TYPES, NORM_FNS = zoo.placement_names(), zoo.NORM_FNS
+# every placement whose layers are norms around the standard sub-layers (nGPT's normalized update has its own
+# reference: tests/model/test_ngpt.py)
+NORM_TYPES = tuple(n for n in zoo.placement_names() if n != "ngpt")
+NORM_FNS = zoo.NORM_FNS
 # every residual but plain; hyper-connections (their n streams) are checked in test_hyper_connections.py
 # and the schemes whose layers read the history of outputs (AttnRes: tests/model/test_attn_res.py)
 RESIDUALS = tuple(r for r in zoo.residual_names()
