@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--also", type=Path, nargs="*", default=[], help="more such files, read only")
     parser.add_argument("--only", nargs="*", help="plan these presets only (README.md is rewritten when every row "
                                                   "is known)")
+    parser.add_argument("--schemes", nargs="*", help="plan these schemes only")
     args = parser.parse_args()
     rows: dict[str, dict] = {}
     for path in [*args.also, args.cache]:
@@ -87,6 +88,8 @@ def main() -> None:
         if args.only and preset not in args.only:
             continue
         for scheme, scheme_args in schemes().items():
+            if args.schemes and scheme not in args.schemes:
+                continue
             for engine, engine_args in ENGINES.items():
                 for world in WORLDS:
                     key = f"{preset}|{scheme}|{engine}|{world}"
