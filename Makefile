@@ -15,10 +15,10 @@ EXTRAS := --extra dev --extra slurm --extra deepspeed --extra llamacpp
 STAMP := $(VENV)/.cod-train-installed
 LATEST_VENV ?= .venv-latest
 ARGS ?=
-# pytest-xdist workers (`auto`: one per core; PYTEST_WORKERS=0: all in this process). loadfile: a test file runs on
-# one worker, so its module-scoped fixtures (trained runs, exports) are built once, not once per worker.
+# pytest-xdist workers (`auto`: one per core; PYTEST_WORKERS=0: all in this process). loadgroup: a test file runs on
+# one worker (its module-scoped fixtures are built once), except the few in tests/conftest.py's SPREAD.
 PYTEST_WORKERS ?= auto
-PYTEST_OPTS = -q -n $(PYTEST_WORKERS) --dist loadfile
+PYTEST_OPTS = -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 .PHONY: install train test test-fast lint lock test-latest versions data bench study study-report clean-venv
 

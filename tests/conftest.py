@@ -20,3 +20,17 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# Test files whose tests are spread over the xdist workers one by one (`make test`: --dist loadgroup); every other
+# file runs whole on one worker, so its module-scoped fixtures (trained runs, exports) are built once. These files
+# hold the longest multi-process tests, which would otherwise queue up behind each other on one worker.
+SPREAD = ("tests/engine/test_engines.py", "tests/runs/test_disk_full.py", "tests/runs/test_plan.py",
+          "tests/engine/test_deepspeed_steps.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if path not in SPREAD:
+            item.add_marker(pytest.mark.xdist_group(path))
