@@ -262,7 +262,8 @@ def write_report(plan: Plan, out: Path, report: Path, state: dict) -> None:
     elif not (report / "runs").is_dir():
         sys.exit(f"error: neither the runs ({out}) nor their copy ({report / 'runs'}) exist: run the study first")
     title = f"cod-train depth-zoo study ({plan.about}): {MODEL}, {plan.steps} steps x {plan.batch} x {plan.seq_len} tokens"
-    code = subprocess.call([str(BIN / "cod-report"), f"runs=[{report / 'runs'}]", f"out={report}", f"title='{title}'",
+    runs, out_dir = _repo_relative(report / "runs"), _repo_relative(report)  # relative paths in the committed report
+    code = subprocess.call([str(BIN / "cod-report"), f"runs=[{runs}]", f"out={out_dir}", f"title='{title}'",
                             "order=flops", "figures_per=scheme"], cwd=REPO)  # fmt: skip
     if code:
         sys.exit(f"error: cod-report failed (exit {code})")

@@ -205,9 +205,9 @@ def loss_band(group: Group, kind: str) -> dict[str, Any] | None:
     steps = sorted(set.intersection(*(set(p) for p in per_run)))
     if not steps:
         return None
-    first = per_run[0]
-    use_tokens = all(first[s].get("tokens") is not None for s in steps)
-    out: dict[str, Any] = {"x": [first[s]["tokens"] if use_tokens else s for s in steps], "tokens": use_tokens,
+    tokens = [per_run[0][s].get("tokens") or _tokens_at(group.complete[0][0], s) for s in steps]
+    use_tokens = None not in tokens
+    out: dict[str, Any] = {"x": tokens if use_tokens else steps, "tokens": use_tokens,
                            "mean": [], "lo": [], "hi": [], "n": len(per_run)}  # fmt: skip
     for step in steps:
         found = stats.t_interval([float(p[step][key]) for p in per_run])
@@ -215,6 +215,16 @@ def loss_band(group: Group, kind: str) -> dict[str, Any] | None:
         out["lo"].append(found.lo)
         out["hi"].append(found.hi)
     return out
+
+
+def _tokens_at(run: RunData, step: int) -> int | None:
+    """Tokens seen by ``step`` (eval rows name the step only): the train row of that step, else the last train
+    row's tokens per step x step (a constant batch)."""
+    rows = [r for r in run.train if r.get("tokens") is not None and r.get("step")]
+    exact = [r["tokens"] for r in rows if r["step"] == step]
+    if exact:
+        return int(exact[0])
+    return round(rows[-1]["tokens"] / rows[-1]["step"] * step) if rows else None
 
 
 def group_summary(group: Group) -> dict[str, Any]:

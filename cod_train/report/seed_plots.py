@@ -87,6 +87,7 @@ def plot_seed_loss(entries: Sequence[dict[str, Any]], path: Path, title: str) ->
     if not usable:
         return None
     fig, axes = plots._figure(1, 2, (6.4, 4.3))
+    smoothed = False
     for idx, entry in enumerate(usable):
         style = scheme_style(idx, len(usable))
         for ax, kind in zip(axes[0], ("train", "eval"), strict=True):
@@ -96,9 +97,10 @@ def plot_seed_loss(entries: Sequence[dict[str, Any]], path: Path, title: str) ->
             if kind == "train" and len(band["mean"]) > 20:  # per-step losses are noisy: smooth the band with them
                 alpha = min(1.0, 10.0 / len(band["mean"]))
                 band = {**band, **{k: plots._ema(_nan(band[k]), alpha) for k in ("mean", "lo", "hi")}}
+                smoothed = True
             _band(ax, band["x"], band, style, entry["label"], markers=kind == "eval")
-    for ax, kind, what in zip(axes[0], ("train", "eval"), ("Training loss (moving average)", "Held-out loss"),
-                              strict=True):  # fmt: skip
+    train_title = "Training loss" + (" (moving average)" if smoothed else "")
+    for ax, kind, what in zip(axes[0], ("train", "eval"), (train_title, "Held-out loss"), strict=True):
         tokens = all(e[kind]["tokens"] for e in usable if e.get(kind))
         plots._finish(ax, xlabel="tokens seen" if tokens else "training step", ylabel="loss (nats / token)",
                       title=what + SEED_BAND_NOTE, values=[], log_y=False)  # fmt: skip
