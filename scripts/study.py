@@ -86,7 +86,7 @@ PLANS = {
                  downstream=("arc_easy", "piqa"), downstream_limit=100, lr_grid=(1e-3, 2e-3, 4e-3), deep_layers=24,
                  about="full plan"),  # fmt: skip
     # The pipeline check: 4 schemes x 3 seeds, 8 steps of 4 x 64 tokens, no tuning (the old study's 2e-3), the
-    # four diagnostics drawn over seeds (the first run, pre_ln seed 1, was analysed with all eight).
+    # four diagnostics drawn over seeds.
     "reduced": Plan(steps=8, batch=4, seq_len=64, seeds=(1, 2, 3), eval_tokens=4096, analyze_tokens=2048,
                     downstream=("arc_easy",), downstream_limit=10, lr_grid=(2e-3,), deep_layers=None, saves=2,
                     diagnostics=("variance", "pruning", "block_influence", "logit_lens"),  # the curves over seeds
