@@ -20,9 +20,9 @@ from cod_train.eval.depth_analyses import (
 from cod_train.eval.depth_progress import ratio_spread
 from cod_train.eval.depth_summary import settling_layer
 from cod_train.eval.diagnostics import layer_pruning, run_diagnostics
-from tests.helpers.hand import hand_layers
 from tests.eval.test_diagnostics import LAYERS, VOCAB, make_batches, tiny_config, tiny_llama
 from tests.eval.test_diagnostics_cod import NORM_TYPES, tiny_cod
+from tests.helpers.hand import hand_layers
 
 
 def attn_by_hand(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
