@@ -122,27 +122,34 @@ def largest_fitting(cfg: PretrainConfig, world_size: int, vocab: int, known: Ste
     """The largest micro-batch (a divisor of the rank's share of the global batch) whose planned peak fits, and
     that peak; (0, None) when not even 1 fits.
 
-    The peak grows about linearly with the micro-batch (activations): the known plan and one more point (the
-    whole share when the known one fits, else 1) give a line; the largest divisor under it is planned and, while
-    it does not fit, the next smaller one."""
+    The peak grows with the micro-batch, about linearly (activations): the known plan and one more point (the
+    whole share when the known one fits, else 1) give a line; the largest divisor under it is planned, then the
+    larger divisors while they fit, or the smaller ones until one fits."""
     share = cfg.train.global_batch_size // world_size
     sizes = [m for m in range(1, share + 1) if share % m == 0]
     limit = capacity_gb * GIB
     points = {known.micro_batch: known.memory.peak}
+
+    def peak(m: int) -> int:
+        if m not in points:
+            points[m] = plan_micro_batch(cfg, world_size, m, vocab).memory.peak
+        return points[m]
+
     other = sizes[-1] if known.memory.peak <= limit else 1
-    if other not in points:
-        points[other] = plan_micro_batch(cfg, world_size, other, vocab).memory.peak
-    whole = points.get(sizes[-1])
-    if whole is not None and whole <= limit:
-        return sizes[-1], whole
+    peak(other)
     (m0, p0), (m1, p1) = sorted(points.items())[0], sorted(points.items())[-1]
     slope = (p1 - p0) / (m1 - m0) if m1 != m0 else 0.0
-    guess = [m for m in sizes if p0 + slope * (m - m0) <= limit] or [sizes[0]]
-    for m in sorted({m for m in sizes if m <= guess[-1]}, reverse=True):
-        peak = points[m] if m in points else plan_micro_batch(cfg, world_size, m, vocab).memory.peak
-        points[m] = peak
-        if peak <= limit:
-            return m, peak
+    guess = ([m for m in sizes if p0 + slope * (m - m0) <= limit] or [sizes[0]])[-1]
+    if peak(guess) <= limit:
+        best = guess
+        for m in (m for m in sizes if m > guess):
+            if peak(m) > limit:
+                break
+            best = m
+        return best, points[best]
+    for m in sorted((m for m in sizes if m < guess), reverse=True):
+        if peak(m) <= limit:
+            return m, points[m]
     return 0, None
 
 

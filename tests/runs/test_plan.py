@@ -176,3 +176,20 @@ def test_pretrain_check_on_a_gpu_warns_with_the_plans_numbers(monkeypatch, caplo
     peak = make_plan(cfg, 1, search=False).step.memory.peak / 2**30
     usable = int(gib * 2**30) / 2**30
     assert f"peak {peak:.1f} GiB per GPU of {usable:.1f} GiB usable" in warnings[0]
+
+
+@pytest.mark.parametrize("limit,want", [(35, 32), (100, 64), (10.5, 4), (10.0, 0)])
+def test_largest_micro_batch_search_walks_past_the_line(monkeypatch, limit, want):
+    """A peak that grows faster than linearly (10 + m^2 / 50 GiB): the line through m=4 and m=64 says 16 is the
+    largest under 35 GiB, the search still finds 32 (30.5 GiB); 64 fits 100 GiB; only 4 fits 10.5; nothing fits 10."""
+    import types
+
+    from cod_train.runs import plan
+
+    def fake_plan(cfg, world, m, vocab):
+        return types.SimpleNamespace(micro_batch=m, memory=types.SimpleNamespace(peak=(10 + m * m / 50) * 2**30))
+
+    monkeypatch.setattr(plan, "plan_micro_batch", fake_plan)
+    cfg = plan_config("tiny", "fsdp", "train.global_batch_size=512")
+    best, peak = plan.largest_fitting(cfg, 8, 8192, fake_plan(cfg, 8, 4, 8192), limit)
+    assert best == want and (peak is None if want == 0 else peak == (10 + want * want / 50) * 2**30)
