@@ -13,6 +13,7 @@ import torch
 
 from cod_train.cli import analyze, export, pretrain, report
 from cod_train.eval.depth_registry import DIAG_FILES, NAMES
+from cod_train.model import zoo
 from tests.export.conftest import load_isolated, rel_diff
 from tests.helpers.cli import run_command, tiny_args
 
@@ -43,6 +44,9 @@ def runs(tmp_path_factory) -> Path:
         _run(export, "cod-export", f"checkpoint={root / 'straight'}", f"out={root / 'remote'}", "format=remote_code")
         _run(report, "cod-report", f"runs=[{root / 'straight'}]", f"run_dir={root / 'report'}")
     yield root
+    zoo.PLACEMENTS.pop("toy_parallel", None)  # the other tests of this process see cod_train's schemes only
+    zoo.RESIDUALS.pop("toy_gate", None)
+    zoo._loaded.discard(PLUGIN)
 
 
 @pytest.mark.slow
