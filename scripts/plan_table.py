@@ -72,6 +72,9 @@ def table(rows: dict[str, dict]) -> str:
         largest = f"{r['largest']} ({r['largest_peak_gb']:.1f})" if r["largest"] else "none"
         lines.append(f"| {preset} | {scheme} | {engine} | {world} x 80 GB | {r['micro_batch']}: {r['peak_gb']:.1f}"
                      f"{fit} | {largest} | {r['step_s']:.2f} |")
+    if any(not r for r in rows.values()):
+        lines += ["", "Rows marked *not planned yet* were not planned when this table was written (`--partial`); "
+                      "`python scripts/plan_table.py` plans them."]
     return "\n".join([*lines, "", END])
 
 
