@@ -9,18 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from cod_train.cli import analyze, pretrain, report
 from cod_train.eval.depth_registry import DIAG_FILES, NAMES
-from tests.helpers.cli import run_command, tiny_args
+from tests.helpers.cli import scheme_lifecycle
 
 SCHEME = ["model.residual=denseformer", "model.denseformer_dilation=2", "model.value_residual=true",
           "train.eval_every=0", "train.ckpt_every=2", "train.keep_last=0", "train.diag_every=2"]
 LABEL = "pre_ln+denseformer2x1+vres"
 pytestmark = pytest.mark.slow
 
-
-def _run(module, name: str, *args: str) -> None:
-    assert run_command(module.main, name, *args) == 0, f"{name} {args} failed"
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -30,12 +26,7 @@ def _rows(run_dir: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("denseformer")
-    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=4"), f"run_dir={root / 'straight'}")
-    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=2"), f"run_dir={root / 'resumed'}")
-    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=4"), f"run_dir={root / 'resumed'}")
-    _run(analyze, "cod-analyze", f"checkpoint={root / 'straight'}", f"run_dir={root / 'straight'}",
-         "analyze.eval_tokens=256", "analyze.seq_len=32", "analyze.progress=false")
-    _run(report, "cod-report", f"runs=[{root / 'straight'}]", f"run_dir={root / 'report'}")
+    scheme_lifecycle(root, *SCHEME)
     return root
 
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cod_train.cli import analyze, pretrain, report
 from cod_train.eval.depth_registry import DIAG_FILES, NAMES
-from tests.helpers.cli import run_command, tiny_args
+from tests.helpers.cli import scheme_lifecycle
 from tests.helpers.run_dirs import losses
 
 SCHEME = ["model.norm_type=ngpt", "train.warmup_steps=0", "train.min_lr_ratio=1.0",  # lr independent of max_steps
@@ -21,19 +20,11 @@ SCHEME = ["model.norm_type=ngpt", "train.warmup_steps=0", "train.min_lr_ratio=1.
 pytestmark = pytest.mark.slow
 
 
-def _run(module, name: str, *args: str) -> None:
-    assert run_command(module.main, name, *args) == 0, f"{name} {args} failed"
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ngpt")
-    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=4"), f"run_dir={root / 'straight'}")
-    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=2"), f"run_dir={root / 'resumed'}")
-    _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=4"), f"run_dir={root / 'resumed'}")
-    _run(analyze, "cod-analyze", f"checkpoint={root / 'straight'}", f"run_dir={root / 'straight'}",
-         "analyze.eval_tokens=256", "analyze.seq_len=32", "analyze.progress=false")
-    _run(report, "cod-report", f"runs=[{root / 'straight'}]", f"run_dir={root / 'report'}")
+    scheme_lifecycle(root, *SCHEME)
     return root
 
 

@@ -11,19 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cod_train.cli import analyze, export, pretrain, report
 from cod_train.eval.depth_registry import DIAG_FILES, NAMES
 from cod_train.model import zoo
 from tests.export.conftest import load_isolated, rel_diff
-from tests.helpers.cli import run_command, tiny_args
+from tests.helpers.cli import scheme_lifecycle
 
 PLUGIN = "tests.helpers.toy_schemes"
 SCHEME = ["model.norm_type=toy_parallel", "model.residual=toy_gate", "train.eval_every=0", "train.ckpt_every=2",
           "train.keep_last=0", "train.diag_every=2", "model.initializer_range=0.2"]
 
-
-def _run(module, name: str, *args: str) -> None:
-    assert run_command(module.main, name, *args) == 0, f"{name} {args} failed"
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -36,13 +32,7 @@ def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("plugin")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("COD_TRAIN_PLUGINS", PLUGIN)
-        _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=4"), f"run_dir={root / 'straight'}")
-        _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=2"), f"run_dir={root / 'resumed'}")
-        _run(pretrain, "cod-pretrain", *tiny_args(*SCHEME, "train.max_steps=4"), f"run_dir={root / 'resumed'}")
-        _run(analyze, "cod-analyze", f"checkpoint={root / 'straight'}", f"run_dir={root / 'straight'}",
-             "analyze.eval_tokens=256", "analyze.seq_len=32", "analyze.progress=false")
-        _run(export, "cod-export", f"checkpoint={root / 'straight'}", f"out={root / 'remote'}", "format=remote_code")
-        _run(report, "cod-report", f"runs=[{root / 'straight'}]", f"run_dir={root / 'report'}")
+        scheme_lifecycle(root, *SCHEME, export_format="remote_code")
     yield root
     zoo.PLACEMENTS.pop("toy_parallel", None)  # the other tests of this process see cod_train's schemes only
     zoo.RESIDUALS.pop("toy_gate", None)
@@ -76,16 +66,16 @@ def test_every_diagnostic_runs_on_the_plugin_scheme(runs: Path) -> None:
 @pytest.mark.slow
 def test_the_remote_code_export_loads_without_cod_train(runs: Path, tmp_path: Path) -> None:
     ids = torch.tensor([[5, 17, 3, 44, 9, 81, 23, 60], [70, 1, 33, 8, 52, 19, 4, 90]])
-    source = (runs / "remote" / "modeling_cod_llama.py").read_text()
+    source = (runs / "export" / "modeling_cod_llama.py").read_text()
     assert "class ToyGateResidual" in source and "class ToyParallel" in source
-    result = load_isolated([{"dir": str(runs / "remote"), "ids": ids, "new": 4}], tmp_path)["jobs"][0]
+    result = load_isolated([{"dir": str(runs / "export"), "ids": ids, "new": 4}], tmp_path)["jobs"][0]
     assert "error" not in result, result.get("error")
     from transformers import AutoModelForCausalLM
 
     from cod_train.model import register
 
     register()
-    mine = AutoModelForCausalLM.from_pretrained(runs / "remote", dtype=torch.float32).eval()
+    mine = AutoModelForCausalLM.from_pretrained(runs / "export", dtype=torch.float32).eval()
     with torch.no_grad():
         want = mine(input_ids=ids).logits
     assert rel_diff(result["logits"], want) <= 1e-6

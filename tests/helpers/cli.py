@@ -53,3 +53,23 @@ FAULT_RUN = tiny_args("train.max_steps=8", "train.ckpt_every=3", "train.keep_las
                       eval_tokens=256)
 # the export tests' runs: 3 steps, checkpoints at steps 2 and 3, the end-of-run export in run/hf
 EXPORT_RUN = tiny_args("train.max_steps=3", "train.ckpt_every=2", eval_tokens=256)
+
+
+def scheme_lifecycle(root, *scheme: str, export_format: str | None = None) -> None:
+    """A scheme through every command, in ``root``: ``straight`` (4 steps of cod-pretrain ``scheme``), ``resumed``
+    (2 steps, then resumed to 4), cod-analyze of ``straight`` (every diagnostic) and cod-report of it in
+    ``report``; with ``export_format``, cod-export of ``straight`` to ``export``."""
+    from cod_train.cli import analyze, export, pretrain, report
+
+    def run(main: Callable[[], object], name: str, *args: str) -> None:
+        assert run_command(main, name, *args) == 0, f"{name} {args} failed"
+
+    run(pretrain.main, "cod-pretrain", *tiny_args(*scheme, "train.max_steps=4"), f"run_dir={root / 'straight'}")
+    run(pretrain.main, "cod-pretrain", *tiny_args(*scheme, "train.max_steps=2"), f"run_dir={root / 'resumed'}")
+    run(pretrain.main, "cod-pretrain", *tiny_args(*scheme, "train.max_steps=4"), f"run_dir={root / 'resumed'}")
+    run(analyze.main, "cod-analyze", f"checkpoint={root / 'straight'}", f"run_dir={root / 'straight'}",
+        "analyze.eval_tokens=256", "analyze.seq_len=32", "analyze.progress=false")
+    if export_format:
+        run(export.main, "cod-export", f"checkpoint={root / 'straight'}", f"out={root / 'export'}",
+            f"format={export_format}")
+    run(report.main, "cod-report", f"runs=[{root / 'straight'}]", f"run_dir={root / 'report'}")

@@ -12,10 +12,10 @@ import torch
 
 from cod_train.config import ConfigError, ModelConfig
 from cod_train.model import CodLlamaForCausalLM, build_model, zoo
+from tests.helpers.generate import assert_cached_generate_is_greedy
 from tests.model import zoo_reference
 from tests.model.reference import rope
 from tests.model.test_depth_zoo import kinds, perturb
-from tests.model.test_hf_compat import _left_padded_prompt, _manual_greedy
 from tests.model.zoo_reference import norm, params, qkv
 
 SHAPE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
@@ -177,11 +177,7 @@ def test_generate_with_cache_equals_manual_greedy(axes):
     model = make(**axes)
     perturb(model)
     model.eval()
-    prompt, mask = _left_padded_prompt()
-    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    cached = model.generate(prompt, **kw)
-    assert torch.equal(cached, model.generate(prompt, use_cache=False, **kw))
-    assert torch.equal(cached, _manual_greedy(model, prompt, mask, 8))
+    assert_cached_generate_is_greedy(model)
 
 
 @pytest.mark.parametrize("axes", ZOO)

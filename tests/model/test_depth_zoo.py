@@ -18,7 +18,7 @@ from transformers import (
 
 from cod_train.config import ConfigError, ModelConfig
 from cod_train.model import CodLlamaForCausalLM, build_model, zoo
-from tests.model.test_hf_compat import _left_padded_prompt, _manual_greedy
+from tests.helpers.generate import assert_cached_generate_is_greedy
 from tests.model.zoo_reference import params, zoo_reference_logits
 
 SHAPE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
@@ -233,11 +233,7 @@ def test_generate_with_cache_equals_manual_greedy(norm_type, axes):
     model = make(norm_type=norm_type, **axes)
     perturb(model)
     model.eval()
-    prompt, mask = _left_padded_prompt()
-    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    cached = model.generate(prompt, **kw)
-    assert torch.equal(cached, model.generate(prompt, use_cache=False, **kw))
-    assert torch.equal(cached, _manual_greedy(model, prompt, mask, 8))
+    assert_cached_generate_is_greedy(model)
 
 
 @pytest.mark.parametrize("norm_type,axes", ZOO)

@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaFor
 
 import cod_train  # noqa: F401  (registers cod_llama)
 from cod_train.model import CodLlamaConfig, CodLlamaForCausalLM
+from tests.helpers.generate import left_padded_prompt, manual_greedy
 from tests.helpers.models import tiny_model
 
 
@@ -46,46 +47,23 @@ ALL_NORMS = ["pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "p
 AXES = {"ngpt": {"num_key_value_heads": 4}}  # nGPT's s_qk is shared by q and k: no grouped KV heads
 
 
-def _left_padded_prompt(batch: int = 3, length: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    prompt = torch.randint(1, 96, (batch, length))
-    mask = torch.ones_like(prompt)
-    mask[1, :3] = 0
-    mask[2, :5] = 0
-    return prompt.masked_fill(mask == 0, 0), mask
-
-
-def _manual_greedy(model, prompt: torch.Tensor, mask: torch.Tensor, steps: int) -> torch.Tensor:
-    """Greedy decoding by hand: the argmax of a full forward (no cache) over the whole sequence at each step;
-    a row that emitted EOS continues with the pad token (0), as generate() does."""
-    eos = model.config.eos_token_id
-    seq, mask, done = prompt, mask, torch.zeros(len(prompt), dtype=torch.bool)
-    for _ in range(steps):
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=seq, attention_mask=mask, position_ids=positions, use_cache=False).logits
-        nxt = logits[:, -1].argmax(-1).masked_fill(done, 0)
-        done |= nxt == eos
-        seq = torch.cat([seq, nxt[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    return seq
-
-
 @pytest.mark.parametrize("norm_type", ALL_NORMS)
 def test_generate_with_cache_equals_without_and_manual_loop(norm_type):
     """Batched, left-padded greedy decoding: generate() with the KV cache == without == a hand-written loop,
     whatever name (`cache` / `past_key_values`) the installed transformers hands the cache over with."""
     model = tiny_model(norm_type=norm_type, **AXES.get(norm_type, {})).eval()
-    prompt, mask = _left_padded_prompt()
+    prompt, mask = left_padded_prompt()
     kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
     cached = model.generate(prompt, **kw)
     uncached = model.generate(prompt, use_cache=False, **kw)
     assert torch.equal(cached, uncached)
-    assert torch.equal(cached, _manual_greedy(model, prompt, mask, 10))
+    assert torch.equal(cached, manual_greedy(model, prompt, mask, 10))
 
 
 @pytest.mark.parametrize("norm_type", ALL_NORMS)
 def test_sampling_with_cache_equals_without(norm_type):
     model = tiny_model(norm_type=norm_type, **AXES.get(norm_type, {})).eval()
-    prompt, mask = _left_padded_prompt()
+    prompt, mask = left_padded_prompt()
     outs = []
     for use_cache in (True, False):
         torch.manual_seed(7)

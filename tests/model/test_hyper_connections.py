@@ -23,8 +23,8 @@ from cod_train.model.hyper_connections import (
     hyper_sublayer,
     sinkhorn,
 )
+from tests.helpers.generate import assert_cached_generate_is_greedy
 from tests.model.test_depth_zoo import perturb
-from tests.model.test_hf_compat import _left_padded_prompt, _manual_greedy
 from tests.model.zoo_reference import attention, mlp, norm, params
 
 SHAPE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
@@ -327,11 +327,7 @@ def test_generate_with_cache_equals_manual_greedy(norm_type, axes):
     model = make(norm_type=norm_type, **axes)
     perturb_hc(model)
     model.eval()
-    prompt, mask = _left_padded_prompt()
-    kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
-    cached = model.generate(prompt, **kw)
-    assert torch.equal(cached, model.generate(prompt, use_cache=False, **kw))
-    assert torch.equal(cached, _manual_greedy(model, prompt, mask, 8))
+    assert_cached_generate_is_greedy(model)
 
 
 @pytest.mark.parametrize("norm_type,axes", ZOO)
