@@ -83,7 +83,7 @@ PLANS = {
     # old study's 600 steps), 2 downstream tasks at 100 examples, 16K analysis tokens, the 24-layer runs limited
     # to five schemes, the learning rate tuned once on Pre-LN (three values) for every scheme.
     "full": Plan(steps=100, batch=8, seq_len=256, seeds=(1, 2, 3), eval_tokens=65536, analyze_tokens=16384,
-                 downstream=("arc_easy", "piqa"), downstream_limit=100, lr_grid=(1e-3, 2e-3, 4e-3), deep_layers=24,
+                 downstream=("arc_easy", "piqa"), downstream_limit=100, lr_grid=(1e-3, 2e-3, 4e-3, 8e-3), deep_layers=24,
                  about="full plan"),  # fmt: skip
     # The pipeline check: 4 schemes x 3 seeds, 8 steps of 4 x 64 tokens, no tuning (the old study's 2e-3), the
     # four diagnostics drawn over seeds.
@@ -221,6 +221,9 @@ def tuned_lr(plan: Plan, out: Path, state: dict, dry: bool) -> float:
     if not scored:
         sys.exit("error: every tuning run failed; see the logs under " + str(out / "tune" / "logs"))
     state["lr"], state["tune_losses"] = min(scored, key=lambda k: scored[k]), {str(k): v for k, v in scored.items()}
+    if state["lr"] in (min(plan.lr_grid), max(plan.lr_grid)):
+        state["lr_at_grid_edge"] = True  # the optimum may lie outside the grid: the report says so
+        print(f"warning: the tuned learning rate {state['lr']:g} is at the edge of the grid {plan.lr_grid}", flush=True)
     return float(state["lr"])
 
 
@@ -309,9 +312,14 @@ def main() -> None:
         run_study(plan, out, state, args.dry_run)
         if args.dry_run:
             return
-        out.mkdir(parents=True, exist_ok=True)
-        state_file.write_text(json.dumps(state, indent=1) + "\n")
     write_report(plan, out, report, state)
+
+
+def save_state(out: Path, state: dict) -> None:
+    """plan.json as soon as a choice is made (the learning rate, the 24-layer schemes), so a study stopped
+    mid-phase resumes with the same choices."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "plan.json").write_text(json.dumps(state, indent=1) + "\n")
 
 
 def run_study(plan: Plan, out: Path, state: dict, dry: bool) -> None:
@@ -319,6 +327,8 @@ def run_study(plan: Plan, out: Path, state: dict, dry: bool) -> None:
     names = [n for n in every if not plan.only or n in plan.only]
     state["schemes"] = {n: every[n] for n in names}
     lr = tuned_lr(plan, out, state, dry)
+    if not dry:
+        save_state(out, state)
     print(f"learning rate {lr:g}; schemes: {', '.join(names)}", flush=True)
     run_phase(plan, out, "d12", {n: every[n] for n in names}, lr, 12, dry)
     if plan.deep_layers is None:
@@ -326,6 +336,7 @@ def run_study(plan: Plan, out: Path, state: dict, dry: bool) -> None:
     deep = state.get("deep") or [*ALWAYS_DEEP, *best_others(out, names, plan.seeds)]
     if not dry and len(deep) == len(ALWAYS_DEEP) + 2:
         state["deep"] = deep  # fixed once chosen, so a resumed study keeps the same 24-layer schemes
+        save_state(out, state)
     run_phase(plan, out, f"d{plan.deep_layers}", {n: every[n] for n in deep if n in every}, lr, plan.deep_layers, dry)
 
 

@@ -127,3 +127,39 @@ def test_the_reports_copy_holds_no_weights(study, tmp_path):
                      "hf/config.json", "metrics.jsonl"]  # fmt: skip
     moved = json.loads((copy / "analysis" / "logit_lens.json").read_text())["models"][0]
     assert moved["run_dir"] == str(copy)  # cod-report gives the analysed model to the copy, not to the original
+
+
+class FakeTuning(FakeCommands):
+    """Tuning runs whose final held-out loss is ``losses[lr]``; the study is stopped (Ctrl-C) at its first
+    evaluation, i.e. in the first 12-layer run after tuning."""
+
+    def __init__(self, losses: dict[float, float]) -> None:
+        super().__init__()
+        self.losses = losses
+
+    def __call__(self, args: list[str], log: Path) -> int:
+        if Path(args[0]).name == "cod-eval":
+            raise KeyboardInterrupt
+        code = super().__call__(args, log)
+        run = Path(next(a.split("=", 1)[1] for a in args if a.startswith("run_dir=")))
+        lr = float(next(a.split("=", 1)[1] for a in args if a.startswith("train.lr=")))
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 100, "eval_loss": self.losses[lr]}) + "\n")
+        return code
+
+
+@pytest.mark.parametrize(("losses", "edge"), [({1e-3: 7.4, 2e-3: 7.3, 4e-3: 7.35}, False),
+                                              ({1e-3: 7.4, 2e-3: 7.35, 4e-3: 7.3}, True)])  # fmt: skip
+def test_the_tuned_learning_rate_is_kept_before_the_study_goes_on(study, tmp_path, monkeypatch, losses, edge):
+    """The lowest held-out loss picks the learning rate, written to plan.json before the first 12-layer run (a
+    study stopped there resumes with it, without re-reading the tuning runs); a pick at the grid's edge is
+    flagged."""
+    plan = study.Plan(steps=4, batch=2, seq_len=16, seeds=(1,), eval_tokens=64, analyze_tokens=32,
+                      downstream=("arc_easy",), downstream_limit=2, lr_grid=tuple(losses), deep_layers=None,
+                      only=("pre_ln",))  # fmt: skip
+    monkeypatch.setattr(study, "_call", FakeTuning(losses))
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(plan, tmp_path, {}, dry=False)
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    best = min(losses, key=lambda lr: losses[lr])
+    assert saved["lr"] == best and saved["tune_losses"] == {str(k): v for k, v in losses.items()}
+    assert saved.get("lr_at_grid_edge", False) is edge
