@@ -29,7 +29,9 @@ def preflight(cfg: SFTConfig) -> tuple[ResolvedRun, Any, list]:
 
     source = resolve_checkpoint(cfg.checkpoint)
     cfg.run_dir = cfg.run_dir or default_run_dir(cfg.checkpoint, source.run_dir)
-    resolve_max_length(cfg, source)
+    model_config = checkpoint_config(source)
+    resolve_max_length(cfg, model_config)
+    check_scheme_rules(cfg, model_config)
     examples = load_examples(cfg.sft)
     run_dir, resume_from = prepare_run_dir(cfg)
     return ResolvedRun(freeze(cfg), run_dir, resume_from), source, examples
@@ -50,6 +52,8 @@ def run_sft(run: ResolvedRun, env: Any, source: Any, examples: list) -> Any:
     data = build_sft_data(cfg.sft, tokenizer, cfg.seed, examples=examples)
     model = load_model(source)
     check_vocab(model, tokenizer, cfg.checkpoint)
+    scheme = placement_of(model.config)
+    callbacks = scheme.callbacks(model.config) if scheme else []  # nGPT renormalizes its weights after each step
     if env.is_main:
         write_config(cfg, run.run_dir)
         log.info("cod-sft: %s (%s) -> %s", cfg.checkpoint, source.kind, run.run_dir)
@@ -62,7 +66,7 @@ def run_sft(run: ResolvedRun, env: Any, source: Any, examples: list) -> Any:
 
     # cast: run_dir is typed str | None, but preflight() has set it
     return train(cast("RunConfig", cfg), model, batches, env=env, eval_data=eval_data if data.eval else None,
-                 tokenizer=tokenizer)
+                 tokenizer=tokenizer, callbacks=callbacks)
 
 
 def sft(cfg: SFTConfig) -> int:
@@ -73,10 +77,11 @@ def sft(cfg: SFTConfig) -> int:
     return run_training(run, lambda run, env: run_sft(run, env, source, examples))
 
 
-def resolve_max_length(cfg: SFTConfig, source: Any) -> None:
+def resolve_max_length(cfg: SFTConfig, model_config: Any) -> None:
     """``sft.max_length``: unset, the model's max_position_embeddings (at most MAX_LENGTH_CAP); set, at most
     that, since longer rows would train on positions the model never saw (refused up front)."""
-    positions = model_positions(source)
+    positions = getattr(model_config, "max_position_embeddings", None)
+    positions = positions if isinstance(positions, int) else None
     if cfg.sft.max_length is None:
         cfg.sft.max_length = min(positions or MAX_LENGTH_CAP, MAX_LENGTH_CAP)
         log.info("sft.max_length=%d (the model's max_position_embeddings: %s)", cfg.sft.max_length, positions)
@@ -85,8 +90,26 @@ def resolve_max_length(cfg: SFTConfig, source: Any) -> None:
                           f"{positions}; set sft.max_length={positions} or less, or leave it unset")
 
 
-def model_positions(source: Any) -> int | None:
-    """The ``max_position_embeddings`` of the model's config (read, not the model), None where it has none."""
+def placement_of(model_config: Any) -> Any:
+    """The cod_train placement scheme of a cod_llama checkpoint's config; None for any other model."""
+    if getattr(model_config, "model_type", None) != "cod_llama":
+        return None
+    from cod_train.model import zoo
+
+    return zoo.placement(str(model_config.norm_type))
+
+
+def check_scheme_rules(cfg: SFTConfig, model_config: Any) -> None:
+    """The checkpoint's scheme's own rules on training (nGPT: no weight decay, no warm-up, no DeepSpeed), the
+    same ones cod-pretrain applies: fine-tuning must not break what the scheme relies on."""
+    scheme = placement_of(model_config)
+    problems = scheme.run_problems(cfg) if scheme else []
+    if problems:
+        raise ConfigError(f"checkpoint={cfg.checkpoint!r} is a norm_type={scheme.name} model: " + "; ".join(problems))
+
+
+def checkpoint_config(source: Any) -> Any:
+    """The model's config (config.json, read: the model is not loaded)."""
     from transformers import AutoConfig
 
     from cod_train.model.build import register
@@ -96,13 +119,10 @@ def model_positions(source: Any) -> int | None:
     from cod_train.runs.models import HUB_MODEL_HINT
 
     if source.kind == "hub":
-        config = hub.cached_or_hub(AutoConfig.from_pretrained, source.path, f"checkpoint={source.spec!r}",
-                                   HUB_MODEL_HINT)
-    else:
-        try:
-            config = AutoConfig.from_pretrained(source.path)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"checkpoint={source.spec!r}: its config.json cannot be read: "
-                              f"{str(err).splitlines()[0]}") from None
-    positions = getattr(config, "max_position_embeddings", None)
-    return positions if isinstance(positions, int) else None
+        return hub.cached_or_hub(AutoConfig.from_pretrained, source.path, f"checkpoint={source.spec!r}",
+                                 HUB_MODEL_HINT)
+    try:
+        return AutoConfig.from_pretrained(source.path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"checkpoint={source.spec!r}: its config.json cannot be read: "
+                          f"{str(err).splitlines()[0]}") from None
