@@ -297,6 +297,9 @@ class Residual(Scheme):
     multi_stream: ClassVar[bool] = False  # the stream between layers is n streams [.., n, d], not one [.., d]
     layer_reads_history: ClassVar[bool] = False  # a layer reads earlier layers' outputs, not only the stream
     scalar_params: ClassVar[tuple[str, ...]] = ()  # its learned scalars by name inside a layer (diagnostics)
+    # cod-analyze's figures of its `analyses`: PNG stem -> "module:function", drawn by `function(entries, path)`
+    # (None when no entry has what it draws); named, not imported: the report layer sits above the model
+    figures: ClassVar[dict[str, str]] = {}
 
     def label(self, axes: Any) -> str:
         return "" if self.name == "plain" else self.name

@@ -293,12 +293,7 @@ def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]
         png = getattr(plots, diag.plot)(entries, base.with_suffix(".png")) if diag.plot else None
         if png is not None:
             written.append(png)
-    hyper = plots.plot_hyper_connections([next(iter(m.values())) for m in per_model if m],
-                                         out_dir / "analysis" / "hyper_connections.png")  # residual=hc | mhc only
-    written += [hyper] if hyper is not None else []
-    depth_attention = plots.plot_depth_attention([next(iter(m.values())) for m in per_model if m],
-                                                 out_dir / "analysis" / "attention_residuals.png")  # attnres only
-    written += [depth_attention] if depth_attention is not None else []
+    written += scheme_figures([next(iter(m.values())) for m in per_model if m], out_dir / "analysis")
     summaries = [
         {**_identity(m), **depth_summary(m.get("pruning"), m.get("logit_lens"))}
         for m in per_model
@@ -307,6 +302,22 @@ def write_outputs(out_dir: Path, per_model: list[dict[str, dict]]) -> list[Path]
     if summaries:
         path = out_dir / "analysis" / f"{SUMMARY_FILE}.json"
         written.append(atomic_write_json(path, {"diagnostic": SUMMARY_FILE, "models": summaries}))
+    return written
+
+
+def scheme_figures(entries: list[dict], out_dir: Path) -> list[Path]:
+    """The residual schemes' own figures (`Residual.figures`: hyper-connections' maps, AttnRes's depth
+    attention), each drawn from the entries that carry what it shows."""
+    import importlib
+
+    from cod_train.model import zoo
+
+    figures = {stem: ref for name in zoo.residual_names() for stem, ref in zoo.residual(name).figures.items()}
+    written = []
+    for stem, ref in sorted(figures.items()):
+        module, function = ref.split(":")
+        png = getattr(importlib.import_module(module), function)(entries, out_dir / f"{stem}.png")
+        written += [png] if png is not None else []
     return written
 
 

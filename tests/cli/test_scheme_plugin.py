@@ -61,6 +61,8 @@ def test_every_diagnostic_runs_on_the_plugin_scheme(runs: Path) -> None:
             assert (runs / "straight" / "analysis" / f"{stem}.png").is_file(), name
     variance = json.loads((runs / "straight" / "analysis" / f"{DIAG_FILES['variance']}.json").read_text())
     assert len(variance["models"][0]["learned_scalars"]["toy_gate"]) == 2
+    figure = runs / "straight" / "analysis" / "toy_gates.png"  # the plugin's own figure (`Residual.figures`)
+    assert figure.read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ trains, resumes, analyzes, exports and reports them with no edit to cod_train.
 - ``toy_parallel``: the parallel block (GPT-J, PaLM): attention and MLP read the same normalized input,
   y = x (+) Attn(N1(x)) (+) MLP(N2(x)).
 - ``toy_gate``: x (+) f = x + 2 sigmoid(g) f with one learnable gate g per layer and branch (`toy_gate`, a module
-  of its own with its own `reset_parameters`), init 0 (so the plain sum at init).
+  of its own with its own `reset_parameters`), init 0 (so the plain sum at init); cod-analyze draws its gates
+  (`figures`: analysis/toy_gates.png, by :func:`plot_gates`).
 """
 
 from __future__ import annotations
@@ -50,9 +51,31 @@ class ToyGateResidual(Residual):
     summary = "a learned sigmoid gate per branch"
     equations = "x (+) f = x + 2 sigmoid(g) f"
     scalar_params = ("toy_gate.weight",)
+    figures = {"toy_gates": "tests.helpers.toy_schemes:plot_gates"}
 
     def build_layer(self, block: Any, config: Any) -> None:
         block.toy_gate = ToyGate()
 
     def branch(self, b: Any, f: Any, site: str) -> Any:
         return b.toy_gate.factor(site) * f
+
+
+def plot_gates(entries: list[dict[str, Any]], path: Any) -> Any:
+    """Each model's toy gates per layer (its learned scalars), one line per model; None without toy_gate models."""
+    usable = [e for e in entries if "toy_gate" in e.get("learned_scalars", {})]
+    if not usable:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for entry in usable:
+        gates = entry["learned_scalars"]["toy_gate"]
+        ax.plot(range(1, len(gates) + 1), gates, marker="o", label=entry["label"])
+    ax.set(xlabel="layer", ylabel="gate g", title="toy_gate")
+    ax.legend()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -22,6 +22,7 @@ from cod_train.model.zoo import AXIS_DEFAULTS, Residual, axis, register_residual
 @register_residual
 class AttnRes(Residual):
     name = "attnres"
+    figures = {"attention_residuals": "cod_train.report.plots:plot_depth_attention"}
     title = "Attention Residuals"
     summary = "each sub-layer reads a softmax over depth: all earlier outputs, one learned pseudo-query each"
     equations = ("h_k = sum_i softmax_i(w_k . RMSNorm(v_i)) v_i over v_0 = embedding, v_i = F_i(N(h_i)); "

@@ -15,6 +15,7 @@ HC_COLLAPSES = ("sum", "mean", "head")
 @register_residual
 class HyperConnections(Residual):
     name = "hc"
+    figures = {"hyper_connections": "cod_train.report.plots:plot_hyper_connections"}
     keys = ("hc_streams", "hc_dynamic", "hc_collapse")
     label_keys = ("hc_dynamic", "hc_streams")
     summary = "n parallel residual streams with learned read / write / mix weights"
