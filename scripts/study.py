@@ -71,6 +71,7 @@ class Plan:
     lr_grid: tuple[float, ...]  # one value: no tuning phase
     deep_layers: int | None  # the second depth (None: no d24 phase)
     saves: int = 4  # checkpoints (and in-training evals, diagnostics) per run
+    lr_check: int = 0  # the learning-rate check: this many best and worst 12-layer schemes at lr / 2 and 2 lr
     diagnostics: tuple[str, ...] = ()  # cod-analyze's (empty: all of them)
     only: tuple[str, ...] = ()  # a subset of the schemes (empty: all)
     about: str = ""
@@ -84,7 +85,7 @@ PLANS = {
     # to five schemes, the learning rate tuned once on Pre-LN (three values) for every scheme.
     "full": Plan(steps=100, batch=8, seq_len=256, seeds=(1, 2, 3), eval_tokens=65536, analyze_tokens=16384,
                  downstream=("arc_easy", "piqa"), downstream_limit=100, lr_grid=(1e-3, 2e-3, 4e-3, 8e-3), deep_layers=24,
-                 about="full plan"),  # fmt: skip
+                 lr_check=3, about="full plan"),  # fmt: skip
     # The pipeline check: 4 schemes x 3 seeds, 8 steps of 4 x 64 tokens, no tuning (the old study's 2e-3), the
     # four diagnostics drawn over seeds.
     "reduced": Plan(steps=8, batch=4, seq_len=64, seeds=(1, 2, 3), eval_tokens=4096, analyze_tokens=2048,
@@ -245,15 +246,78 @@ def run_phase(plan: Plan, out: Path, phase: str, chosen: dict[str, list[str]], l
 
 def best_others(out: Path, names: list[str], seeds: tuple[int, ...], k: int = 2) -> list[str]:
     """The k AdamW schemes besides ALWAYS_DEEP with the lowest mean 12-layer held-out loss over their seeds."""
+    means = {n: v for n, v in mean_losses(out, names, seeds).items() if n not in ALWAYS_DEEP}
+    return sorted(means, key=lambda n: means[n])[:k]
+
+
+LR_FACTORS = (0.5, 2.0)
+
+
+def mean_losses(out: Path, names: list[str], seeds: tuple[int, ...]) -> dict[str, float]:
+    """Each AdamW scheme's mean 12-layer held-out loss over its evaluated seeds (Muon runs left out)."""
     means = {}
     for name in names:
-        if name in ALWAYS_DEEP or name.endswith("+muon"):
+        if name.endswith("+muon"):
             continue
-        runs = [out / "d12" / f"{name}-s{seed}" for seed in seeds]
-        losses = [final_eval_loss(run) for run in runs if (run / "eval.json").is_file()]
+        losses = [final_eval_loss(out / "d12" / f"{name}-s{seed}") for seed in seeds
+                  if (out / "d12" / f"{name}-s{seed}" / "eval.json").is_file()]  # fmt: skip
         if losses and None not in losses:
             means[name] = sum(losses) / len(losses)  # type: ignore[arg-type]
-    return sorted(means, key=lambda n: means[n])[:k]
+    return means
+
+
+def check_lr(plan: Plan, out: Path, state: dict, every: dict[str, list[str]], lr: float, dry: bool) -> None:
+    """Is the family's learning rate (tuned on Pre-LN) near each scheme's own? The ``lr_check`` best and worst
+    12-layer schemes (mean held-out loss) train again, seed 1, at lr / 2 and 2 lr (pre-training only); their
+    in-training held-out loss is compared with the seed-1 run at lr in :func:`lr_table`."""
+    if "lr_check" not in state:
+        ranked = sorted((m := mean_losses(out, list(every), plan.seeds)), key=lambda n: m[n])
+        ranked = [n for n in ranked if n != "pre_ln"]  # tuned already
+        k = plan.lr_check
+        state["lr_check"] = ranked[:k] + [n for n in ranked[-k:] if n not in ranked[:k]]
+        if not dry:
+            save_state(out, state)
+    for name in state["lr_check"]:
+        for factor in LR_FACTORS:
+            run = out / "lr" / f"{name}-lr{lr * factor:g}"
+            if dry:
+                print(f"lr  {run}  {' '.join(every[name])}")
+                continue
+            print(f"[lr] {name} at {lr * factor:g}", flush=True)
+            run_one(plan, run, pretrain_args(plan, run, every[name], plan.seeds[0], lr * factor, 12), evaluate=False)
+
+
+def lr_table(runs: Path, state: dict, seeds: tuple[int, ...]) -> str:
+    """The tuning sweep and the learning-rate check as Markdown, from the runs' (copied) metrics: final
+    in-training held-out loss per learning rate, the seed spread at the tuned one for scale."""
+    lr = float(state["lr"])
+    factors = (LR_FACTORS[0], 1.0, LR_FACTORS[1])
+    lines = ["| scheme | " + " | ".join(f"lr {f * lr:g}" for f in factors) + " | best | seed spread at "
+             f"lr {lr:g} (sd over {len(seeds)} seeds) |", "|---|---|---|---|---|---|"]
+    for name in state.get("lr_check", []):
+        losses = {f: final_eval_loss(runs / ("d12" if f == 1.0 else "lr") / (f"{name}-s{seeds[0]}" if f == 1.0
+                                                                          else f"{name}-lr{f * lr:g}"))
+                  for f in factors}  # fmt: skip
+        spread = [final_eval_loss(runs / "d12" / f"{name}-s{seed}") for seed in seeds]
+        known = {f: v for f, v in losses.items() if v is not None}
+        best = f"lr {min(known, key=lambda f: known[f]) * lr:g}" if known else "-"
+        cells = [f"{losses[f]:.4f}" if losses[f] is not None else "failed" for f in factors]
+        sd = _sd([v for v in spread if v is not None])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {best} | {sd:.4f} |")
+    tune = state.get("tune_losses", {})
+    head = ["Pre-LN tuning sweep (seed 0): " + ", ".join(f"lr {float(k):g}: {v:.4f}" for k, v in tune.items()) +
+            f"; chosen {lr:g}" + (" (at the edge of the grid)" if state.get("lr_at_grid_edge") else "") + ".", ""]
+    return "\n".join(["# Learning-rate check", "",
+                      "Final held-out loss (nats, the in-training evaluation, the same held-out tokens for every "
+                      "run) of seed 1 of each scheme at half, once and twice the family's learning rate.", "",
+                      *head, *lines, ""])  # fmt: skip
+
+
+def _sd(values: list[float]) -> float:
+    if len(values) < 2:
+        return float("nan")
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
 def write_report(plan: Plan, out: Path, report: Path, state: dict) -> None:
@@ -261,9 +325,21 @@ def write_report(plan: Plan, out: Path, report: Path, state: dict) -> None:
     themselves, e.g. on another machine: on the copy already there)."""
     if out.is_dir():
         copy_light(out, report / "runs")
+        copy_light(out, report / "lr_runs", phases=("tune", "lr"))  # apart: cod-report reads every run under runs/
         (report / "plan.json").write_text(json.dumps({"plan": vars(plan), **state}, indent=1, default=list) + "\n")
     elif not (report / "runs").is_dir():
         sys.exit(f"error: neither the runs ({out}) nor their copy ({report / 'runs'}) exist: run the study first")
+    saved = json.loads((report / "plan.json").read_text()) if (report / "plan.json").is_file() else state
+    if saved.get("lr_check"):
+        both = report / "lr_runs"
+        (both / "d12").mkdir(parents=True, exist_ok=True)
+        for name in saved["lr_check"]:  # the seed runs at the tuned learning rate, from the report's copy
+            for seed in plan.seeds:
+                src = report / "runs" / "d12" / f"{name}-s{seed}" / "metrics.jsonl"
+                if src.is_file():
+                    (both / "d12" / src.parent.name).mkdir(exist_ok=True)
+                    shutil.copy2(src, both / "d12" / src.parent.name / "metrics.jsonl")
+        (report / "lr_check.md").write_text(lr_table(both, saved, plan.seeds))
     title = f"cod-train depth-zoo study ({plan.about}): {MODEL}, {plan.steps} steps x {plan.batch} x {plan.seq_len} tokens"
     runs, out_dir = _repo_relative(report / "runs"), _repo_relative(report)  # relative paths in the committed report
     code = subprocess.call([str(BIN / "cod-report"), f"runs=[{runs}]", f"out={out_dir}", f"title='{title}'",
@@ -275,9 +351,10 @@ def write_report(plan: Plan, out: Path, report: Path, state: dict) -> None:
 LIGHT = ("config.yaml", "metrics.jsonl", "eval.json", "failed.json", "hf/config.json", "checkpoints/*/meta.json")
 
 
-def copy_light(out: Path, dest: Path) -> None:
+def copy_light(out: Path, dest: Path, phases: tuple[str, ...] = ("d*",)) -> None:
     """Each run's files that the report reads, without weights; analysis entries re-pointed at the copy."""
-    runs = {p.parent for name in ("config.yaml", "failed.json") for p in out.glob(f"d*/*/{name}")}
+    runs = {p.parent for phase in phases for name in ("config.yaml", "failed.json")
+            for p in out.glob(f"{phase}/*/{name}")}  # fmt: skip
     for run in sorted(runs):
         target = dest / run.relative_to(out)
         for src in (f for pattern in LIGHT for f in run.glob(pattern)):  # copy2: the mtimes date hf/ to its step
@@ -338,6 +415,8 @@ def run_study(plan: Plan, out: Path, state: dict, dry: bool) -> None:
         state["deep"] = deep  # fixed once chosen, so a resumed study keeps the same 24-layer schemes
         save_state(out, state)
     run_phase(plan, out, f"d{plan.deep_layers}", {n: every[n] for n in deep if n in every}, lr, plan.deep_layers, dry)
+    if plan.lr_check:
+        check_lr(plan, out, state, every, lr, dry)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -163,3 +164,67 @@ def test_the_tuned_learning_rate_is_kept_before_the_study_goes_on(study, tmp_pat
     best = min(losses, key=lambda lr: losses[lr])
     assert saved["lr"] == best and saved["tune_losses"] == {str(k): v for k, v in losses.items()}
     assert saved.get("lr_at_grid_edge", False) is edge
+
+
+def _metrics(run: Path, loss: float) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 50, "eval_loss": loss + 1}) + "\n"
+                                       + json.dumps({"step": 100, "eval_loss": loss}) + "\n")  # fmt: skip
+
+
+def test_the_learning_rate_check_takes_the_best_and_worst_schemes(study, tmp_path, monkeypatch):
+    """The best and worst AdamW schemes besides Pre-LN (tuned already) and Muon (another optimizer) by mean
+    12-layer held-out loss; each trains again at half and twice the learning rate, seed 1, without evaluation."""
+    means = {"pre_ln": 7.0, "lns": 7.1, "dyt": 7.2, "gpas": 7.3, "post_ln": 7.6, "ngpt": 7.9, "lns+muon": 6.0}
+    for name, loss in means.items():
+        for seed in (1, 2, 3):
+            _eval_json(tmp_path / "d12" / f"{name}-s{seed}", math.exp(loss))
+    plan = study.Plan(steps=4, batch=2, seq_len=16, seeds=(1, 2, 3), eval_tokens=64, analyze_tokens=32,
+                      downstream=("arc_easy",), downstream_limit=2, lr_grid=(1e-3,), deep_layers=None, lr_check=2)  # fmt: skip
+    fake = FakeCommands()
+    monkeypatch.setattr(study, "_call", fake)
+    state: dict = {}
+    study.check_lr(plan, tmp_path, state, {n: [f"norm={n}"] for n in means}, 4e-3, dry=False)
+    assert state["lr_check"] == ["lns", "dyt", "post_ln", "ngpt"]
+    assert json.loads((tmp_path / "plan.json").read_text())["lr_check"] == state["lr_check"]  # kept for a resume
+    made = sorted(p.parent.parent.name for p in (tmp_path / "lr").glob("*/hf/config.json"))
+    assert made == sorted(f"{n}-lr{lr:g}" for n in state["lr_check"] for lr in (2e-3, 8e-3))
+    assert fake.calls == ["cod-pretrain"] * 8  # pre-training only
+
+
+def test_the_learning_rate_table_reads_the_runs(study, tmp_path):
+    """Each scheme's final in-training held-out loss at lr / 2, lr (its seed-1 run) and 2 lr, the best of the
+    three, and the sample standard deviation over its seeds at lr (hand-computed)."""
+    for seed, loss in zip((1, 2, 3), (7.10, 7.20, 7.30), strict=True):
+        _metrics(tmp_path / "d12" / f"lns-s{seed}", loss)
+    _metrics(tmp_path / "lr" / "lns-lr0.002", 7.05)
+    _metrics(tmp_path / "lr" / "lns-lr0.008", 7.40)
+    state = {"lr": 4e-3, "lr_check": ["lns"], "tune_losses": {"0.002": 7.3, "0.004": 7.2}}
+    table = study.lr_table(tmp_path, state, (1, 2, 3))
+    assert "| lns | 7.0500 | 7.1000 | 7.4000 | lr 0.002 | 0.1000 |" in table  # sd of 7.1, 7.2, 7.3 = 0.1
+    assert "lr 0.002: 7.3000, lr 0.004: 7.2000; chosen 0.004." in table
+
+
+def test_the_learning_rate_table_regenerates_from_the_reports_copy(study, tmp_path, monkeypatch):
+    """write_report copies the check's runs beside (not into) the runs cod-report reads, and writes the same
+    lr_check.md again from that copy alone once the runs are gone (make study-report)."""
+    out, report = tmp_path / "out", tmp_path / "docs"
+    for seed, loss in zip((1, 2, 3), (7.10, 7.20, 7.30), strict=True):
+        _metrics(out / "d12" / f"lns-s{seed}", loss)
+        (out / "d12" / f"lns-s{seed}" / "config.yaml").write_text("seed: 1\n")
+    for name, loss in (("lns-lr0.002", 7.05), ("lns-lr0.008", 7.4)):
+        _metrics(out / "lr" / name, loss)
+        (out / "lr" / name / "config.yaml").write_text("seed: 1\n")
+    monkeypatch.setattr(study.subprocess, "call", lambda *args, **kwargs: 0)  # cod-report itself: not under test
+    plan = study.Plan(steps=4, batch=2, seq_len=16, seeds=(1, 2, 3), eval_tokens=64, analyze_tokens=32,
+                      downstream=("arc_easy",), downstream_limit=2, lr_grid=(4e-3,), deep_layers=None, lr_check=1)  # fmt: skip
+    state = {"lr": 4e-3, "lr_check": ["lns"], "tune_losses": {}}
+    study.write_report(plan, out, report, state)
+    first = (report / "lr_check.md").read_text()
+    assert "| lns | 7.0500 | 7.1000 | 7.4000 | lr 0.002 | 0.1000 |" in first
+    assert sorted(p.name for p in (report / "runs" / "d12").iterdir()) == ["lns-s1", "lns-s2", "lns-s3"]
+    assert not (report / "runs" / "lr").exists()
+    shutil.rmtree(out)
+    (report / "lr_check.md").unlink()
+    study.write_report(plan, out, report, {})
+    assert (report / "lr_check.md").read_text() == first
