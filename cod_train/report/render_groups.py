@@ -4,6 +4,7 @@ per scheme and its band (seed_plots.py)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,20 @@ def _by_depth(groups: Sequence[Group]) -> dict[int | None, list[Group]]:
     return out
 
 
+MAX_SCHEMES_PER_FIGURE = 8  # more bands than this on one panel are not readable at a glance
+
+
+def figure_parts(members: Sequence[Group]) -> list[list[Group]]:
+    """The schemes of one depth split into figures of at most MAX_SCHEMES_PER_FIGURE: the reference (Pre-LN) in
+    each, the others in report order, split evenly."""
+    if len(members) <= MAX_SCHEMES_PER_FIGURE:
+        return [list(members)]
+    ref = _reference(members)
+    others = [g for g in members if g is not ref]
+    size = math.ceil(len(others) / math.ceil(len(others) / (MAX_SCHEMES_PER_FIGURE - 1)))
+    return [[ref, *others[i : i + size]] for i in range(0, len(others), size)]
+
+
 def figures(groups: Sequence[Group], fig_dir: Path, summaries: Sequence[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
     entries = [{"label": g.name, "intervals": {m.key: s[m.key] for m in METRICS}, "values": s["values"]}
@@ -124,18 +139,28 @@ def figures(groups: Sequence[Group], fig_dir: Path, summaries: Sequence[dict[str
     path = seed_plots.plot_metric_intervals(entries, shown, fig_dir / "seed_metrics.png", "Each scheme over seeds")
     _figure(lines, path, "seed_metrics", "Each scheme's metrics: mean, 95% t-interval over seeds, every seed.")
     for depth, members in _by_depth(groups).items():
-        suffix = f"_L{depth}" if depth else ""
-        where = f"{depth}-layer models" if depth else "models"
-        loss = [{"label": g.name, "train": loss_band(g, "train"), "eval": loss_band(g, "eval")} for g in members]
-        path = seed_plots.plot_seed_loss(loss, fig_dir / f"seed_loss{suffix}.png", f"Loss over seeds, {where}")
-        _figure(lines, path, f"seed_loss{suffix}", f"Training and held-out loss, {where}: seeds' mean and band.")
-        curves = [{"label": g.name, "curves": {stem: curve_band(g, stem, key) for stem, key, *_ in CURVES}}
-                  for g in members]  # fmt: skip
-        path = seed_plots.plot_seed_curves(curves, CURVES, fig_dir / f"seed_curves{suffix}.png",
-                                           f"Per-layer depth diagnostics over seeds, {where} (cod-analyze)")  # fmt: skip
-        _figure(lines, path, f"seed_curves{suffix}", f"Per-layer curves, {where}: the seeds' mean per scheme with "
-                "its 95% t-interval band (cut to the metric's range); dashed line in the pruning panel: the 1% "
-                "depth-utilization threshold.")  # fmt: skip
+        parts = figure_parts(members)
+        for part, chunk in enumerate(parts, start=1):
+            lines += depth_figures(chunk, fig_dir, depth, (part, len(parts)))
+    return lines
+
+
+def depth_figures(members: Sequence[Group], fig_dir: Path, depth: int | None, part: tuple[int, int]) -> list[str]:
+    """The loss and per-layer curves over seeds of ``members`` (one depth; ``part`` k of n of its schemes)."""
+    lines: list[str] = []
+    suffix = (f"_L{depth}" if depth else "") + (f"_{part[0]}" if part[1] > 1 else "")
+    where = (f"{depth}-layer models" if depth else "models") + (f", part {part[0]} of {part[1]}" if part[1] > 1 else "")
+    which = f" ({', '.join(g.name for g in members)})" if part[1] > 1 else ""
+    loss = [{"label": g.name, "train": loss_band(g, "train"), "eval": loss_band(g, "eval")} for g in members]
+    path = seed_plots.plot_seed_loss(loss, fig_dir / f"seed_loss{suffix}.png", f"Loss over seeds, {where}")
+    _figure(lines, path, f"seed_loss{suffix}", f"Training and held-out loss, {where}{which}: seeds' mean and band.")
+    curves = [{"label": g.name, "curves": {stem: curve_band(g, stem, key) for stem, key, *_ in CURVES}}
+              for g in members]  # fmt: skip
+    path = seed_plots.plot_seed_curves(curves, CURVES, fig_dir / f"seed_curves{suffix}.png",
+                                       f"Per-layer depth diagnostics over seeds, {where} (cod-analyze)")  # fmt: skip
+    _figure(lines, path, f"seed_curves{suffix}", f"Per-layer curves, {where}{which}: the seeds' mean per scheme with "
+            "its 95% t-interval band (cut to the metric's range); dashed line in the pruning panel: the 1% "
+            "depth-utilization threshold.")  # fmt: skip
     return lines
 
 

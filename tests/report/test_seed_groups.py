@@ -131,3 +131,34 @@ def test_a_failed_run_is_listed_as_failed_not_missing(study, tmp_path):
     assert "2 failed" in text.splitlines()[2]
     group = next(g for g in data["groups"] if g["group"] == "pre_ln")
     assert group["n_complete"] == 3 and group["not_complete"] == [["pre_ln seed=4", "failed (pretrain, exit 3)"]]
+
+
+def test_many_schemes_are_drawn_in_readable_parts_each_with_pre_ln(tmp_path, monkeypatch):
+    """Ten schemes: the curves over seeds come in two figures of at most 8 schemes (Pre-LN and 4 + 5 others,
+    split evenly in report order), each scheme in exactly one part, Pre-LN in both as the reference, one legend
+    entry and one colour per scheme in each."""
+    from cod_train.report import plots
+
+    norms = ["pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "peri_ln", "sandwich_ln", "hybrid_ln", "reordered_ln"]
+    root = tmp_path / "runs"
+    for idx, norm in enumerate(norms):
+        for seed in (1, 2):
+            make_run(root, f"{norm}-s{seed}", norm, seed, 30.0 + idx + seed)
+    for seed in (1, 2):
+        make_run(root, f"mhc-s{seed}", "pre_ln", seed, 25.0 + seed, residual="mhc")
+    drawn: dict = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (drawn.__setitem__(path.stem, fig), save(fig, path))[1])
+    text, _ = _report(root, tmp_path / "out")
+    legends = {name: [t.get_text().split(" (n=")[0] for legend in fig.legends for t in legend.get_texts()]
+               for name, fig in drawn.items() if name.startswith("seed_curves")}  # fmt: skip
+    assert sorted(legends) == ["seed_curves_L2_1", "seed_curves_L2_2"]
+    parts = [legends["seed_curves_L2_1"], legends["seed_curves_L2_2"]]
+    assert [p[0] for p in parts] == ["pre_ln", "pre_ln"] and sorted(len(p) for p in parts) == [5, 6]
+    others = [name for p in parts for name in p[1:]]
+    assert sorted(others) == sorted([*norms[1:], "pre_ln+mhc4"])  # every scheme once (mhc: 4 streams)
+    for name in ("seed_curves_L2_1", "seed_curves_L2_2", "seed_loss_L2_1", "seed_loss_L2_2"):
+        assert f"![{name}](figures/{name}.png)" in text and (tmp_path / "out" / "figures" / f"{name}.png").is_file()
+    fig = drawn["seed_curves_L2_1"]
+    colours = [handle.get_color() for legend in fig.legends for handle in legend.legend_handles]
+    assert len(set(colours)) == len(colours)
