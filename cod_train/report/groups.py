@@ -65,8 +65,13 @@ class Group:
         return [(r, row) for r, row in zip(self.runs, self.rows, strict=True) if row["status"] == "complete"]
 
     def values(self, key: str) -> list[float]:
-        """The metric of each complete run that has it."""
-        return [float(row[key]) for _, row in self.complete if row.get(key) is not None]
+        """The metric of each complete run that has it, from one measurement: where some seeds have cod-eval's
+        (``eval.json``) and others only an in-training evaluation (other tokens), cod-eval's alone."""
+        rows = [row for _, row in self.complete if row.get(key) is not None]
+        sources = {row.get(f"{key}_source") for row in rows}
+        if len(sources) > 1 and "eval.json" in sources:
+            rows = [row for row in rows if row.get(f"{key}_source") == "eval.json"]
+        return [float(row[key]) for row in rows]
 
     def interval(self, key: str) -> stats.Interval | None:
         values = self.values(key)

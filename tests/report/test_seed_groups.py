@@ -162,3 +162,16 @@ def test_many_schemes_are_drawn_in_readable_parts_each_with_pre_ln(tmp_path, mon
     fig = drawn["seed_curves_L2_1"]
     colours = [handle.get_color() for legend in fig.legends for handle in legend.legend_handles]
     assert len(set(colours)) == len(colours)
+
+
+def test_a_seed_without_cod_eval_does_not_mix_its_in_training_perplexity_in(study, tmp_path):
+    """lns seed 3 trained but not yet evaluated by cod-eval: its in-training perplexity (other tokens) is not
+    averaged with the other seeds' cod-eval perplexities; the mean is over seeds 1 and 2 (hand: 20.25)."""
+    run = study / "lns-s3"
+    (run / "eval.json").unlink()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows[-1] = {"step": STEPS, "eval_loss": math.log(99.0), "eval_ppl": 99.0}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, data = _report(study, tmp_path / "out")
+    lns = next(g for g in data["groups"] if g["group"] == "lns")
+    assert lns["values"]["eval_ppl"] == [20.0, 20.5] and lns["eval_ppl"]["mean"] == pytest.approx(20.25)
