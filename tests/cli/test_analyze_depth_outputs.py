@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from cod_train.eval.depth_io import text_batches
 from cod_train.eval.depth_progress import BOOTSTRAP_SAMPLES
 from cod_train.runs.analyze import AnalyzeConfig, AnalyzeOptions, run
-from tests.cli.test_analyze import text_file, tiny_tokenizer, write_hf_run
+from tests.helpers.analyze_runs import text_file, tiny_tokenizer, write_hf_run
 from tests.helpers.cli import TINY, cod_pretrain
 from tests.helpers.hand import hand_layers
 

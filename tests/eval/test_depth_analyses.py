@@ -20,8 +20,15 @@ from cod_train.eval.depth_analyses import (
 from cod_train.eval.depth_progress import ratio_spread
 from cod_train.eval.depth_summary import settling_layer
 from cod_train.eval.diagnostics import layer_pruning, run_diagnostics
-from tests.eval.test_diagnostics import LAYERS, VOCAB, make_batches, tiny_config, tiny_llama
-from tests.eval.test_diagnostics_cod import NORM_TYPES, tiny_cod
+from tests.helpers.diagnostics import (
+    LAYERS,
+    NORM_TYPES,
+    VOCAB,
+    make_batches,
+    tiny_cod,
+    tiny_config,
+    tiny_llama,
+)
 from tests.helpers.hand import hand_layers
 
 

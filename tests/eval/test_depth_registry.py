@@ -15,8 +15,7 @@ from cod_train.eval.depth_hooks import close_stream
 from cod_train.eval.depth_registry import DIAG_FILES, DIAGNOSTICS, IN_TRAINING, NAMES
 from cod_train.eval.depth_train import training_diagnostics
 from cod_train.eval.diagnostics import run_diagnostics
-from tests.eval.test_diagnostics import make_batches, tiny_llama
-from tests.eval.test_diagnostics_training import backward
+from tests.helpers.diagnostics import backward, make_batches, tiny_llama
 
 CAPTURED = [d.name for d in DIAGNOSTICS if d.source == "capture"]
 

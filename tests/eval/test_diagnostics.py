@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from cod_train.eval.depth_hooks import last_token_index, pruned_layers, valid_token_mask
 from cod_train.eval.diagnostics import (
@@ -18,51 +18,8 @@ from cod_train.eval.diagnostics import (
     layer_variance,
     run_diagnostics,
 )
+from tests.helpers.diagnostics import LAYERS, VOCAB, identity_layers, make_batches, tiny_config, tiny_llama
 from tests.helpers.hand import hand_layers
-
-VOCAB, LAYERS = 64, 4
-
-
-def tiny_config(layers: int = LAYERS) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-
-
-def tiny_llama(layers: int = LAYERS, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(layers))
-    with torch.no_grad():  # larger weights than the 0.02 init, so layers matter
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return model.eval()
-
-
-def make_batches(n: int = 2, rows: int = 3, seq: int = 12, seed: int = 1) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, VOCAB, (rows, seq), generator=gen)
-        labels = ids[:, 1:].clone()
-        labels = torch.cat([labels, torch.full((rows, 1), -100)], dim=1)
-        out.append({"input_ids": ids, "labels": labels})
-    return out
-
-
-def identity_layers(model: nn.Module) -> nn.Module:
-    """Zero o_proj and down_proj: under pre_ln every layer maps x to x."""
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
-            layer.mlp.down_proj.weight.zero_()
-    return model
 
 
 def test_identity_layers_have_zero_distance_and_zero_pruning_cost() -> None:

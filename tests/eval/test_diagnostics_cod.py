@@ -4,34 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from cod_train.eval.depth_hooks import pruned_layers, run_backbone
 from cod_train.eval.diagnostics import angular_distances, layer_pruning, run_diagnostics
-from tests.eval.test_diagnostics import VOCAB, identity_layers, make_batches
+from tests.helpers.diagnostics import NORM_TYPES, identity_layers, make_batches, tiny_cod
 
 cod_model = pytest.importorskip("cod_train.model")
-NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln")
-
-
-def tiny_cod(norm_type: str, layers: int = 4, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    cfg = cod_model.CodLlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        norm_type=norm_type,
-    )
-    model = cod_model.CodLlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return model.eval()
 
 
 @pytest.mark.parametrize("norm_type", NORM_TYPES)

@@ -11,7 +11,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cod_train.eval.depth_hooks import token_losses_sum
 from cod_train.eval.diagnostics import (
     LAYER_GRAD_NORM_KEY,
     LAYER_VAR_KEY,
@@ -21,12 +20,7 @@ from cod_train.eval.diagnostics import (
     scalarize_diagnostics,
     training_diagnostics,
 )
-from tests.eval.test_diagnostics import LAYERS, make_batches, tiny_llama
-
-
-def backward(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
-    loss_sum, n = token_losses_sum(model, batch)
-    (loss_sum / n).backward()
+from tests.helpers.diagnostics import LAYERS, backward, make_batches, tiny_llama
 
 
 def reference_grad_norms(model: nn.Module) -> list[float]:

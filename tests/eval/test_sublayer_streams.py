@@ -1,6 +1,6 @@
 """Sub-layer contribution of hyper-connection models (residual=hc | mhc): each sub-layer's F is its own branch
 output and x its own read of the n streams; the layer's entry is the change of the collapsed stream. Against the
-plain float64 formulation of tests/model/test_hyper_connections.py (streams as a Python list, every connection
+plain float64 formulation of tests/helpers/hc_reference.py (streams as a Python list, every connection
 weight off its init), through cod-analyze and through the in-training diagnostics row."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import torch
 from cod_train.eval.depth_io import text_batches
 from cod_train.eval.depth_train import training_diagnostics
 from cod_train.runs.analyze import AnalyzeConfig, AnalyzeOptions, run
-from tests.cli.test_analyze import text_file, tiny_tokenizer
-from tests.model.test_hyper_connections import hc_reference_logits, make, perturb_hc
+from tests.helpers.analyze_runs import text_file, tiny_tokenizer
+from tests.helpers.hc_reference import hc_reference_logits, perturb_hc
+from tests.helpers.zoo import make
 from tests.model.zoo_reference import params
 
 SEQ = 16

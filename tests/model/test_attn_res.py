@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from cod_train.config import ConfigError, ModelConfig
 from cod_train.model import CodLlamaForCausalLM, build_model, zoo
 from tests.helpers.generate import assert_cached_generate_is_greedy
-from tests.model.test_depth_zoo import perturb
+from tests.helpers.zoo import perturb
 from tests.model.zoo_reference import attention, mlp, norm, params
 
 SHAPE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,
@@ -314,7 +314,7 @@ def test_cod_analyze_runs_every_diagnostic_and_draws_the_depth_attention_figure(
 
     from cod_train.eval.depth_registry import DIAGNOSTICS
     from cod_train.runs.analyze import AnalyzeConfig, AnalyzeOptions, run
-    from tests.cli.test_analyze import text_file, tiny_tokenizer
+    from tests.helpers.analyze_runs import text_file, tiny_tokenizer
 
     dirs = []
     for name, axes in (("full", SCHEMES["full"]), ("block", SCHEMES["block2"])):

@@ -13,9 +13,9 @@ import torch
 from cod_train.config import ConfigError, ModelConfig
 from cod_train.model import CodLlamaForCausalLM, build_model, zoo
 from tests.helpers.generate import assert_cached_generate_is_greedy
+from tests.helpers.zoo import kinds, perturb
 from tests.model import zoo_reference
 from tests.model.reference import rope
-from tests.model.test_depth_zoo import kinds, perturb
 from tests.model.zoo_reference import norm, params, qkv
 
 SHAPE = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4,

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cod_train.config import ModelConfig
 from cod_train.model import build_model
 from cod_train.model.hyper_connections import connection_modules, hyper_sublayer
-from tests.model.test_hyper_connections import perturb_hc, sublayer
+from tests.helpers.hc_reference import perturb_hc, sublayer
 from tests.model.zoo_reference import params
 
 SHAPE = dict(hidden_size=32, intermediate_size=88, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3,
@@ -152,7 +152,7 @@ def test_sublayer_connections_under_autocast_give_the_fp32_result(scheme):
 def test_sublayer_gradients_in_bf16_match_the_plain_float64_formulation(scheme, precision):
     """The hand-written backwards (projection, read, write, Sinkhorn's recomputation, DHC's recomputed terms) with
     bf16 streams (bf16-pure: parameters in bf16 too) or under autocast (fp32 streams, gradients from their bf16
-    copy), against autograd through tests/model/test_hyper_connections.py's float64 `sublayer` on the same values
+    copy), against autograd through tests/helpers/hc_reference.py's float64 `sublayer` on the same values
     (streams and parameters exactly representable in bf16). bf16-pure rounds the read, the output and the
     streams' gradient to bf16 (~4e-3); under autocast the copy is exact here, so fp32 accuracy, except that DHC's
     recomputed N(H) of the bf16 copy is rounded to bf16 by the norm (as for any bf16 input; measured 2e-3)."""

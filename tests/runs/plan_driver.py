@@ -70,7 +70,7 @@ dist.all_reduce = _counting("all_reduce", dist.all_reduce, lambda args, kwargs: 
 
 
 def config(model: str, engine: str):
-    from tests.runs.test_plan import plan_config
+    from tests.helpers.plan import plan_config
 
     return plan_config(model, engine)
 
