@@ -3,38 +3,36 @@ placement), their batches, identity layers and a mean-loss backward."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from cod_train.eval.depth_hooks import token_losses_sum
+from cod_train.model import CodLlamaConfig, CodLlamaForCausalLM
 
 VOCAB, LAYERS = 64, 4
+SHAPE = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "max_position_embeddings": 64}  # both tiny models' shape
 
 
 def tiny_config(layers: int = LAYERS) -> LlamaConfig:
     """A tiny HF Llama config of ``layers`` layers."""
-    return LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
+    return LlamaConfig(num_hidden_layers=layers, **SHAPE)
+
+
+def large_weights(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode, its matrices drawn with std 0.2 (not the 0.02 init: so that layers matter)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.2)
+    return model.eval()
 
 
 def tiny_llama(layers: int = LAYERS, seed: int = 0) -> LlamaForCausalLM:
     """A tiny HF Llama in eval mode, its matrices drawn with std 0.2."""
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(layers))
-    with torch.no_grad():  # larger weights than the 0.02 init, so layers matter
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return model.eval()
+    return large_weights(LlamaForCausalLM(tiny_config(layers)))
 
 
 def make_batches(n: int = 2, rows: int = 3, seq: int = 12, seed: int = 1) -> list[dict[str, torch.Tensor]]:
@@ -58,29 +56,13 @@ def identity_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-cod_model = pytest.importorskip("cod_train.model")
 NORM_TYPES = ("pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "sandwich_ln", "peri_ln")
 
 
 def tiny_cod(norm_type: str, layers: int = 4, seed: int = 0) -> nn.Module:
     """Our tiny model with placement ``norm_type``, in eval mode, its matrices drawn with std 0.2."""
     torch.manual_seed(seed)
-    cfg = cod_model.CodLlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        norm_type=norm_type,
-    )
-    model = cod_model.CodLlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return model.eval()
+    return large_weights(CodLlamaForCausalLM(CodLlamaConfig(num_hidden_layers=layers, norm_type=norm_type, **SHAPE)))
 
 
 def backward(model: nn.Module, batch: dict[str, torch.Tensor]) -> None:
