@@ -301,7 +301,7 @@ def lr_table(runs: Path, state: dict, seeds: tuple[int, ...]) -> str:
         spread = [final_eval_loss(runs / "d12" / f"{name}-s{seed}") for seed in seeds]
         known = {f: v for f, v in losses.items() if v is not None}
         best = f"lr {min(known, key=lambda f: known[f]) * lr:g}" if known else "-"
-        cells = [f"{losses[f]:.4f}" if losses[f] is not None else "failed" for f in factors]
+        cells = [f"{losses[f]:.4f}" if losses[f] is not None else _missing(runs, name, f, lr) for f in factors]
         sd = _sd([v for v in spread if v is not None])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {best} | {sd:.4f} |")
     tune = state.get("tune_losses", {})
@@ -311,6 +311,11 @@ def lr_table(runs: Path, state: dict, seeds: tuple[int, ...]) -> str:
                       "Final held-out loss (nats, the in-training evaluation, the same held-out tokens for every "
                       "run) of seed 1 of each scheme at half, once and twice the family's learning rate.", "",
                       *head, *lines, ""])  # fmt: skip
+
+
+def _missing(runs: Path, name: str, factor: float, lr: float) -> str:
+    run = runs / "lr" / f"{name}-lr{factor * lr:g}"
+    return "failed" if (run / "failed.json").is_file() else "not run"
 
 
 def _sd(values: list[float]) -> float:

@@ -228,3 +228,12 @@ def test_the_learning_rate_table_regenerates_from_the_reports_copy(study, tmp_pa
     (report / "lr_check.md").unlink()
     study.write_report(plan, out, report, {})
     assert (report / "lr_check.md").read_text() == first
+
+
+def test_the_learning_rate_table_tells_failed_from_not_run(study, tmp_path):
+    for seed in (1, 2):
+        _metrics(tmp_path / "d12" / f"lns-s{seed}", 7.1 + seed / 10)
+    (tmp_path / "lr" / "lns-lr0.008").mkdir(parents=True)
+    (tmp_path / "lr" / "lns-lr0.008" / "failed.json").write_text("{}")
+    table = study.lr_table(tmp_path, {"lr": 4e-3, "lr_check": ["lns"]}, (1, 2))
+    assert "| lns | not run | 7.2000 | failed | lr 0.004 |" in table
