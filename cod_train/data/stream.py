@@ -17,6 +17,7 @@ and a restore loads the snapshot and replays at most ``snapshot_every`` batches.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from collections.abc import Callable, Iterator
@@ -227,8 +228,25 @@ def _ignore_ctrl_c(worker_id: int) -> None:
     """Ctrl-C reaches every process in the terminal's foreground group, the loader's workers too. The main process
     saves a checkpoint and then shuts the workers down; a worker killed by the signal first would fail that run
     with "DataLoader worker exited unexpectedly" instead. (SIGTERM keeps its default: it is how multiprocessing
-    stops a worker that did not exit when asked.)"""
+    stops a worker that did not exit when asked.) The worker starts with SIGINT blocked (see `_workers_started`),
+    so a Ctrl-C that came before this line stays pending and is dropped here."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+@contextlib.contextmanager
+def _workers_started() -> Iterator[None]:
+    """Block SIGINT in this thread while the loader starts its workers: a new process inherits the mask, so a
+    Ctrl-C between its start and `_ignore_ctrl_c` cannot kill it. This process gets the signal once unblocked."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class StreamLoader:
@@ -266,8 +284,10 @@ class StreamLoader:
             return
         ds = _WorkerStreams(self.make_stream, list(self._starts), self.next_stream, self.snapshot_every,
                             self.cfg.seq_len, self.pad_id)
-        self._it = iter(DataLoader(ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
-                                   worker_init_fn=_ignore_ctrl_c))
+        loader = DataLoader(ds, batch_size=None, num_workers=self.num_workers, prefetch_factor=4,
+                            worker_init_fn=_ignore_ctrl_c)
+        with _workers_started():
+            self._it = iter(loader)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return self

@@ -147,13 +147,14 @@ def test_resume_on_another_layout_is_a_clear_one_line_run_error(c4_files, word_t
 
 def test_workers_outlive_ctrl_c_to_the_whole_process_group(c4_files, word_tokenizer_file, word_tokenizer):
     """Ctrl-C hits the loader's workers too: they must keep serving batches while the main process saves; and they
-    still stop when the loader shuts them down."""
+    still stop when the loader shuts them down. The signal is sent the moment the workers exist, before they can have
+    run any code of their own (the race a real Ctrl-C during start-up hits)."""
     import os
     import signal
 
     data = build_train_data(_cfg(c4_files, word_tokenizer_file), word_tokenizer, global_batch_size=2, dp_rank=0,
                             dp_world=1, seed=0)
-    next(data)
+    data._start()
     it = data._it  # torch's DataLoader iterator
     workers = list(it._workers)
     assert len(workers) == 2
