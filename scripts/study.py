@@ -15,7 +15,8 @@ the lowest held-out loss picks the one learning rate of the AdamW family, writte
 use it too (``train.muon_adjust_lr=match_rms_adamw`` matches Muon's update RMS to AdamW's, so AdamW's learning
 rate carries over). (2) ``d12``: every scheme of :func:`schemes` on the 12-layer model, seeds 1-3. (3) ``d24``: the
 24-layer model for Pre-LN, LNS, Mix-LN and the two other AdamW schemes of lowest mean 12-layer perplexity (chosen
-once every ``d12`` scheme has a result, kept in plan.json). (4) the report: the runs' small files (config,
+once every ``d12`` scheme has a result, kept in plan.json), and CompleteP (``DEPTH_TRANSFER``: at the tuned depth it
+is Pre-LN exactly, only another depth tests it). (4) the report: the runs' small files (config,
 metrics.jsonl, eval.json, analysis/*.json, hf/config.json; no weights) are copied under ``<report>/runs/`` and
 cod-report regenerates ``<report>/report.md`` from that copy alone (``make study-report``).
 
@@ -38,6 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
 MODEL = "llama_tiny_deep"
 ALWAYS_DEEP = ("pre_ln", "lns", "mix_ln")  # the 24-layer runs always include these; plus the best two others
+# Depth-transfer schemes are the identity at the depth their hyperparameters were tuned at (CompleteP at 12 layers
+# is Pre-LN exactly): only the second depth tests them, so they always run there too.
+DEPTH_TRANSFER = ("completep",)
 BASE_SCHEMES: dict[str, list[str]] = {  # the issue's list, in its order
     "pre_ln": ["norm=pre_ln"],
     "post_ln": ["norm=post_ln"],
@@ -419,6 +423,7 @@ def run_study(plan: Plan, out: Path, state: dict, dry: bool) -> None:
     if not dry and len(deep) == len(ALWAYS_DEEP) + 2:
         state["deep"] = deep  # fixed once chosen, so a resumed study keeps the same 24-layer schemes
         save_state(out, state)
+    deep = [*deep, *(n for n in DEPTH_TRANSFER if n in names and n not in deep)]
     run_phase(plan, out, f"d{plan.deep_layers}", {n: every[n] for n in deep if n in every}, lr, plan.deep_layers, dry)
     if plan.lr_check:
         check_lr(plan, out, state, every, lr, dry)

@@ -237,3 +237,24 @@ def test_the_learning_rate_table_tells_failed_from_not_run(study, tmp_path):
     (tmp_path / "lr" / "lns-lr0.008" / "failed.json").write_text("{}")
     table = study.lr_table(tmp_path, {"lr": 4e-3, "lr_check": ["lns"]}, (1, 2))
     assert "| lns | not run | 7.2000 | failed | lr 0.004 |" in table
+
+
+def test_the_deep_phase_runs_the_fixed_schemes_the_best_two_and_completep(study, tmp_path, monkeypatch):
+    """24 layers: Pre-LN, LNS, Mix-LN, the two other AdamW schemes of lowest mean 12-layer loss (kept in plan.json),
+    and CompleteP whatever its 12-layer rank (at its tuned depth it is Pre-LN exactly: only 24 layers test it)."""
+    means = {"pre_ln": 7.0, "lns": 7.1, "mix_ln": 7.5, "dyt": 7.2, "gpas": 7.3, "post_ln": 7.6, "completep": 7.9,
+             "lns+muon": 6.0}  # fmt: skip
+    for name, loss in means.items():
+        _eval_json(tmp_path / "d12" / f"{name}-s1", math.exp(loss))
+        (tmp_path / "d12" / f"{name}-s1" / "analysis").mkdir()
+        (tmp_path / "d12" / f"{name}-s1" / "analysis" / "layer_pruning.json").write_text("{}")
+    plan = study.Plan(steps=4, batch=2, seq_len=16, seeds=(1,), eval_tokens=64, analyze_tokens=32,
+                      downstream=("arc_easy",), downstream_limit=2, lr_grid=(1e-3,), deep_layers=24)  # fmt: skip
+    schemes = {n: [f"norm={n}"] for n in means}
+    monkeypatch.setattr(study, "schemes", lambda: schemes)
+    monkeypatch.setattr(study, "_call", FakeCommands())
+    state: dict = {}
+    study.run_study(plan, tmp_path, state, dry=False)
+    made = {p.parent.parent.name for p in (tmp_path / "d24").glob("*/hf/config.json")}
+    assert made == {f"{n}-s1" for n in ("pre_ln", "lns", "mix_ln", "dyt", "gpas", "completep")}
+    assert json.loads((tmp_path / "plan.json").read_text())["deep"] == ["pre_ln", "lns", "mix_ln", "dyt", "gpas"]
