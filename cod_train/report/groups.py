@@ -51,6 +51,7 @@ CURVES = (  # (analysis file, field, axis label): the per-layer curves drawn wit
     ("layer_variance", "layer_var", "output variance after layer l"),
 )
 BOUNDS = {"logit_lens": (0.0, 1.0), "block_influence": (0.0, 2.0)}  # a band is drawn inside the metric's range
+GEOMETRIC = frozenset({"layer_variance"})  # seeds differ by factors: geometric mean, interval over the logs
 EQUAL_FLOPS = 0.05  # groups whose training FLOPs are within 5% of a tier's cheapest are compared at equal compute
 
 
@@ -183,7 +184,8 @@ def _final_entry(run: RunData, stem: str) -> dict[str, Any] | None:
 
 def curve_band(group: Group, stem: str, key: str) -> dict[str, Any] | None:
     """Mean and t-interval over the complete seeds at each layer of ``analysis/<stem>.json``'s ``key`` (the
-    analysed model of the latest step); None unless every such seed has the curve at the same layers."""
+    analysed model of the latest step; for GEOMETRIC stems the geometric mean and the interval over the logs);
+    None unless every such seed has the curve at the same layers."""
     curves = [e for e in (_final_entry(r, stem) for r, _ in group.complete) if e and e.get(key)]
     if not curves or len({len(c[key]) for c in curves}) != 1:
         return None
@@ -193,7 +195,8 @@ def curve_band(group: Group, stem: str, key: str) -> dict[str, Any] | None:
     out: dict[str, Any] = {"layers": layers, "mean": [], "lo": [], "hi": [], "n": len(curves)}
     for i in range(n):
         values = [float(c[key][i]) for c in curves if c[key][i] is not None]
-        found = stats.t_interval(values) if values else None
+        geometric = stem in GEOMETRIC and all(v > 0 for v in values)
+        found = (stats.log_t_interval if geometric else stats.t_interval)(values) if values else None
         out["mean"].append(found.mean if found else None)
         out["lo"].append(found.lo if found else None)
         out["hi"].append(found.hi if found else None)

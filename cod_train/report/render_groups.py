@@ -150,18 +150,25 @@ def depth_figures(members: Sequence[Group], fig_dir: Path, depth: int | None, pa
     lines: list[str] = []
     suffix = (f"_L{depth}" if depth else "") + (f"_{part[0]}" if part[1] > 1 else "")
     where = (f"{depth}-layer models" if depth else "models") + (f", part {part[0]} of {part[1]}" if part[1] > 1 else "")
-    which = f" ({', '.join(g.name for g in members)})" if part[1] > 1 else ""
-    loss = [{"label": g.name, "train": loss_band(g, "train"), "eval": loss_band(g, "eval")} for g in members]
+    label = {g.name: _without_depth(g.name, depth) for g in members}
+    which = f" ({', '.join(label.values())})" if part[1] > 1 else ""
+    loss = [{"label": label[g.name], "train": loss_band(g, "train"), "eval": loss_band(g, "eval")} for g in members]
     path = seed_plots.plot_seed_loss(loss, fig_dir / f"seed_loss{suffix}.png", f"Loss over seeds, {where}")
     _figure(lines, path, f"seed_loss{suffix}", f"Training and held-out loss, {where}{which}: seeds' mean and band.")
-    curves = [{"label": g.name, "curves": {stem: curve_band(g, stem, key) for stem, key, *_ in CURVES}}
+    curves = [{"label": label[g.name], "curves": {stem: curve_band(g, stem, key) for stem, key, *_ in CURVES}}
               for g in members]  # fmt: skip
     path = seed_plots.plot_seed_curves(curves, CURVES, fig_dir / f"seed_curves{suffix}.png",
                                        f"Per-layer depth diagnostics over seeds, {where} (cod-analyze)")  # fmt: skip
     _figure(lines, path, f"seed_curves{suffix}", f"Per-layer curves, {where}{which}: the seeds' mean per scheme with "
-            "its 95% t-interval band (cut to the metric's range); dashed line in the pruning panel: the 1% "
+            "its 95% t-interval band (cut to the metric's range; output variance: the geometric mean and the "
+            "interval of the log, as seeds differ by factors); dashed line in the pruning panel: the 1% "
             "depth-utilization threshold.")  # fmt: skip
     return lines
+
+
+def _without_depth(name: str, depth: int | None) -> str:
+    """A scheme's label inside one depth's figures: the depth is in the title, not repeated per line."""
+    return " ".join(w for w in name.split() if w != f"num_hidden_layers={depth}") or name
 
 
 def groups_section(groups: Sequence[Group], fig_dir: Path, order: str,

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from cod_train.report import plots
-from cod_train.report.groups import BOUNDS
+from cod_train.report.groups import BOUNDS, GEOMETRIC
 
 BAND_ALPHA = 0.18
 SEED_BAND_NOTE = " (band: 95% t-interval over seeds)"
+GEOMETRIC_BAND_NOTE = " (geometric mean; band: 95% t-interval of the log over seeds)"
 
 
 def scheme_style(idx: int, count: int) -> dict[str, Any]:
@@ -71,8 +72,9 @@ def plot_seed_curves(entries: Sequence[dict[str, Any]], panels: Sequence[tuple[s
             if max([0.0, *(abs(v) for v in means)]) > 100:  # removing an early layer can cost 1000s of %
                 ax.set_yscale("symlog", linthresh=10)
         xlabel = "layer l (0 = embedding output)" if stem == "logit_lens" else "layer l (1 = first)"
-        plots._finish(ax, xlabel=xlabel, ylabel=ylabel, title=ylabel.split(" (")[0] + SEED_BAND_NOTE,
-                      values=means, log_y=log_y)  # fmt: skip
+        note = GEOMETRIC_BAND_NOTE if stem in GEOMETRIC else SEED_BAND_NOTE
+        plots._finish(ax, xlabel=xlabel, ylabel=ylabel, title=ylabel.split(" (")[0] + note, values=means,
+                      log_y=log_y)  # fmt: skip
         if log_y:
             ax.set_ylim(bottom=min(means) / 3)
     plots._suptitle(fig, title)

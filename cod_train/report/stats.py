@@ -3,6 +3,8 @@
 - :func:`t_interval`: the mean of n values and its two-sided 95% interval ``mean -/+ t(0.975, n-1) s / sqrt(n)``
   (s: the sample standard deviation, n - 1 in its denominator). It assumes the seeds' values are normal; with 3
   seeds t(0.975, 2) = 4.303, so the interval is wide: that is the honest width of 3 seeds.
+- :func:`log_t_interval`: the same over the logs, mapped back (a geometric mean and its interval), for positive
+  quantities that differ by factors between seeds (per-layer output variance, drawn on a log axis).
 - :func:`welch`: Welch's unequal-variance t-test of two groups' means (Welch-Satterthwaite degrees of freedom),
   two-sided p-value from the Student-t distribution.
 - :func:`holm`: Holm-Bonferroni adjusted p-values over a family of tests (every pair of schemes on one metric).
@@ -102,6 +104,16 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Inter
         return Interval(m, None, None, n)
     half = t_quantile(0.5 + confidence / 2.0, n - 1) * sample_sd(values) / math.sqrt(n)
     return Interval(m, m - half, m + half, n)
+
+
+def log_t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
+    """For a positive quantity that varies by factors between seeds (a layer's output variance): the t-interval of
+    the logs, mapped back; ``mean`` is the geometric mean. Always positive, and symmetric on a log axis."""
+    if any(v <= 0 for v in values):
+        raise ValueError("log_t_interval needs positive values")
+    found = t_interval([math.log(v) for v in values], confidence)
+    lo, hi = (None, None) if found.lo is None or found.hi is None else (math.exp(found.lo), math.exp(found.hi))
+    return Interval(math.exp(found.mean), lo, hi, found.n)
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,41 @@ def test_a_seed_without_cod_eval_does_not_mix_its_in_training_perplexity_in(stud
     _, data = _report(study, tmp_path / "out")
     lns = next(g for g in data["groups"] if g["group"] == "lns")
     assert lns["values"]["eval_ppl"] == [20.0, 20.5] and lns["eval_ppl"]["mean"] == pytest.approx(20.25)
+
+
+def test_variance_band_is_geometric_and_figure_labels_leave_the_depth_to_the_title(tmp_path, monkeypatch):
+    """Layer output variance differs by factors between seeds (1, 10, 100 at layer 1): the curve is the geometric
+    mean (10) with the t-interval of the logs (hand: 10 exp(-/+ 4.302653 ln 10 / sqrt 3)), positive where the plain
+    t-interval reaches below zero. Runs of two depths: the per-depth figures' legends name the scheme without the
+    depth their title gives."""
+    from cod_train.report import groups as groups_mod
+    from cod_train.report import plots
+    from cod_train.report.render import summary_rows
+
+    root = tmp_path / "runs"
+    for depth in (LAYERS, 4):
+        for seed, var in zip((1, 2, 3), (1.0, 10.0, 100.0), strict=True):
+            run = make_run(root, f"pre_ln-L{depth}-s{seed}", "pre_ln", seed, 30.0 + seed)
+            cfg = json.loads((run / "config.yaml").read_text())
+            cfg["model"]["num_hidden_layers"] = depth
+            (run / "config.yaml").write_text(json.dumps(cfg))
+            (run / "hf" / "config.json").write_text(json.dumps({**model_config("pre_ln"), "num_hidden_layers": depth}))
+            entry = {"label": run.name, "run_dir": str(run.resolve()), "step": STEPS, "num_layers": depth,
+                     "layer_var": [var * (layer + 1) for layer in range(depth)]}  # fmt: skip
+            (run / "analysis" / "layer_variance.json").write_text(json.dumps({"models": [entry]}))
+    found = collect([str(root)])
+    shallow = [g for g in groups_mod.group_runs(found.runs, summary_rows(found.runs)) if g.runs[0].num_layers == LAYERS]
+    assert len(shallow) == 1 and len(shallow[0].complete) == 3
+    band = groups_mod.curve_band(shallow[0], "layer_variance", "layer_var")
+    half = 4.302653 * math.log(10) / math.sqrt(3)
+    assert band["mean"][0] == pytest.approx(10.0)
+    assert band["lo"][0] == pytest.approx(10.0 * math.exp(-half), rel=1e-6)
+    assert band["hi"][0] == pytest.approx(10.0 * math.exp(half), rel=1e-6)
+    drawn: dict = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (drawn.__setitem__(path.stem, fig), save(fig, path))[1])
+    write_report(found.runs, tmp_path / "out")
+    for depth in (LAYERS, 4):
+        legend = [t.get_text() for legend in drawn[f"seed_curves_L{depth}"].legends for t in legend.get_texts()]
+        assert legend == ["pre_ln (n=3)"]
+    assert "pre_ln num_hidden_layers=4" in (tmp_path / "out" / "report.md").read_text()  # the table keeps it

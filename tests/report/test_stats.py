@@ -68,3 +68,17 @@ def test_holm_by_hand():
     """p = 0.01, 0.04, 0.03 (m = 3): sorted 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> raised to 0.06."""
     assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_log_t_interval_by_hand():
+    """Output variances of 3 seeds: 1, 10, 100. Logs 0, ln 10, 2 ln 10: mean ln 10 (geometric mean 10), s = ln 10;
+    half width = 4.302653 * ln 10 / sqrt(3) = 5.719985, so the interval is 10 * exp(-/+ 5.719985)."""
+    found = stats.log_t_interval([1.0, 10.0, 100.0])
+    assert found.n == 3 and found.mean == pytest.approx(10.0)
+    half = 4.302653 * math.log(10) / math.sqrt(3)
+    assert found.lo == pytest.approx(10.0 * math.exp(-half), rel=1e-6)
+    assert found.hi == pytest.approx(10.0 * math.exp(half), rel=1e-6)
+    assert found.lo > 0  # the arithmetic t-interval of the same values reaches below zero
+    assert stats.t_interval([1.0, 10.0, 100.0]).lo < 0
+    with pytest.raises(ValueError):
+        stats.log_t_interval([1.0, 0.0])
