@@ -147,16 +147,17 @@ def ordered_runs(runs: Sequence[RunData], rows: Sequence[dict[str, Any]], order:
 
 
 # ---------------------------------------------------------------------- signal or noise
-def pair_tests(groups: Sequence[Group], key: str) -> list[dict[str, Any]]:
-    """Every pair of groups with at least 2 complete seeds each: Welch's test on ``key`` over the seeds, with the
-    Holm-adjusted p-value over all these pairs and the verdict."""
+def pair_tests(groups: Sequence[Group], key: str, pairs: bool = False) -> list[dict[str, Any]]:
+    """Every pair of groups (``pairs``: groups 0 and 1, 2 and 3, ... only) with at least 2 complete seeds each:
+    Welch's test on ``key`` over the seeds, with the Holm-adjusted p-value over all these pairs and the verdict."""
     tests: list[dict[str, Any]] = []
-    for i, a in enumerate(groups):
-        for b in groups[i + 1 :]:
-            found = stats.welch(a.values(key), b.values(key))
-            if found is not None:
-                tests.append({"a": a.name, "b": b.name, "diff": found.diff, "lo": found.lo, "hi": found.hi,
-                              "t": found.t, "df": found.df, "p": found.p})  # fmt: skip
+    chosen = [(groups[i], groups[i + 1]) for i in range(0, len(groups) - 1, 2)] if pairs else \
+        [(a, b) for i, a in enumerate(groups) for b in groups[i + 1 :]]  # fmt: skip
+    for a, b in chosen:
+        found = stats.welch(a.values(key), b.values(key))
+        if found is not None:
+            tests.append({"a": a.name, "b": b.name, "diff": found.diff, "lo": found.lo, "hi": found.hi,
+                          "t": found.t, "df": found.df, "p": found.p})  # fmt: skip
     testable = [t for t in tests if not math.isnan(t["p"])]  # the family Holm corrects over
     for test, adjusted in zip(testable, stats.holm([t["p"] for t in testable]), strict=True):
         test["p_holm"] = adjusted

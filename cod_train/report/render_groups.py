@@ -21,6 +21,7 @@ from cod_train.report.groups import (
     loss_band,
     pair_tests,
 )
+from cod_train.report.runs import SEED_KEYS
 
 DASH = "—"
 VERDICT_METRICS = tuple(m for m in METRICS if m.key != "train_loss")
@@ -30,7 +31,8 @@ METHOD = (
     "(mean ± t(0.975, n−1)·s/√n, s the sample standard deviation over the n seeds). Signal or noise: for each pair "
     "of schemes with at least 2 complete seeds, Welch's t-test on the seeds' values (unequal variances, "
     "Welch–Satterthwaite degrees of freedom); **beyond noise** = Holm–Bonferroni-adjusted p < 0.05 over every pair "
-    "of the report for that metric. This uses the spread over seeds (initialization and data order), not only over "
+    "of schemes of one depth for that metric (a 12- and a 24-layer model are compared only as the same scheme "
+    "deeper, in a family of their own). This uses the spread over seeds (initialization and data order), not only over "
     "held-out batches. With 3 seeds the test only detects large differences: *within noise* is no evidence of "
     "equality."
 )
@@ -74,36 +76,90 @@ def group_table(groups: Sequence[Group], summaries: Sequence[dict[str, Any]], or
 
 
 def _reference(groups: Sequence[Group]) -> Group:
-    return next((g for g in groups if g.name == "pre_ln"), groups[0])
+    """Pre-LN: the group named ``pre_ln``, else of the Pre-LN groups the one whose other settings are the report's
+    most common values (``optimizer=adamw`` over ``optimizer=muon``); else the first group."""
+    exact = next((g for g in groups if g.name == "pre_ln"), None)
+    candidates = [g for g in groups if g.runs[0].variant == "pre_ln"]
+    if exact or not candidates:
+        return exact or groups[0]
+    counts: dict[tuple[str, str], int] = {}
+    for g in groups:
+        for key, value in g.runs[0].settings.items():
+            counts[(key, repr(value))] = counts.get((key, repr(value)), 0) + len(g.runs)
+    return max(candidates, key=lambda g: sum(counts[(k, repr(v))] for k, v in g.runs[0].settings.items()
+                                             if k not in SEED_KEYS))  # fmt: skip
+
+
+def _families(groups: Sequence[Group]) -> list[tuple[str, list[Group]]]:
+    """The schemes compared with each other: those of one depth (a 12- and a 24-layer model are not two schemes)."""
+    by_depth = _by_depth(groups)
+    if len(by_depth) == 1:
+        return [("", list(groups))]
+    return [(f", {depth}-layer models" if depth else ", depth unknown", members) for depth, members in by_depth.items()]
 
 
 def verdict_lines(groups: Sequence[Group]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
-    """Per metric: each scheme against the reference (Pre-LN when present), then every other pair beyond noise."""
-    ref = _reference(groups)
+    """Per metric and depth: each scheme against that depth's Pre-LN, then every other pair beyond noise (Holm over
+    the pairs of that depth); then each scheme that ran at two depths, deeper against shallower."""
     lines = ["### Signal or noise over seeds", "", METHOD, ""]
     every: dict[str, list[dict[str, Any]]] = {}
     for metric in VERDICT_METRICS:
-        tests = pair_tests(groups, metric.key)
-        every[metric.key] = tests
-        if not tests:
-            continue
-        lines += [f"#### {metric.name}", "", f"| scheme | difference to {ref.name} [95% CI] | p (Welch) | p (Holm) "
-                  "| verdict |", "|---|---|---|---|---|"]  # fmt: skip
-        for test in tests:
-            if ref.name not in (test["a"], test["b"]):
-                continue
-            sign, other = (1.0, test["a"]) if test["b"] == ref.name else (-1.0, test["b"])
-            lo, hi = sorted((sign * test["lo"] + 0.0, sign * test["hi"] + 0.0))  # + 0.0: no "-0.00"
-            lines.append(f"| {other} | {format(sign * test['diff'] + 0.0, metric.fmt)} [{format(lo, metric.fmt)}, "
-                         f"{format(hi, metric.fmt)}] | {test['p']:.3g} | {test['p_holm']:.3g} | {test['verdict']} |")  # fmt: skip
-        others = [t for t in tests if ref.name not in (t["a"], t["b"])]
-        beyond = [t for t in others if t["verdict"] == "beyond noise"]
-        lines += ["", f"Other pairs beyond noise ({len(beyond)} of {len(others)}): "
-                  + (", ".join(f"{t['a']} vs {t['b']} ({format(t['diff'], metric.fmt)}, p_Holm {t['p_holm']:.2g})"
-                               for t in beyond) or "none") + ".", ""]  # fmt: skip
+        every[metric.key] = []
+        for where, members in _families(groups):
+            tests = pair_tests(members, metric.key)
+            for test in tests:
+                test["family"] = where.lstrip(", ") or "all"
+            every[metric.key] += tests
+            if tests:
+                lines += _reference_table(metric, f"#### {metric.name}{where}", _reference(members), tests)
+    deeper = _depth_effects(groups, every)
+    if deeper:
+        lines += ["#### The same scheme deeper", "", "Each scheme that ran at two depths: the deeper model's mean minus "
+                  "the shallower's (Welch over seeds; Holm over this table's pairs of one metric).", "",
+                  "| scheme | metric | deeper − shallower [95% CI] | p (Welch) | p (Holm) | verdict |",
+                  "|---|---|---|---|---|---|", *deeper, ""]  # fmt: skip
     if not any(every.values()):
         lines += ["_No two schemes have 2 or more complete seeds each: no test over seeds._", ""]
     return lines, every
+
+
+def _reference_table(metric: Any, heading: str, ref: Group, tests: list[dict[str, Any]]) -> list[str]:
+    lines = [heading, "", f"| scheme | difference to {ref.name} [95% CI] | p (Welch) | p (Holm) | verdict |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for test in tests:
+        if ref.name not in (test["a"], test["b"]):
+            continue
+        sign, other = (1.0, test["a"]) if test["b"] == ref.name else (-1.0, test["b"])
+        lines.append(_test_cells(other, metric, test, sign))
+    others = [t for t in tests if ref.name not in (t["a"], t["b"])]
+    beyond = [t for t in others if t["verdict"] == "beyond noise"]
+    return lines + ["", f"Other pairs beyond noise ({len(beyond)} of {len(others)}): "
+                    + (", ".join(f"{t['a']} vs {t['b']} ({format(t['diff'], metric.fmt)}, p_Holm {t['p_holm']:.2g})"
+                                 for t in beyond) or "none") + ".", ""]  # fmt: skip
+
+
+def _test_cells(first: str, metric: Any, test: dict[str, Any], sign: float) -> str:
+    lo, hi = sorted((sign * test["lo"] + 0.0, sign * test["hi"] + 0.0))  # + 0.0: no "-0.00"
+    return (f"| {first} | {format(sign * test['diff'] + 0.0, metric.fmt)} [{format(lo, metric.fmt)}, "
+            f"{format(hi, metric.fmt)}] | {test['p']:.3g} | {test['p_holm']:.3g} | {test['verdict']} |")
+
+
+def _depth_effects(groups: Sequence[Group], every: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Rows (and report.json entries, family "deeper") for the groups that differ only in their depth."""
+    by_scheme: dict[str, list[Group]] = {}
+    for group in groups:
+        by_scheme.setdefault(_without_depth(group.name, group.runs[0].num_layers), []).append(group)
+    pairs = [(name, sorted(gs, key=lambda g: g.runs[0].num_layers or 0)) for name, gs in by_scheme.items()
+             if len(gs) == 2 and None not in (g.runs[0].num_layers for g in gs)]  # fmt: skip
+    scheme_of = {pair[1].name: name for name, pair in pairs}
+    rows = []
+    for metric in VERDICT_METRICS:
+        tests = pair_tests([g for _, pair in pairs for g in pair[::-1]], metric.key, pairs=True)
+        for test in tests:
+            test["family"] = "deeper"
+            rows.append(_test_cells(f"{scheme_of[test['a']]} | {metric.name}", metric, test, 1.0))
+        every[metric.key] += tests
+    return rows
 
 
 def _figure(lines: list[str], path: Path | None, name: str, caption: str) -> None:

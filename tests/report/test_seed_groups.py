@@ -213,3 +213,45 @@ def test_variance_band_is_geometric_and_figure_labels_leave_the_depth_to_the_tit
         legend = [t.get_text() for legend in drawn[f"seed_curves_L{depth}"].legends for t in legend.get_texts()]
         assert legend == ["pre_ln (n=3)"]
     assert "pre_ln num_hidden_layers=4" in (tmp_path / "out" / "report.md").read_text()  # the table keeps it
+
+
+def _set_config(run: Path, depth: int, optimizer: str = "adamw") -> None:
+    cfg = json.loads((run / "config.yaml").read_text())
+    cfg["model"]["num_hidden_layers"] = depth
+    cfg["train"]["optimizer"] = optimizer
+    (run / "config.yaml").write_text(json.dumps(cfg))
+    hf = json.loads((run / "hf" / "config.json").read_text())
+    (run / "hf" / "config.json").write_text(json.dumps({**hf, "num_hidden_layers": depth}))
+
+
+def test_schemes_are_tested_within_their_depth_and_against_that_depths_adamw_pre_ln(tmp_path):
+    """Two depths, three schemes each (Pre-LN with AdamW, Pre-LN with Muon, LNS): each depth is its own family of
+    3 pairs (Holm: the smallest p times 3), the reference is Pre-LN with the common optimizer even where Muon comes
+    first, no 2-layer scheme is tested against a 4-layer one except as the same scheme deeper (hand: Pre-LN 4 layers
+    minus 2 layers = (39 + 40 + 41.5) / 3 - 31 = 9.17)."""
+    from cod_train.report import stats
+
+    root = tmp_path / "runs"
+    ppl = {(2, "pre_ln", "muon"): (20.0, 21.0, 22.5), (2, "pre_ln", "adamw"): (30.0, 31.0, 32.0),
+           (2, "lns", "adamw"): (25.0, 26.0, 28.0), (4, "pre_ln", "muon"): (18.0, 19.0, 21.0),
+           (4, "pre_ln", "adamw"): (39.0, 40.0, 41.5), (4, "lns", "adamw"): (24.0, 24.5, 26.0)}  # fmt: skip
+    for (depth, norm, opt), values in ppl.items():
+        for seed, value in enumerate(values, start=1):
+            _set_config(make_run(root, f"{norm}-{opt}-L{depth}-s{seed}", norm, seed, value), depth, opt)
+    text, data = _report(root, tmp_path / "out")
+    tests = data["pair_tests"]["eval_ppl"]
+    for depth in (2, 4):
+        family = [t for t in tests if t["family"] == f"{depth}-layer models"]
+        assert len(family) == 3
+        assert all(f"num_hidden_layers={depth}" in t["a"] and f"num_hidden_layers={depth}" in t["b"] for t in family)
+        assert [t["p_holm"] for t in family] == pytest.approx(stats.holm([t["p"] for t in family]))
+        assert min(t["p_holm"] for t in family) == pytest.approx(min(1.0, 3 * min(t["p"] for t in family)))
+        assert f"#### held-out perplexity, {depth}-layer models" in text
+        heading = text.split(f"#### held-out perplexity, {depth}-layer models")[1].split("\n\n")[1]
+        assert f"difference to pre_ln num_hidden_layers={depth} optimizer=adamw [95% CI]" in heading
+    deeper = {t["b"]: t for t in tests if t["family"] == "deeper"}
+    assert len(deeper) == 3
+    pre = deeper["pre_ln num_hidden_layers=2 optimizer=adamw"]
+    assert pre["a"] == "pre_ln num_hidden_layers=4 optimizer=adamw"
+    assert pre["diff"] == pytest.approx((39.0 + 40.0 + 41.5) / 3 - 31.0)
+    assert "| pre_ln optimizer=adamw | held-out perplexity | 9.17 [" in text
