@@ -34,15 +34,17 @@ class Metric:
     name: str
     fmt: str
     lower_is_better: bool
+    bounds: tuple[float, float] = (-math.inf, math.inf)  # the metric's range: the interval shown is cut to it
 
 
+SHARE = (0.0, 1.0)
 METRICS = (
-    Metric("eval_ppl", "held-out perplexity", ".2f", True),
-    Metric("downstream_avg", "downstream avg accuracy (%)", ".1f", False),
-    Metric("depth_utilization", "depth utilization", ".2f", False),
-    Metric("deep_utilization", "deep-layer share", ".2f", False),
-    Metric("settling_depth", "settling depth", ".2f", False),
-    Metric("train_loss", "last train loss", ".3f", True),
+    Metric("eval_ppl", "held-out perplexity", ".2f", True, (1.0, math.inf)),
+    Metric("downstream_avg", "downstream avg accuracy (%)", ".1f", False, (0.0, 100.0)),
+    Metric("depth_utilization", "depth utilization", ".2f", False, SHARE),
+    Metric("deep_utilization", "deep-layer share", ".2f", False, SHARE),
+    Metric("settling_depth", "settling depth", ".2f", False, SHARE),
+    Metric("train_loss", "last train loss", ".3f", True, (0.0, math.inf)),
 )
 CURVES = (  # (analysis file, field, axis label): the per-layer curves drawn with bands over seeds
     ("layer_pruning", "delta_ppl_pct", "perplexity increase without layer l (%)"),
@@ -236,6 +238,14 @@ def _tokens_at(run: RunData, step: int) -> int | None:
     return round(rows[-1]["tokens"] / rows[-1]["step"] * step) if rows else None
 
 
+def _within(found: stats.Interval, bounds: tuple[float, float]) -> stats.Interval:
+    """The t-interval cut to the metric's range (3 seeds of a share 0, 0, 1 give [-0.43, 1.10]: shown [0, 1])."""
+    if found.lo is None or found.hi is None:
+        return found
+    lo, hi = bounds
+    return stats.Interval(found.mean, min(max(found.lo, lo), hi), min(max(found.hi, lo), hi), found.n)
+
+
 def group_summary(group: Group) -> dict[str, Any]:
     """report.json's entry of one group."""
     return {
@@ -243,6 +253,6 @@ def group_summary(group: Group) -> dict[str, Any]:
         "n_complete": len(group.complete), "not_complete": [list(x) for x in group.not_complete],
         "params": group.common("params"), "train_flops": group.common("train_flops"),
         "flops_per_token": group.common("flops_per_token"), "tokens": group.common("tokens"),
-        **{m.key: (found.as_dict() if (found := group.interval(m.key)) else None) for m in METRICS},
+        **{m.key: (_within(found, m.bounds).as_dict() if (found := group.interval(m.key)) else None) for m in METRICS},
         "values": {m.key: group.values(m.key) for m in METRICS},
     }  # fmt: skip

@@ -28,7 +28,8 @@ VERDICT_METRICS = tuple(m for m in METRICS if m.key != "train_loss")
 METHOD = (
     "Each scheme is the group of runs that differ only in `seed`; only its complete runs count (failed or stopped "
     "runs are listed, not averaged). Each cell: the mean over seeds and, in brackets, its 95% Student-t interval "
-    "(mean ± t(0.975, n−1)·s/√n, s the sample standard deviation over the n seeds). Signal or noise: for each pair "
+    "(mean ± t(0.975, n−1)·s/√n, s the sample standard deviation over the n seeds), cut to the metric's range "
+    "(a share lies in [0, 1]). Signal or noise: for each pair "
     "of schemes with at least 2 complete seeds, Welch's t-test on the seeds' values (unequal variances, "
     "Welch–Satterthwaite degrees of freedom); **beyond noise** = Holm–Bonferroni-adjusted p < 0.05 over every pair "
     "of schemes of one depth for that metric (a 12- and a 24-layer model are compared only as the same scheme "

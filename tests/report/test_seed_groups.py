@@ -255,3 +255,16 @@ def test_schemes_are_tested_within_their_depth_and_against_that_depths_adamw_pre
     assert pre["a"] == "pre_ln num_hidden_layers=4 optimizer=adamw"
     assert pre["diff"] == pytest.approx((39.0 + 40.0 + 41.5) / 3 - 31.0)
     assert "| pre_ln optimizer=adamw | held-out perplexity | 9.17 [" in text
+
+
+def test_a_shares_interval_is_cut_to_zero_and_one(tmp_path):
+    """Depth utilization 0, 0, 1 over 3 seeds (removing a layer costs 0.5%, 0.5%, then 5% at both layers): mean 1/3,
+    t-interval 1/3 -/+ 4.302653 * 0.57735 / sqrt 3 = [-1.10, 1.77], shown as [0, 1]; the perplexity's stays as is."""
+    root = tmp_path / "runs"
+    for seed, pct in zip((1, 2, 3), ((0.5, 0.5), (0.5, 0.5), (5.0, 5.0)), strict=True):
+        make_run(root, f"pre_ln-s{seed}", "pre_ln", seed, 30.0 + seed, depth_pct=pct)
+    _, data = _report(root, tmp_path / "out")
+    group = data["groups"][0]
+    assert group["depth_utilization"] == {"mean": pytest.approx(1 / 3), "lo": 0.0, "hi": 1.0, "n": 3}
+    half = 4.302653 * 1.0 / math.sqrt(3)  # s of 30+1, 30+2, 30+3 is 1
+    assert group["eval_ppl"]["lo"] == pytest.approx(32.0 - half, rel=1e-6)
