@@ -188,26 +188,45 @@ def figure_parts(members: Sequence[Group]) -> list[list[Group]]:
     return [[ref, *others[i : i + size]] for i in range(0, len(others), size)]
 
 
+def short_names(groups: Sequence[Group]) -> dict[str, str]:
+    """Figure labels: each scheme without the settings at the report's most common value (``optimizer=adamw``
+    when most runs use AdamW); a label that would then be ambiguous keeps its full name. The tables keep it too."""
+    counts: dict[str, dict[str, int]] = {}
+    for group in groups:
+        for word in group.name.split()[1:]:
+            key, _, value = word.partition("=")
+            counts.setdefault(key, {})[value] = counts.setdefault(key, {}).get(value, 0) + len(group.runs)
+    common = {f"{k}={max(values, key=lambda v: values[v])}" for k, values in counts.items() if len(values) > 1}
+    short = {g.name: " ".join(w for i, w in enumerate(g.name.split()) if i == 0 or w not in common) for g in groups}
+    clash = {v for v in short.values() if list(short.values()).count(v) > 1}
+    return {name: name if label in clash else label for name, label in short.items()}
+
+
 def figures(groups: Sequence[Group], fig_dir: Path, summaries: Sequence[dict[str, Any]]) -> list[str]:
     lines: list[str] = []
-    entries = [{"label": g.name, "intervals": {m.key: s[m.key] for m in METRICS}, "values": s["values"]}
+    short = short_names(groups)
+    entries = [{"label": short[g.name], "intervals": {m.key: s[m.key] for m in METRICS}, "values": s["values"]}
                for g, s in zip(groups, summaries, strict=True)]  # fmt: skip
     shown = [(m.key, m.name) for m in METRICS if m.key != "train_loss"]
     path = seed_plots.plot_metric_intervals(entries, shown, fig_dir / "seed_metrics.png", "Each scheme over seeds")
-    _figure(lines, path, "seed_metrics", "Each scheme's metrics: mean, 95% t-interval over seeds, every seed.")
+    omitted = sorted({w for name, label in short.items() for w in name.split()[1:] if w not in label.split()})
+    _figure(lines, path, "seed_metrics", "Each scheme's metrics: mean, 95% t-interval over seeds, every seed"
+            + (f" (labels omit the common settings: {', '.join(omitted)})." if omitted else "."))  # fmt: skip
     for depth, members in _by_depth(groups).items():
         parts = figure_parts(members)
         for part, chunk in enumerate(parts, start=1):
-            lines += depth_figures(chunk, fig_dir, depth, (part, len(parts)))
+            lines += depth_figures(chunk, fig_dir, depth, (part, len(parts)), short)
     return lines
 
 
-def depth_figures(members: Sequence[Group], fig_dir: Path, depth: int | None, part: tuple[int, int]) -> list[str]:
-    """The loss and per-layer curves over seeds of ``members`` (one depth; ``part`` k of n of its schemes)."""
+def depth_figures(members: Sequence[Group], fig_dir: Path, depth: int | None, part: tuple[int, int],
+                  short: dict[str, str]) -> list[str]:  # fmt: skip
+    """The loss and per-layer curves over seeds of ``members`` (one depth; ``part`` k of n of its schemes;
+    ``short``: the figure label of each scheme)."""
     lines: list[str] = []
     suffix = (f"_L{depth}" if depth else "") + (f"_{part[0]}" if part[1] > 1 else "")
     where = (f"{depth}-layer models" if depth else "models") + (f", part {part[0]} of {part[1]}" if part[1] > 1 else "")
-    label = {g.name: _without_depth(g.name, depth) for g in members}
+    label = {g.name: _without_depth(short[g.name], depth) for g in members}
     which = f" ({', '.join(label.values())})" if part[1] > 1 else ""
     loss = [{"label": label[g.name], "train": loss_band(g, "train"), "eval": loss_band(g, "eval")} for g in members]
     path = seed_plots.plot_seed_loss(loss, fig_dir / f"seed_loss{suffix}.png", f"Loss over seeds, {where}")

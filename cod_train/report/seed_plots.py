@@ -90,6 +90,7 @@ def plot_seed_loss(entries: Sequence[dict[str, Any]], path: Path, title: str) ->
         return None
     fig, axes = plots._figure(1, 2, (6.4, 4.3))
     smoothed = False
+    drawn: dict[str, list[float]] = {"train": [], "eval": []}  # the means: the y range (a band may go past it)
     for idx, entry in enumerate(usable):
         style = scheme_style(idx, len(usable))
         for ax, kind in zip(axes[0], ("train", "eval"), strict=True):
@@ -100,12 +101,17 @@ def plot_seed_loss(entries: Sequence[dict[str, Any]], path: Path, title: str) ->
                 alpha = min(1.0, 10.0 / len(band["mean"]))
                 band = {**band, **{k: plots._ema(_nan(band[k]), alpha) for k in ("mean", "lo", "hi")}}
                 smoothed = True
-            _band(ax, band["x"], band, style, entry["label"], markers=kind == "eval")
+            _band(ax, band["x"], band, style, entry["label"], markers=kind == "eval", bounds=(0.0, math.inf))
+            drawn[kind] += [v for v in _nan(band["mean"]) if math.isfinite(v)]
     train_title = "Training loss" + (" (moving average)" if smoothed else "")
     for ax, kind, what in zip(axes[0], ("train", "eval"), (train_title, "Held-out loss"), strict=True):
         tokens = all(e[kind]["tokens"] for e in usable if e.get(kind))
         plots._finish(ax, xlabel="tokens seen" if tokens else "training step", ylabel="loss (nats / token)",
                       title=what + SEED_BAND_NOTE, values=[], log_y=False)  # fmt: skip
+        if drawn[kind]:  # the lines fill the panel; a seed's spike widens its band past the edge, not the axis
+            lo, hi = min(drawn[kind]), max(drawn[kind])
+            pad = 0.05 * (hi - lo) or 0.05
+            ax.set_ylim(lo - pad, hi + pad)
     plots._suptitle(fig, title)
     plots._legend(fig, list(axes[0]), title="scheme (n = complete seeds)")
     return plots._save(fig, path)
@@ -118,12 +124,9 @@ def plot_metric_intervals(entries: Sequence[dict[str, Any]], metrics: Sequence[t
     shown = [(k, name) for k, name in metrics if any(e["intervals"].get(k) for e in entries)]
     if not shown:
         return None
-    ncols = min(3, len(shown))
-    height = max(3.2, 0.32 * len(entries) + 1.4)
-    fig, axes = plots._figure(math.ceil(len(shown) / ncols), ncols, (4.4, height))
+    height = max(3.2, 0.3 * len(entries) + 1.4)
+    fig, axes = plots._figure(1, len(shown), (2.9, height), sharey=True)  # one row: the names once, at the left
     flat = list(axes.ravel())
-    for ax in flat[len(shown):]:
-        ax.axis("off")
     ys = list(range(len(entries)))[::-1]
     for ax, (key, name) in zip(flat, shown, strict=False):
         for y, (idx, entry) in zip(ys, enumerate(entries), strict=True):
@@ -137,6 +140,7 @@ def plot_metric_intervals(entries: Sequence[dict[str, Any]], metrics: Sequence[t
             ax.plot(entry["values"][key], [y] * len(entry["values"][key]), linestyle="none", marker="x",
                     color=color, markersize=4, alpha=0.7)  # fmt: skip
         ax.set_yticks(ys, [e["label"] for e in entries], fontsize=8)
+        ax.tick_params(axis="y", labelleft=ax is flat[0])
         ax.set_ylim(-0.6, len(entries) - 0.4)
         ax.set_xlabel(name)
         ax.grid(True, axis="x", alpha=0.3)

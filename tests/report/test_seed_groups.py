@@ -268,3 +268,23 @@ def test_a_shares_interval_is_cut_to_zero_and_one(tmp_path):
     assert group["depth_utilization"] == {"mean": pytest.approx(1 / 3), "lo": 0.0, "hi": 1.0, "n": 3}
     half = 4.302653 * 1.0 / math.sqrt(3)  # s of 30+1, 30+2, 30+3 is 1
     assert group["eval_ppl"]["lo"] == pytest.approx(32.0 - half, rel=1e-6)
+
+
+def test_figure_labels_omit_the_common_settings_unless_ambiguous(tmp_path):
+    """Four runs with AdamW, two with Muon, at two depths: figure labels drop optimizer=adamw (the common value)
+    but keep optimizer=muon; the 2-layer models are the common depth, so only the 4-layer label names its depth."""
+    from cod_train.report import groups as groups_mod
+    from cod_train.report.render import summary_rows
+    from cod_train.report.render_groups import short_names
+
+    root = tmp_path / "runs"
+    for name, depth, opt in (("a", 2, "adamw"), ("b", 2, "adamw"), ("c", 2, "muon"), ("d", 4, "adamw")):
+        norm = "lns" if name == "b" else "pre_ln"
+        _set_config(make_run(root, f"{name}-s1", norm, 1, 30.0), depth, opt)
+        _set_config(make_run(root, f"{name}-s2", norm, 2, 31.0), depth, opt)
+    found = collect([str(root)])
+    names = short_names(groups_mod.group_runs(found.runs, summary_rows(found.runs)))
+    assert names == {"pre_ln num_hidden_layers=2 optimizer=adamw": "pre_ln",
+                     "lns num_hidden_layers=2 optimizer=adamw": "lns",
+                     "pre_ln num_hidden_layers=2 optimizer=muon": "pre_ln optimizer=muon",
+                     "pre_ln num_hidden_layers=4 optimizer=adamw": "pre_ln num_hidden_layers=4"}  # fmt: skip
