@@ -21,8 +21,8 @@ from typing import Any
 from cod_train.eval.depth_registry import DIAGNOSTICS
 from cod_train.eval.depth_summary import PRUNE_THRESHOLD_PCT, depth_summary
 from cod_train.report import plots
-from cod_train.report.groups import group_runs, has_seeds, human
-from cod_train.report.render_groups import groups_section
+from cod_train.report.groups import Group, group_runs, has_seeds, human
+from cod_train.report.render_groups import MAX_SCHEMES_PER_FIGURE, by_depth, figure_parts, groups_section
 from cod_train.report.runs import RunData
 
 DASH = "—"
@@ -306,13 +306,59 @@ def _analysis_sources(runs: Sequence[RunData], notes: Sequence[str]) -> list[str
 FIGURES_PER = ("run", "scheme")
 
 
-def representatives(runs: Sequence[RunData], rows: list[dict[str, Any]]) -> list[RunData]:
-    """One run per group for the per-run figures: its first complete seed, else its first run."""
+def scheme_parts(groups: Sequence[Group]) -> list[tuple[str, list[RunData]]]:
+    """One run per scheme (its first complete seed, else its first run) for the per-run figures, per depth in parts
+    of at most MAX_SCHEMES_PER_FIGURE (render_groups.figure_parts: Pre-LN in each)."""
+    depths = by_depth(groups)
+    if sum(len(m) for m in depths.values()) <= MAX_SCHEMES_PER_FIGURE:
+        return [("", [_representative(g) for g in groups])]
     out = []
-    for group in group_runs(runs, rows):
-        complete = group.complete
-        out.append(complete[0][0] if complete else group.runs[0])
+    for depth, members in depths.items():
+        parts = figure_parts(members)
+        for idx, part in enumerate(parts, start=1):
+            where = (f"{depth}-layer models" if depth else "models") + (f", part {idx} of {len(parts)}"
+                                                                      if len(parts) > 1 else "")  # fmt: skip
+            out.append((where, [_representative(g) for g in part]))
     return out
+
+
+def _representative(group: Group) -> RunData:
+    return group.complete[0][0] if group.complete else group.runs[0]
+
+
+def run_figures(runs: Sequence[RunData], fig_dir: Path, notes: Sequence[str], suffix: str = "",
+                level: str = "##") -> list[str]:  # fmt: skip
+    """The per-run figures (loss, cod-analyze's diagnostics, the in-training diagnostics) of ``runs``, their files
+    named ``<figure><suffix>.png``, their headings at ``level``."""
+    lines = [f"{level} Training and eval loss", ""]
+    _figure(lines, fig_dir, f"loss_curves{suffix}", lambda p: plots.plot_loss_curves(_loss_entries(runs), p),
+            "No run has loss rows in metrics.jsonl.")  # fmt: skip
+    lines += [f"{level} Depth diagnostics (cod-analyze)", ""] + _analysis_sources(runs, notes)
+    for stem, heading, caption in ANALYSIS_SECTIONS:
+        entries = analysis_entries(runs, stem)
+        lines += [f"{level}# {heading}", "", caption, ""]
+        absent = [r.label for r in runs if stem not in r.analysis]
+        if absent and entries:
+            lines += [f"Not available for: {', '.join(absent)}.", ""]
+        _figure(lines, fig_dir, f"{stem}{suffix}", functools.partial(plots.PLOTTERS[stem], entries),
+                f"No run has analysis/{stem}.json (run cod-analyze).")  # fmt: skip
+    lines += [f"{level} In-training diagnostics (metrics.jsonl)", ""]
+    _figure(lines, fig_dir, f"train_depth_utilization{suffix}",
+            lambda p: plots.plot_training_depth(training_depth_entries(runs), p),
+            "No run logged diag/settling_depth or diag/bi (train.diag_every=0, or a run older than these keys).")  # fmt: skip
+    lines += ["Last diagnostic step of each run:", ""]
+    for key, name, draw in (
+        ("diag/layer_var", "train_layer_variance", plots.plot_layer_variance),
+        ("diag/layer_grad_norm", "train_grad_norms", plots.plot_grad_norms),
+        ("diag/bi", "train_block_influence", plots.plot_block_influence),
+    ):
+        field = {"diag/bi": "bi"}.get(key, key.removeprefix("diag/"))
+        entries = [{"label": e["label"], field: e["values"]} for e in training_diag_entries(runs, key)]
+        title = "In training: " + {"layer_var": "output variance per layer", "bi": "Block Influence per layer"}.get(
+            field, "gradient norm per layer")  # fmt: skip
+        _figure(lines, fig_dir, f"{name}{suffix}", functools.partial(draw, entries, title=title),
+                f"No run logged {key} (train.diag_every=0?).")  # fmt: skip
+    return lines
 
 
 def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str, notes: Sequence[str] = (),
@@ -332,38 +378,17 @@ def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str, notes: S
     lines += ["## Summary (each run)", ""]
     lines += _table(rows) + [""] + _runs_section(rows) + _downstream_table(rows) + _missing_section(rows)
     if figures_per == "scheme" and has_seeds(groups):
-        runs = representatives(runs, rows)
+        parts = scheme_parts(groups)
         lines += [f"_The figures below show one seed per scheme (its first complete run: "
-                  f"{', '.join(r.label for r in runs)}); the figures over seeds are above._", ""]  # fmt: skip
-    lines += ["## Training and eval loss", ""]
-    _figure(lines, fig_dir, "loss_curves", lambda p: plots.plot_loss_curves(_loss_entries(runs), p),
-            "No run has loss rows in metrics.jsonl.")  # fmt: skip
-    lines += ["## Depth diagnostics (cod-analyze)", ""] + _analysis_sources(runs, notes)
-    for stem, heading, caption in ANALYSIS_SECTIONS:
-        entries = analysis_entries(runs, stem)
-        lines += [f"### {heading}", "", caption, ""]
-        absent = [r.label for r in runs if stem not in r.analysis]
-        if absent and entries:
-            lines += [f"Not available for: {', '.join(absent)}.", ""]
-        _figure(lines, fig_dir, stem, functools.partial(plots.PLOTTERS[stem], entries),
-                f"No run has analysis/{stem}.json (run cod-analyze).")  # fmt: skip
+                  f"{', '.join(r.label for _, part in parts for r in part)}); the figures over seeds are above._", ""]  # fmt: skip
+        for idx, (where, part) in enumerate(parts, start=1):
+            if len(parts) > 1:  # more schemes than one figure shows readably: per depth, in parts
+                lines += [f"## One seed per scheme: {where}", ""]
+            lines += run_figures(part, fig_dir, notes, suffix=f"_p{idx}" if len(parts) > 1 else "",
+                                 level="###" if len(parts) > 1 else "##")  # fmt: skip
+    else:
+        lines += run_figures(runs, fig_dir, notes)
     lines += noise_section(runs)
-    lines += ["## In-training diagnostics (metrics.jsonl)", ""]
-    _figure(lines, fig_dir, "train_depth_utilization",
-            lambda p: plots.plot_training_depth(training_depth_entries(runs), p),
-            "No run logged diag/settling_depth or diag/bi (train.diag_every=0, or a run older than these keys).")  # fmt: skip
-    lines += ["Last diagnostic step of each run:", ""]
-    for key, name, draw in (
-        ("diag/layer_var", "train_layer_variance", plots.plot_layer_variance),
-        ("diag/layer_grad_norm", "train_grad_norms", plots.plot_grad_norms),
-        ("diag/bi", "train_block_influence", plots.plot_block_influence),
-    ):
-        field = {"diag/bi": "bi"}.get(key, key.removeprefix("diag/"))
-        entries = [{"label": e["label"], field: e["values"]} for e in training_diag_entries(runs, key)]
-        title = "In training: " + {"layer_var": "output variance per layer", "bi": "Block Influence per layer"}.get(
-            field, "gradient norm per layer")  # fmt: skip
-        _figure(lines, fig_dir, name, functools.partial(draw, entries, title=title),
-                f"No run logged {key} (train.diag_every=0?).")  # fmt: skip
     return "\n".join(lines)
 
 

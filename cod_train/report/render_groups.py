@@ -93,10 +93,10 @@ def _reference(groups: Sequence[Group]) -> Group:
 
 def _families(groups: Sequence[Group]) -> list[tuple[str, list[Group]]]:
     """The schemes compared with each other: those of one depth (a 12- and a 24-layer model are not two schemes)."""
-    by_depth = _by_depth(groups)
-    if len(by_depth) == 1:
+    depths = by_depth(groups)
+    if len(depths) == 1:
         return [("", list(groups))]
-    return [(f", {depth}-layer models" if depth else ", depth unknown", members) for depth, members in by_depth.items()]
+    return [(f", {depth}-layer models" if depth else ", depth unknown", members) for depth, members in depths.items()]
 
 
 def verdict_lines(groups: Sequence[Group]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
@@ -167,7 +167,7 @@ def _figure(lines: list[str], path: Path | None, name: str, caption: str) -> Non
     lines += ([f"![{name}](figures/{name}.png)", "", caption, ""] if path else [])
 
 
-def _by_depth(groups: Sequence[Group]) -> dict[int | None, list[Group]]:
+def by_depth(groups: Sequence[Group]) -> dict[int | None, list[Group]]:
     out: dict[int | None, list[Group]] = {}
     for group in groups:
         out.setdefault(group.runs[0].num_layers, []).append(group)
@@ -212,7 +212,7 @@ def figures(groups: Sequence[Group], fig_dir: Path, summaries: Sequence[dict[str
     omitted = sorted({w for name, label in short.items() for w in name.split()[1:] if w not in label.split()})
     _figure(lines, path, "seed_metrics", "Each scheme's metrics: mean, 95% t-interval over seeds, every seed"
             + (f" (labels omit the common settings: {', '.join(omitted)})." if omitted else "."))  # fmt: skip
-    for depth, members in _by_depth(groups).items():
+    for depth, members in by_depth(groups).items():
         parts = figure_parts(members)
         for part, chunk in enumerate(parts, start=1):
             lines += depth_figures(chunk, fig_dir, depth, (part, len(parts)), short)

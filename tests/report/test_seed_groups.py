@@ -288,3 +288,27 @@ def test_figure_labels_omit_the_common_settings_unless_ambiguous(tmp_path):
                      "lns num_hidden_layers=2 optimizer=adamw": "lns",
                      "pre_ln num_hidden_layers=2 optimizer=muon": "pre_ln optimizer=muon",
                      "pre_ln num_hidden_layers=4 optimizer=adamw": "pre_ln num_hidden_layers=4"}  # fmt: skip
+
+
+def test_one_seed_per_scheme_figures_come_in_parts_when_the_schemes_are_many(tmp_path, monkeypatch):
+    """figures_per=scheme with ten schemes: the per-run figures (here layer pruning) come in two parts of at most 8
+    lines, seed 1 of each scheme in exactly one part, Pre-LN's in both; report.md links both parts."""
+    from cod_train.report import plots
+
+    norms = ["pre_ln", "post_ln", "mix_ln", "lns", "deepnorm", "peri_ln", "sandwich_ln", "hybrid_ln", "reordered_ln",
+             "dyt"]  # fmt: skip
+    root = tmp_path / "runs"
+    for idx, norm in enumerate(norms):
+        for seed in (1, 2):
+            make_run(root, f"{norm}-s{seed}", norm, seed, 30.0 + idx + seed)
+    drawn: dict = {}
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (drawn.__setitem__(path.stem, fig), save(fig, path))[1])
+    text, _ = _report(root, tmp_path / "out", figures_per="scheme")
+    parts = [[t.get_text().split(" (ppl")[0] for legend in drawn[name].legends for t in legend.get_texts()]
+             for name in ("layer_pruning_p1", "layer_pruning_p2")]  # fmt: skip
+    assert "layer_pruning" not in drawn and "layer_pruning_p3" not in drawn
+    assert all(len(p) <= 8 and p[0] == "pre_ln seed=1" for p in parts)
+    assert sorted(name for p in parts for name in p[1:]) == sorted(f"{n} seed=1" for n in norms[1:])
+    assert "![layer_pruning_p1](figures/layer_pruning_p1.png)" in text
+    assert "## One seed per scheme: 2-layer models, part 2 of 2" in text
