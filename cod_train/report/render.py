@@ -251,22 +251,41 @@ def _overlap(a: dict[str, Any], b: dict[str, Any], key: str) -> tuple[int, int] 
     return sum(y < u or v < x for x, y, u, v in pairs), len(pairs)
 
 
-def noise_section(runs: Sequence[RunData]) -> list[str]:
-    """For each pair of runs and each banded curve: how many layers differ beyond the 95% intervals."""
-    lines = ["### Differences between variants: signal or noise?", ""]
-    found = []
+def noise_section(runs: Sequence[RunData], seeds: bool = False) -> list[str]:
+    """For each pair of runs and each banded curve: how many layers differ beyond the 95% intervals. With seeds
+    (``seeds``), not the pairs but how often the test calls two seeds of one scheme different: its false alarms."""
+    lines = ["## Differences between runs over held-out batches: signal or noise?", ""]
+    found, calibration = [], []
+    group_of = {r.label: r.group for r in runs}
     for stem, key, name in NOISE_CURVES:
         entries = [e for e in analysis_entries(runs, stem) if e.get(f"{key}_lo")]
+        tally = {True: [0, 0], False: [0, 0]}  # same scheme? -> [pairs apart at >= 1 layer, pairs]
         for i, a in enumerate(entries):
             for b in entries[i + 1 :]:
                 res = _overlap(a, b, key)
                 if res is None:
                     continue
                 apart, total = res
+                same = group_of.get(a["label"]) == group_of.get(b["label"]) is not None
+                tally[same][0] += apart > 0
+                tally[same][1] += 1
                 verdict = (
                     "within noise" if apart == 0 else f"differ beyond noise at {apart} of {total} layers"
                 )
                 found.append(f"- {name}: **{a['label']}** vs **{b['label']}**: {verdict}")
+        if tally[True][1]:
+            calibration.append(f"| {name} | {tally[True][0]} of {tally[True][1]} | {tally[False][0]} of "
+                               f"{tally[False][1]} |")  # fmt: skip
+    if seeds and calibration:
+        return lines + [
+            "The per-batch test (two curves differ at a layer when their bootstrap 95% intervals over held-out "
+            "batches do not overlap) against the seeds: how many pairs of runs it calls different at one layer or "
+            "more, among two seeds of the same scheme (where every difference is seed noise: its false alarms) "
+            "and among different schemes.", "",
+            "| curve | same scheme, other seed | different schemes |", "|---|---|---|", *calibration, "",
+            "Batch intervals do not see the seed-to-seed spread: compare schemes with the verdicts over seeds above.",
+            "",
+        ]  # fmt: skip
     if not found:
         return lines + [
             "_No two runs of the same depth have curves with intervals (cod-analyze, several batches)._",
@@ -388,7 +407,7 @@ def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str, notes: S
                                  level="###" if len(parts) > 1 else "##")  # fmt: skip
     else:
         lines += run_figures(runs, fig_dir, notes)
-    lines += noise_section(runs)
+    lines += noise_section(runs, seeds=has_seeds(groups))
     return "\n".join(lines)
 
 

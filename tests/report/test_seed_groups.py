@@ -312,3 +312,20 @@ def test_one_seed_per_scheme_figures_come_in_parts_when_the_schemes_are_many(tmp
     assert sorted(name for p in parts for name in p[1:]) == sorted(f"{n} seed=1" for n in norms[1:])
     assert "![layer_pruning_p1](figures/layer_pruning_p1.png)" in text
     assert "## One seed per scheme: 2-layer models, part 2 of 2" in text
+
+
+def test_the_per_batch_test_is_shown_against_the_seeds(tmp_path):
+    """Pruning curves with ±0.1 batch intervals: Pre-LN's two seeds cost 5% and 6% at layer 1 (apart), LNS's two
+    seeds are equal. Same scheme: 1 of 2 seed pairs called different (a false alarm); different schemes: the two
+    pairs with Pre-LN seed 2, 2 of 4. The per-pair list of a one-seed report gives way to this count."""
+    root = tmp_path / "runs"
+    for name, norm, seed, first in (("pre_ln-s1", "pre_ln", 1, 5.0), ("pre_ln-s2", "pre_ln", 2, 6.0),
+                                    ("lns-s1", "lns", 1, 5.0), ("lns-s2", "lns", 2, 5.0)):  # fmt: skip
+        run = make_run(root, name, norm, seed, 30.0 + seed, depth_pct=(first, 0.5))
+        data = json.loads((run / "analysis" / "layer_pruning.json").read_text())
+        pct = data["models"][0]["delta_ppl_pct"]
+        data["models"][0].update(delta_ppl_pct_lo=[v - 0.1 for v in pct], delta_ppl_pct_hi=[v + 0.1 for v in pct])
+        (run / "analysis" / "layer_pruning.json").write_text(json.dumps(data))
+    text, _ = _report(root, tmp_path / "out")
+    assert "| pruning cost (%) | 1 of 2 | 2 of 4 |" in text
+    assert "vs **" not in text.split("## Differences between runs over held-out batches")[1]
