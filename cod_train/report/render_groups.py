@@ -31,9 +31,10 @@ METHOD = (
     "(mean ± t(0.975, n−1)·s/√n, s the sample standard deviation over the n seeds), cut to the metric's range "
     "(a share lies in [0, 1]). Signal or noise: for each pair "
     "of schemes with at least 2 complete seeds, Welch's t-test on the seeds' values (unequal variances, "
-    "Welch–Satterthwaite degrees of freedom); **beyond noise** = Holm–Bonferroni-adjusted p < 0.05 over every pair "
-    "of schemes of one depth for that metric (a 12- and a 24-layer model are compared only as the same scheme "
-    "deeper, in a family of their own). This uses the spread over seeds (initialization and data order), not only over "
+    "Welch–Satterthwaite degrees of freedom); **beyond noise** = Holm–Bonferroni-adjusted p < 0.05 within its "
+    "family for that metric. Three families per metric: at each depth, every scheme against that depth's Pre-LN "
+    "(the question the study asks; the table), and apart every other pair of that depth; and the same scheme at "
+    "two depths. A 12- and a 24-layer model of different schemes are not compared. This uses the spread over seeds (initialization and data order), not only over "
     "held-out batches. With 3 seeds the test only detects large differences: *within noise* is no evidence of "
     "equality."
 )
@@ -107,12 +108,17 @@ def verdict_lines(groups: Sequence[Group]) -> tuple[list[str], dict[str, list[di
     for metric in VERDICT_METRICS:
         every[metric.key] = []
         for where, members in _families(groups):
-            tests = pair_tests(members, metric.key)
-            for test in tests:
-                test["family"] = where.lstrip(", ") or "all"
-            every[metric.key] += tests
-            if tests:
-                lines += _reference_table(metric, f"#### {metric.name}{where}", _reference(members), tests)
+            ref = _reference(members)
+            others = [g for g in members if g is not ref]
+            against = pair_tests([g for other in others for g in (other, ref)], metric.key, pairs=True)
+            among = pair_tests(others, metric.key)
+            depth = where.lstrip(", ") or "all schemes"
+            for family, tests in ((f"{depth}: against {ref.name}", against), (f"{depth}: other pairs", among)):
+                for test in tests:
+                    test["family"] = family
+            every[metric.key] += against + among
+            if against or among:
+                lines += _reference_table(metric, f"#### {metric.name}{where}", ref, against + among)
     deeper = _depth_effects(groups, every)
     if deeper:
         lines += ["#### The same scheme deeper", "", "Each scheme that ran at two depths: the deeper model's mean minus "
