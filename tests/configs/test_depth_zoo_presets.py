@@ -58,6 +58,9 @@ def test_an_axis_group_overrides_the_preset_that_set_it():
 def test_completep_preset_sets_its_rules():
     m = _typed("residual=completep", "model.depth_base_layers=2").model
     assert (m.residual, m.depth_alpha, m.depth_hparams, m.depth_base_layers) == ("depth_scaled", 1.0, True, 2)
+    assert _typed("residual=completep").run_dir == "runs/llama_tiny-pre_ln+completep"  # named as the paper's
+    assert _typed("residual=depth_scaled", "model.depth_alpha=0.5", "model.depth_hparams=true").run_dir == \
+        "runs/llama_tiny-pre_ln+depth0.5_hp"
 
 
 @pytest.mark.parametrize("group,options", [

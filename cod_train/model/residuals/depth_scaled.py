@@ -25,6 +25,8 @@ class DepthScaled(Residual):
     foldable = True
 
     def label(self, axes: Any) -> str:
+        if axis(axes, "depth_alpha") == 1.0 and axis(axes, "depth_hparams"):
+            return "completep"  # the preset's name: the paper's parametrization, rules included
         return f"depth{axis(axes, 'depth_alpha'):g}" + ("_hp" if axis(axes, "depth_hparams") else "")
 
     def problems(self, axes: Any) -> list[str]:
