@@ -329,6 +329,57 @@ def _sd(values: list[float]) -> float:
     return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
+# ---------------------------------------------------------------------- the unigram reference
+def unigram_log_probs(batches: list[dict], vocab: int) -> list[float]:
+    """Log token frequencies of the batches' labels, add-one smoothed: the best model that ignores context."""
+    import torch
+
+    counts = torch.ones(vocab, dtype=torch.float64)
+    for batch in batches:
+        labels = batch["labels"][batch["labels"] >= 0]
+        counts += torch.bincount(labels.flatten(), minlength=vocab).double()
+    return (counts / counts.sum()).log().tolist()
+
+
+def unigram_model(log_probs: list[float]):  # noqa: ANN201 (a torch module; the script imports torch on demand)
+    """Context-free logits (``log_probs`` at every position), called as cod-eval calls a model."""
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    class Unigram(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("log_probs", torch.tensor(log_probs, dtype=torch.float32))
+
+        def forward(self, input_ids: torch.Tensor, **_: object) -> SimpleNamespace:
+            return SimpleNamespace(loss=None, logits=self.log_probs.expand(*input_ids.shape, -1))
+
+    return Unigram()
+
+
+def unigram_reference(plan: Plan, run: Path) -> dict:
+    """The unigram model fitted to the training tokens seed ``run`` saw (``steps x batch`` rows), evaluated by
+    cod-eval's own code on cod-eval's held-out tokens: the perplexity of knowing token frequencies and nothing
+    else."""
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    from cod_train.config import DataConfig, to_typed
+    from cod_train.data import build_eval_data, build_train_data
+    from cod_train.eval.perplexity import evaluate_perplexity
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    data = to_typed(cfg.data, DataConfig)
+    tokenizer = AutoTokenizer.from_pretrained(run / "hf")
+    train = build_train_data(data, tokenizer, global_batch_size=plan.batch, dp_rank=0, dp_world=1, seed=int(cfg.seed))
+    model = unigram_model(unigram_log_probs([next(train) for _ in range(plan.steps)], len(tokenizer)))
+    held_out = build_eval_data(data, tokenizer, micro_batch_size=8, max_tokens=plan.eval_tokens, dp_rank=0, dp_world=1)
+    found = evaluate_perplexity(model, held_out or [], max_tokens=plan.eval_tokens)
+    return {"fitted_on": str(_repo_relative(run)), "train_tokens": plan.steps * plan.batch * plan.seq_len, **found}
+
+
 def write_report(plan: Plan, out: Path, report: Path, state: dict) -> None:
     """Copy every run's small files under ``report/runs`` and run cod-report on that copy (without the runs
     themselves, e.g. on another machine: on the copy already there)."""
@@ -336,6 +387,11 @@ def write_report(plan: Plan, out: Path, report: Path, state: dict) -> None:
         copy_light(out, report / "runs")
         copy_light(out, report / "lr_runs", phases=("tune", "lr"))  # apart: cod-report reads every run under runs/
         (report / "plan.json").write_text(json.dumps({"plan": vars(plan), **state}, indent=1, default=list) + "\n")
+        first = out / "d12" / f"pre_ln-s{plan.seeds[0]}"
+        if (first / "hf" / "config.json").is_file():
+            reference = unigram_reference(plan, first)
+            (report / "unigram.json").write_text(json.dumps(reference, indent=1) + "\n")
+            print(f"unigram reference: held-out perplexity {reference['eval_ppl']:.1f}", flush=True)
     elif not (report / "runs").is_dir():
         sys.exit(f"error: neither the runs ({out}) nor their copy ({report / 'runs'}) exist: run the study first")
     saved = json.loads((report / "plan.json").read_text()) if (report / "plan.json").is_file() else state

@@ -258,3 +258,20 @@ def test_the_deep_phase_runs_the_fixed_schemes_the_best_two_and_completep(study,
     made = {p.parent.parent.name for p in (tmp_path / "d24").glob("*/hf/config.json")}
     assert made == {f"{n}-s1" for n in ("pre_ln", "lns", "mix_ln", "dyt", "gpas", "completep")}
     assert json.loads((tmp_path / "plan.json").read_text())["deep"] == ["pre_ln", "lns", "mix_ln", "dyt", "gpas"]
+
+
+def test_the_unigram_reference_by_hand(study):
+    """Labels 0, 0, 1 (and a padded -100) over a vocabulary of 3, add-one smoothed: counts 3, 2, 1 of 6. Scored by
+    cod-eval's own perplexity code on held-out labels 0, 2: loss = -(log 3/6 + log 1/6) / 2."""
+    import torch
+
+    from cod_train.eval.perplexity import evaluate_perplexity
+
+    train = [{"input_ids": torch.zeros(1, 4, dtype=torch.long), "labels": torch.tensor([[0, 0, 1, -100]])}]
+    log_probs = study.unigram_log_probs(train, 3)
+    assert log_probs == pytest.approx([math.log(3 / 6), math.log(2 / 6), math.log(1 / 6)])
+    held_out = [{"input_ids": torch.zeros(1, 2, dtype=torch.long), "labels": torch.tensor([[0, 2]])}]
+    found = evaluate_perplexity(study.unigram_model(log_probs), held_out)
+    want = -(math.log(3 / 6) + math.log(1 / 6)) / 2
+    assert found["eval_loss"] == pytest.approx(want, rel=1e-6) and found["eval_tokens"] == 2
+    assert found["eval_ppl"] == pytest.approx(math.exp(want), rel=1e-6)
