@@ -43,6 +43,7 @@ METRICS = (
     Metric("downstream_avg", "downstream avg accuracy (%)", ".1f", False, (0.0, 100.0)),
     Metric("depth_utilization", "depth utilization", ".2f", False, SHARE),
     Metric("deep_utilization", "deep-layer share", ".2f", False, SHARE),
+    Metric("deep_prune_pct", "deep-layer removal cost (median %)", ".2f", False),
     Metric("settling_depth", "settling depth", ".2f", False, SHARE),
     Metric("train_loss", "last train loss", ".3f", True, (0.0, math.inf)),
 )

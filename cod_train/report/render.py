@@ -144,20 +144,36 @@ def run_depth_summary(run: RunData) -> dict[str, Any]:
     chosen = pruning or final_model(run.analysis.get("logit_lens") or [])
     lens = next((e for e in run.analysis.get("logit_lens") or [] if chosen and _same_model(e, chosen)), None)
     return {**depth_summary(pruning, lens), "deep_utilization": deep_utilization(pruning),
-            "depth_step": chosen.get("step") if chosen else None}
+            "deep_prune_pct": deep_prune_pct(pruning), "depth_step": chosen.get("step") if chosen else None}
+
+
+def _deep_half(pruning: dict[str, Any] | None) -> list[float]:
+    """The pruning costs (%) of the deep half of the layers (l > L/2)."""
+    pct = (pruning or {}).get("delta_ppl_pct")
+    if not pruning or not pct:
+        return []
+    given = pruning.get("layers")
+    layers: list[int] = given if isinstance(given, list) else list(range(1, len(pct) + 1))
+    total = pruning.get("num_layers") or max(layers)
+    return [v for layer, v in zip(layers, pct, strict=True) if layer > total / 2 and v is not None]
 
 
 def deep_utilization(pruning: dict[str, Any] | None) -> float | None:
     """The share of the deep half of the layers (l > L/2) whose removal raises perplexity by more than
     PRUNE_THRESHOLD_PCT percent: depth utilization restricted to the layers a "curse of depth" makes idle."""
-    pct = (pruning or {}).get("delta_ppl_pct")
-    if not pruning or not pct:
-        return None
-    given = pruning.get("layers")
-    layers: list[int] = given if isinstance(given, list) else list(range(1, len(pct) + 1))
-    total = pruning.get("num_layers") or max(layers)
-    deep = [v for layer, v in zip(layers, pct, strict=True) if layer > total / 2 and v is not None]
+    deep = _deep_half(pruning)
     return sum(v > PRUNE_THRESHOLD_PCT for v in deep) / len(deep) if deep else None
+
+
+def deep_prune_pct(pruning: dict[str, Any] | None) -> float | None:
+    """The median cost (%) of removing one deep-half layer: the same question without the threshold, so that two
+    schemes whose deep layers all cost less than 1% can still differ (the median: one critical last layer, as in
+    Post-LN, does not stand for the half)."""
+    deep = sorted(_deep_half(pruning))
+    if not deep:
+        return None
+    mid = len(deep) // 2
+    return deep[mid] if len(deep) % 2 else (deep[mid - 1] + deep[mid]) / 2
 
 
 def _same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:

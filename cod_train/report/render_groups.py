@@ -70,7 +70,8 @@ def group_table(groups: Sequence[Group], summaries: Sequence[dict[str, Any]], or
                f"| {_human(summary['tokens'])} | " + " | ".join(cells) + f" | {missing} |")  # fmt: skip
         lines.append((f"| {tiers.get(group.name) or '?'} " if tiers else "") + row)
     notes = ["", "Seeds: the number of complete runs averaged. Deep-layer share: the share of layers l > L/2 whose "
-             "removal raises perplexity by more than 1%."]  # fmt: skip
+             "removal raises perplexity by more than 1%; deep-layer removal cost: the median over those layers of "
+             "the perplexity increase (%) when one is removed (the same question without the 1% threshold)."]  # fmt: skip
     if tiers:
         notes.append("Compute tier: schemes whose training FLOPs are within 5% of each other (sorted by FLOPs; inside "
                      "a tier by perplexity): compare perplexities at equal compute inside a tier.")  # fmt: skip

@@ -85,6 +85,7 @@ def test_runs_that_differ_only_in_seed_are_one_scheme(study, tmp_path):
     assert group["seeds"] == [1, 2, 3]
     # depth utilization: removing layer 1 costs 5% (> 1%), layer 2 0.5%: 1 of 2; deep half (layer 2): 0 of 1
     assert group["depth_utilization"]["mean"] == 0.5 and group["deep_utilization"]["mean"] == 0.0
+    assert group["deep_prune_pct"]["mean"] == pytest.approx(0.5)  # the deep half is layer 2 alone: 0.5%
 
 
 def test_the_verdict_uses_the_spread_over_seeds(study, tmp_path):
@@ -334,3 +335,15 @@ def test_the_per_batch_test_is_shown_against_the_seeds(tmp_path):
     text, _ = _report(root, tmp_path / "out")
     assert "| pruning cost (%) | 1 of 2 | 2 of 4 |" in text
     assert "vs **" not in text.split("## Differences between runs over held-out batches")[1]
+
+
+def test_deep_layer_removal_cost_is_the_median_over_the_deep_half():
+    """Layers 1-6 of 6 (deep half: 4, 5, 6) cost 50, 3, 0.2, 0.4, 0.1, 500%: median of 0.4, 0.1, 500 is 0.4 (the
+    critical last layer does not stand for the half); of 4 deep layers 0.1, 0.3, 0.5, 9: (0.3 + 0.5) / 2."""
+    from cod_train.report.render import deep_prune_pct
+
+    six = {"delta_ppl_pct": [50.0, 3.0, 0.2, 0.4, 0.1, 500.0], "ppl": [1.0] * 6, "base_ppl": 1.0}
+    assert deep_prune_pct(six) == pytest.approx(0.4)
+    eight = {"delta_ppl_pct": [1.0] * 4 + [0.1, 9.0, 0.5, 0.3], "num_layers": 8}
+    assert deep_prune_pct(eight) == pytest.approx(0.4)
+    assert deep_prune_pct(None) is None
