@@ -87,8 +87,8 @@ versions:
 bench: install
 	$(PY) scripts/bench.py $(ARGS)
 
-# The depth-zoo study (scripts/study.py, docs/study/): PLAN=full (~3 h of 2 idle cores) or PLAN=reduced (the
-# pipeline check); re-running continues where it stopped. study-report: its report again from the runs' files
+# The depth-zoo study (scripts/study.py, docs/study/): PLAN=full (~2.5 h of 2 cores), PLAN=long (4 schemes at 6x
+# the tokens, ~1 h) or PLAN=reduced (the pipeline check); re-running continues where it stopped. study-report: its report again from the runs' files
 # copied into docs/study/$(PLAN)/runs (no training).
 PLAN ?= full
 study: install data

@@ -1,6 +1,7 @@
 """The depth-zoo study: every registered normalization / residual scheme, 3 seeds each, then one report.
 
-    python scripts/study.py                      # or: make study          (the full plan, ~3 h of 2 idle cores)
+    python scripts/study.py                      # or: make study          (the full plan, ~2.5 h of 2 cores)
+    python scripts/study.py --plan long          # Pre-LN, LNS, Mix-LN, Peri-LN at 6x the tokens (~1 h)
     python scripts/study.py --plan reduced       # the pipeline check of docs/study/reduced/ (~30 min)
     python scripts/study.py --dry-run            # print the runs it would make, run nothing
     python scripts/study.py --report-only        # regenerate the report from the runs' files
@@ -90,6 +91,12 @@ PLANS = {
     "full": Plan(steps=100, batch=8, seq_len=256, seeds=(1, 2, 3), eval_tokens=65536, analyze_tokens=16384,
                  downstream=("arc_easy", "piqa"), downstream_limit=100, lr_grid=(1e-3, 2e-3, 4e-3, 8e-3), deep_layers=24,
                  lr_check=3, about="full plan"),  # fmt: skip
+    # The length check: the full plan's finding is that 205K tokens leave half the schemes at the unigram level.
+    # Pre-LN, LNS, Mix-LN and Peri-LN, 3 seeds, 6x the tokens (1.2M, the earlier single-seed study's), the full
+    # plan's tuned learning rate so that only the length differs; ~1 h of 2 idle cores.
+    "long": Plan(steps=600, batch=8, seq_len=256, seeds=(1, 2, 3), eval_tokens=65536, analyze_tokens=16384,
+                 downstream=("arc_easy", "piqa"), downstream_limit=100, lr_grid=(4e-3,), deep_layers=None,
+                 only=("pre_ln", "lns", "mix_ln", "peri_ln"), about="long pass: 6x the tokens"),  # fmt: skip
     # The pipeline check: 4 schemes x 3 seeds, 8 steps of 4 x 64 tokens, no tuning (the old study's 2e-3), the
     # four diagnostics drawn over seeds.
     "reduced": Plan(steps=8, batch=4, seq_len=64, seeds=(1, 2, 3), eval_tokens=4096, analyze_tokens=2048,
