@@ -24,6 +24,7 @@ from tests.helpers.diagnostics import (
     LAYERS,
     NORM_TYPES,
     VOCAB,
+    large_weights,
     make_batches,
     tiny_cod,
     tiny_config,
@@ -163,7 +164,7 @@ def test_cached_pruning_equals_plain_qwen2_sliding_window() -> None:
         **_shape(4), use_sliding_window=True, sliding_window=4, max_window_layers=2
     )
     torch.manual_seed(0)
-    assert_same_pruning(_scaled(transformers.Qwen2ForCausalLM(cfg)), make_batches())
+    assert_same_pruning(large_weights(transformers.Qwen2ForCausalLM(cfg)), make_batches())
 
 
 def test_layers_out_of_range_is_an_error() -> None:
@@ -176,14 +177,6 @@ def _shape(layers: int) -> dict:
     keys = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "max_position_embeddings")  # fmt: skip
     return {k: getattr(cfg, k) for k in keys}
-
-
-def _scaled(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.2)
-    return model.eval()
 
 
 def _hf_twin(ours: nn.Module, family: str) -> nn.Module:
@@ -226,7 +219,7 @@ def test_hf_models_give_our_numbers(family: str) -> None:
 def test_olmo2_sublayers_by_hand() -> None:
     """Olmo2's reordered norm: h = x + N(attn(x)), y = h + N(mlp(h)); the stream between them is h."""
     torch.manual_seed(0)
-    model = _scaled(transformers.Olmo2ForCausalLM(transformers.Olmo2Config(**_shape(3))))
+    model = large_weights(transformers.Olmo2ForCausalLM(transformers.Olmo2Config(**_shape(3))))
     batches = make_batches(n=1)
     got = run_diagnostics(model, batches, which=("sublayer", "pruning", "block_influence"), progress=False)
     assert len(got["pruning"]["ppl"]) == 3 and len(got["block_influence"]["bi"]) == 3
