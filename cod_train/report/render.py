@@ -414,8 +414,9 @@ def render_markdown(runs: Sequence[RunData], out_dir: Path, title: str, notes: S
     lines += _table(rows) + [""] + _runs_section(rows) + _downstream_table(rows) + _missing_section(rows)
     if figures_per == "scheme" and has_seeds(groups):
         parts = scheme_parts(groups)
-        lines += [f"_The figures below show one seed per scheme (its first complete run: "
-                  f"{', '.join(r.label for _, part in parts for r in part)}); the figures over seeds are above._", ""]  # fmt: skip
+        shown = dict.fromkeys(r.label for _, part in parts for r in part)  # Pre-LN's run is in every part
+        lines += [f"_The figures below show one seed per scheme (its first complete run: {', '.join(shown)}); the "
+                  "figures over seeds are above._", ""]  # fmt: skip
         for idx, (where, part) in enumerate(parts, start=1):
             if len(parts) > 1:  # more schemes than one figure shows readably: per depth, in parts
                 lines += [f"## One seed per scheme: {where}", ""]

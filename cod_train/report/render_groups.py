@@ -14,6 +14,7 @@ from cod_train.report.groups import (
     CURVES,
     METRICS,
     Group,
+    Metric,
     compute_tiers,
     curve_band,
     group_summary,
@@ -29,12 +30,12 @@ METHOD = (
     "Each scheme is the group of runs that differ only in `seed`; only its complete runs count (failed or stopped "
     "runs are listed, not averaged). Each cell: the mean over seeds and, in brackets, its 95% Student-t interval "
     "(mean ± t(0.975, n−1)·s/√n, s the sample standard deviation over the n seeds), cut to the metric's range "
-    "(a share lies in [0, 1]). Signal or noise: for each pair "
-    "of schemes with at least 2 complete seeds, Welch's t-test on the seeds' values (unequal variances, "
-    "Welch–Satterthwaite degrees of freedom); **beyond noise** = Holm–Bonferroni-adjusted p < 0.05 within its "
-    "family for that metric. Three families per metric: at each depth, every scheme against that depth's Pre-LN "
-    "(the question the study asks; the table), and apart every other pair of that depth; and the same scheme at "
-    "two depths. A 12- and a 24-layer model of different schemes are not compared. This uses the spread over seeds (initialization and data order), not only over "
+    "(a share lies in [0, 1]). Signal or noise: for each pair of schemes with at least 2 complete seeds, Welch's "
+    "t-test on the seeds' values (unequal variances, Welch–Satterthwaite degrees of freedom); **beyond noise** = "
+    "Holm–Bonferroni-adjusted p < 0.05 within its family for that metric. Three families per metric: at each "
+    "depth, every scheme against that depth's Pre-LN (the question the study asks; the table), and apart every "
+    "other pair of that depth; and the same scheme at two depths. A 12- and a 24-layer model of different schemes "
+    "are not compared. This uses the spread over seeds (initialization and data order), not only over "
     "held-out batches. With 3 seeds the test only detects large differences: *within noise* is no evidence of "
     "equality."
 )
@@ -102,8 +103,8 @@ def _families(groups: Sequence[Group]) -> list[tuple[str, list[Group]]]:
 
 
 def verdict_lines(groups: Sequence[Group]) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
-    """Per metric and depth: each scheme against that depth's Pre-LN, then every other pair beyond noise (Holm over
-    the pairs of that depth); then each scheme that ran at two depths, deeper against shallower."""
+    """Per metric and depth: each scheme against that depth's Pre-LN (one Holm family), then the other pairs of that
+    depth beyond noise (another); then each scheme that ran at two depths, deeper against shallower (a third)."""
     lines = ["### Signal or noise over seeds", "", METHOD, ""]
     every: dict[str, list[dict[str, Any]]] = {}
     for metric in VERDICT_METRICS:
@@ -131,7 +132,7 @@ def verdict_lines(groups: Sequence[Group]) -> tuple[list[str], dict[str, list[di
     return lines, every
 
 
-def _reference_table(metric: Any, heading: str, ref: Group, tests: list[dict[str, Any]]) -> list[str]:
+def _reference_table(metric: Metric, heading: str, ref: Group, tests: list[dict[str, Any]]) -> list[str]:
     lines = [heading, "", f"| scheme | difference to {ref.name} [95% CI] | p (Welch) | p (Holm) | verdict |",
              "|---|---|---|---|---|"]  # fmt: skip
     for test in tests:
@@ -146,7 +147,7 @@ def _reference_table(metric: Any, heading: str, ref: Group, tests: list[dict[str
                                  for t in beyond) or "none") + ".", ""]  # fmt: skip
 
 
-def _test_cells(first: str, metric: Any, test: dict[str, Any], sign: float) -> str:
+def _test_cells(first: str, metric: Metric, test: dict[str, Any], sign: float) -> str:
     lo, hi = sorted((sign * test["lo"] + 0.0, sign * test["hi"] + 0.0))  # + 0.0: no "-0.00"
     return (f"| {first} | {format(sign * test['diff'] + 0.0, metric.fmt)} [{format(lo, metric.fmt)}, "
             f"{format(hi, metric.fmt)}] | {test['p']:.3g} | {test['p_holm']:.3g} | {test['verdict']} |")
