@@ -2,9 +2,10 @@
 
 A group is the runs whose labels differ only in ``seed`` (``RunData.group``). Only its complete runs count
 (not failed, not stopped early); the others are counted apart. Per metric: the mean over seeds with its Student-t
-95% interval (stats.t_interval), the number of seeds; per pair of groups: Welch's t-test over the seeds' values,
-Holm-corrected over every pair of the report (stats.welch, stats.holm). Per-layer curves: the mean and t-interval
-over seeds at each layer.
+95% interval (stats.t_interval, cut to the metric's range), the number of seeds; per pair of groups: Welch's
+t-test over the seeds' values, Holm-corrected over the pairs of one family (:func:`pair_tests`; the families are
+render_groups.verdict_lines'). Per-layer curves: the mean and t-interval over seeds at each layer (GEOMETRIC
+curves: over the logs).
 """
 
 from __future__ import annotations
