@@ -151,13 +151,15 @@ def ordered_runs(runs: Sequence[RunData], rows: Sequence[dict[str, Any]], order:
 
 
 # ---------------------------------------------------------------------- signal or noise
-def pair_tests(groups: Sequence[Group], key: str, pairs: bool = False) -> list[dict[str, Any]]:
-    """Every pair of groups (``pairs``: groups 0 and 1, 2 and 3, ... only) with at least 2 complete seeds each:
-    Welch's test on ``key`` over the seeds, with the Holm-adjusted p-value over all these pairs and the verdict."""
+def all_pairs(groups: Sequence[Group]) -> list[tuple[Group, Group]]:
+    return [(a, b) for i, a in enumerate(groups) for b in groups[i + 1 :]]
+
+
+def pair_tests(pairs: Sequence[tuple[Group, Group]], key: str) -> list[dict[str, Any]]:
+    """Of ``pairs`` (one Holm family), those with at least 2 complete seeds on each side: Welch's test of a - b on
+    ``key`` over the seeds, with the Holm-adjusted p-value over these pairs and the verdict."""
     tests: list[dict[str, Any]] = []
-    chosen = [(groups[i], groups[i + 1]) for i in range(0, len(groups) - 1, 2)] if pairs else \
-        [(a, b) for i, a in enumerate(groups) for b in groups[i + 1 :]]  # fmt: skip
-    for a, b in chosen:
+    for a, b in pairs:
         found = stats.welch(a.values(key), b.values(key))
         if found is not None:
             tests.append({"a": a.name, "b": b.name, "diff": found.diff, "lo": found.lo, "hi": found.hi,

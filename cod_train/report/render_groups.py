@@ -15,6 +15,7 @@ from cod_train.report.groups import (
     METRICS,
     Group,
     Metric,
+    all_pairs,
     compute_tiers,
     curve_band,
     group_summary,
@@ -112,8 +113,8 @@ def verdict_lines(groups: Sequence[Group]) -> tuple[list[str], dict[str, list[di
         for where, members in _families(groups):
             ref = _reference(members)
             others = [g for g in members if g is not ref]
-            against = pair_tests([g for other in others for g in (other, ref)], metric.key, pairs=True)
-            among = pair_tests(others, metric.key)
+            against = pair_tests([(other, ref) for other in others], metric.key)
+            among = pair_tests(all_pairs(others), metric.key)
             depth = where.lstrip(", ") or "all schemes"
             for family, tests in ((f"{depth}: against {ref.name}", against), (f"{depth}: other pairs", among)):
                 for test in tests:
@@ -163,7 +164,7 @@ def _depth_effects(groups: Sequence[Group], every: dict[str, list[dict[str, Any]
     scheme_of = {pair[1].name: name for name, pair in pairs}
     rows = []
     for metric in VERDICT_METRICS:
-        tests = pair_tests([g for _, pair in pairs for g in pair[::-1]], metric.key, pairs=True)
+        tests = pair_tests([(deep, shallow) for _, (shallow, deep) in pairs], metric.key)
         for test in tests:
             test["family"] = "deeper"
             rows.append(_test_cells(f"{scheme_of[test['a']]} | {metric.name}", metric, test, 1.0))
